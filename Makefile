@@ -1,0 +1,36 @@
+# The two commands: `make run` (the whole study on the default data) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STUDY ?= study
+RUN_ARGS ?=
+
+.PHONY: run test install install-test browser bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e ".[serve,lite]"
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q -e ".[serve,lite,export,test]"
+
+# Debian's Chromium + ChromeDriver for the browser tests (no browser download at run time).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "warning: could not install chromium; browser tests will be skipped"; }
+
+run: install
+	$(BIN)/catsdogs reproduce --out $(STUDY) $(RUN_ARGS)
+
+test: install-test browser
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/catsdogs bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache
