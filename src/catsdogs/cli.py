@@ -1,0 +1,221 @@
+"""The `catsdogs` command: a thin layer over the library. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+from catsdogs import __version__
+from catsdogs.errors import CatsdogsError, UsageError
+
+DEFAULT_SOURCE_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
+NO_SOURCE_HELP = ("no SOURCE given and the default data ({path}) is absent: download Kaggle's Dogs vs. Cats "
+                  "train.zip (https://www.kaggle.com/c/dogs-vs-cats/data) or run `catsdogs download --out "
+                  "PetImages.zip`, then pass it as SOURCE")
+
+
+def default_source() -> Path:
+    """The project's default data, `../shared/data/dogs-vs-cats-train-5000.zip` beside the checkout."""
+    if "CATSDOGS_DEFAULT_SOURCE" in os.environ:
+        candidates = [Path(os.environ["CATSDOGS_DEFAULT_SOURCE"])]
+    else:
+        candidates = [PROJECT_ROOT.parent / DEFAULT_SOURCE_NAME, Path.cwd().parent / DEFAULT_SOURCE_NAME]
+    for path in candidates:
+        if path.exists():
+            return path.resolve()
+    raise UsageError(NO_SOURCE_HELP.format(path=candidates[0]))
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+# ---- commands -------------------------------------------------------------------------------------
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from catsdogs.prepare import prepare
+
+    source = args.source or default_source()
+    summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
+                      force=args.force)
+    print(summary.line())
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from catsdogs.train import TrainOptions, train
+
+    options = TrainOptions(data=args.data, model=args.model, out=args.out, epochs=args.epochs,
+                           backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
+                           seed=args.seed, precision=args.precision, learning_rate=args.learning_rate,
+                           cache_dir=args.cache_dir, resume=args.resume)
+    run = train(options)
+    from catsdogs.runs import read_config
+
+    config = read_config(run)
+    print(f"trained {args.model} into {run}: best epoch {config['best_epoch'] + 1}/{config['epochs']}, "
+          f"{config['monitor']} {config['monitor_best']:.4f}, {config['wall_time_s']:.0f} s")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from catsdogs.evaluate import evaluate
+
+    metrics = evaluate(args.run, args.data, args.split, tta=args.tta, threshold=args.threshold,
+                       cache_dir=args.cache_dir)
+    try:
+        from catsdogs.metrics import format_metrics_table
+        print(format_metrics_table(metrics))
+    except ImportError:
+        print(json.dumps(metrics, indent=2))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from catsdogs.predict import Predictor
+
+    predictor = Predictor(args.run, threshold=args.threshold, tta=args.tta)
+    if predictor.tuned_threshold is not None and args.threshold is None:
+        print(f"using the tuned threshold {predictor.threshold:.3f} from {args.run}", file=sys.stderr)
+    missing = [str(p) for p in args.paths if not p.exists()]
+    predictions = predictor.predict_paths(args.paths)
+    if args.format == "json":
+        print(json.dumps([{**vars(p), "threshold": predictor.threshold} for p in predictions], indent=2))
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "label", *(f"p_{name}" for name in predictor.classes), "error"])
+        for p in predictions:
+            probabilities = [f"{p.probabilities[name]:.6f}" if p.probabilities else "" for name in predictor.classes]
+            writer.writerow([p.path, p.label, *probabilities, p.error])
+            sys.stdout.flush()
+    if missing:
+        raise UsageError(f"no such file: {', '.join(missing)} (the other files were classified)")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from catsdogs.reproduce import reproduce
+
+    source = args.source or default_source()
+    reproduce(source, args.out, quick=args.quick, precision=args.precision)
+
+
+# ---- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser = argparse.ArgumentParser(prog="catsdogs", parents=[common],
+                                     description="Two kinds of photos -> a trained, evaluated, explainable classifier.")
+    parser.add_argument("--version", action="version", version=f"catsdogs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    p = command("prepare", cmd_prepare, "check, de-duplicate and split SOURCE (folder or .zip) into DATA")
+    p.add_argument("source", type=Path, nargs="?", help="Kaggle train.zip, PetImages, or one folder per class "
+                   "(default: ../shared/data/dogs-vs-cats-train-5000.zip)")
+    p.add_argument("--out", type=Path, required=True, metavar="DATA")
+    p.add_argument("--train", type=non_negative_int, help="training images in total (default 3000)")
+    p.add_argument("--val", type=non_negative_int, help="validation images in total (default 1000)")
+    p.add_argument("--test", type=non_negative_int, help="test images in total (default 1000)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--force", action="store_true", help="replace a DATA made from another source")
+
+    p.set_defaults(needs_tensorflow=False)
+
+    p = command("train", cmd_train, "train one experiment into RUN")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", required=True, help="baseline, augmented, features, transfer, finetune")
+    p.add_argument("--backbone", help="pretrained base for features/transfer/finetune")
+    p.add_argument("--epochs", type=positive_int, help="default: the model's own")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN")
+    p.add_argument("--image-size", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--cache-dir", type=Path, help="keep decoded images here for the next runs")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted RUN")
+
+    p = command("evaluate", cmd_evaluate, "metrics of a trained RUN on a split")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data", type=Path, help="default: the DATA the run was trained on")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: tuned, else 0.5)")
+    p.add_argument("--tta", action="store_true", help="average each photo with its mirror image")
+    p.add_argument("--cache-dir", type=Path)
+
+    p = command("predict", cmd_predict, "classify image files and folders")
+    p.add_argument("run", type=Path)
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--tta", action="store_true")
+
+    p = command("reproduce", cmd_reproduce, "the whole study: prepare, every experiment, evaluate, report")
+    p.add_argument("--source", type=Path, help="default: ../shared/data/dogs-vs-cats-train-5000.zip")
+    p.add_argument("--out", type=Path, required=True, metavar="STUDY")
+    p.add_argument("--quick", action="store_true", help="a few-minute demo instead of the full study")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    return parser
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, absl) kept off stderr; `--debug` shows it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import keras  # noqa: F401  (imports tensorflow)
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if not args.debug and getattr(args, "needs_tensorflow", True):
+            import_tensorflow_quietly()
+        args.handler(args)
+    except CatsdogsError as error:
+        if args.debug:
+            raise
+        print(f"catsdogs {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"catsdogs {args.command}: interrupted", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except Exception as error:  # noqa: BLE001 - the one place that turns surprises into one line
+        if args.debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"catsdogs {args.command}: error: {type(error).__name__}: {message} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Prepared DATA -> arrays and tf.data pipelines: each image decoded and resized once, then cached."""
+
+from __future__ import annotations
+
+import csv
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from catsdogs.errors import UsageError
+from catsdogs.images import load_image
+from catsdogs.prepare import SPLITS, manifest_sha256
+from catsdogs.progress import Progress
+
+
+@dataclass
+class SplitArrays:
+    """One split in memory, in manifest order (never shuffled): uint8 images, int labels, file paths."""
+
+    images: np.ndarray  # N x S x S x 3, uint8
+    labels: np.ndarray  # N, int32 (index into classes)
+    paths: list[Path]
+    classes: list[str]
+
+
+def read_classes(data_dir: Path) -> list[str]:
+    """The class names of a prepared DATA, in index order."""
+    path = Path(data_dir) / "classes.json"
+    if not path.exists():
+        raise UsageError(f"{data_dir}: not a prepared DATA folder (no classes.json); run catsdogs prepare first")
+    return json.loads(path.read_text())
+
+
+def read_manifest(data_dir: Path, split: str) -> list[dict[str, str]]:
+    """The manifest rows of one split."""
+    if split not in SPLITS:
+        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    manifest_sha256(data_dir)  # raises a clear error when DATA is not prepared
+    with open(Path(data_dir) / "manifest.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row["split"] == split]
+
+
+def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path | None = None,
+               workers: int = 2) -> SplitArrays:
+    """Decode and resize every image of a split once; with `cache_dir`, reuse the result across runs."""
+    data_dir = Path(data_dir)
+    classes = read_classes(data_dir)
+    rows = read_manifest(data_dir, split)
+    paths = [data_dir / row["path"] for row in rows]
+    labels = np.array([classes.index(row["class"]) for row in rows], dtype=np.int32)
+    cache_file = None
+    if cache_dir is not None:
+        key = manifest_sha256(data_dir)[:16]
+        cache_file = Path(cache_dir) / f"images-{key}-{split}-{image_size}.npy"
+        if cache_file.exists():
+            images = np.load(cache_file)
+            if len(images) == len(rows):
+                return SplitArrays(images, labels, paths, classes)
+    images = np.empty((len(rows), image_size, image_size, 3), dtype=np.uint8)
+    progress = Progress(f"decoding {split}", total=len(rows), unit="images")
+
+    def decode(index: int) -> None:
+        images[index] = load_image(paths[index], image_size)
+        progress.update()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(decode, range(len(rows))))
+    progress.close()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(".partial.npy")
+        np.save(partial, images)
+        partial.replace(cache_file)
+    return SplitArrays(images, labels, paths, classes)
+
+
+def to_dataset(split: SplitArrays, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0):
+    """A tf.data pipeline of (float32 0-255 images, float32 labels) batches, prefetched."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels.astype(np.float32)))
+    if shuffle:
+        dataset = dataset.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
+                                            num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)

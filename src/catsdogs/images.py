@@ -1,0 +1,98 @@
+"""Safe image decoding: every photo that enters catsdogs goes through `decode_image`."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+MIN_SIDE = 32
+MAX_PIXELS = 50_000_000  # well above any photo; a 100-megapixel image or a bomb is refused
+MAX_FILE_BYTES = 64 * 1024 * 1024
+ORIENTATION_TAG = 0x0112
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as a photo; the message is the reason (one line)."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A fully decoded RGB photo and what we learned about the original file."""
+
+    pixels: np.ndarray  # uint8, H x W x 3
+    original_format: str
+    converted: bool  # True when the stored pixels differ from a plain RGB decode (mode, rotation)
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> DecodedImage:
+    """Decode `data` completely into an upright RGB array, or raise `ImageError` with the reason.
+
+    The header is checked against `max_pixels` before any pixel is decoded, so a decompression bomb
+    never reaches memory. EXIF orientation is applied; grayscale, palette, RGBA and CMYK become RGB.
+    """
+    if not data:
+        raise ImageError("empty file")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"file larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"too large: {width}x{height} pixels (limit {max_pixels:,})")
+            if min(width, height) < min_side:
+                raise ImageError(f"too small: {width}x{height} (minimum {min_side} px a side)")
+            fmt = image.format or "unknown"
+            mode = image.mode
+            image.load()  # full decode: truncated files fail here
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            converted = orientation != 1 or mode != "RGB"
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "P", "PA"):
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image)
+            rgb = image.convert("RGB")
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"decompression bomb: {error}") from None
+    except Image.DecompressionBombWarning:
+        raise ImageError("decompression bomb (too many pixels)") from None
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's ways of saying "not an image"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "cannot identify image file" in reason:
+            reason = "not an image"
+        raise ImageError(f"cannot decode: {reason}") from None
+    return DecodedImage(pixels=np.asarray(rgb, dtype=np.uint8), original_format=fmt, converted=converted)
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB array to size x size (aspect ratio not kept, as Keras' loaders do)."""
+    if pixels.shape[0] == size and pixels.shape[1] == size:
+        return pixels
+    image = Image.fromarray(pixels).resize((size, size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Read an image file into a uint8 RGB array, resized to `size` x `size` when given."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ImageError(f"cannot read: {error.strerror or error}") from None
+    pixels = decode_image(data).pixels
+    return resize(pixels, size) if size else pixels
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
+    """Encode an RGB array as JPEG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

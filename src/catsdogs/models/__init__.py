@@ -1,0 +1,44 @@
+"""Models by name, timm-style: `create_model("baseline")`, `create_model("transfer", backbone=...)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+
+from catsdogs.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the registry can build: where its builder lives and its training defaults."""
+
+    builder: str  # "module:function", imported only when used (keeps `catsdogs --help` fast)
+    description: str
+    default_epochs: int
+    uses_backbone: bool = False
+
+    def load_builder(self) -> Callable:
+        module, function = self.builder.split(":")
+        return getattr(import_module(module), function)
+
+
+MODELS: dict[str, ModelEntry] = {
+    "baseline": ModelEntry("catsdogs.models.convnet:build_baseline",
+                           "the study's convnet from scratch", default_epochs=30),
+    "augmented": ModelEntry("catsdogs.models.convnet:build_augmented",
+                            "the study's convnet + augmentation + Dropout(0.5)", default_epochs=100),
+}
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry for `name`, or a UsageError listing the known models."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+
+
+def create_model(name: str, *, image_size: int | None = None, **options):
+    """Build and compile the model called `name` (input: raw RGB 0-255; output: p(classes[1]))."""
+    return model_entry(name).load_builder()(image_size=image_size, **options)

@@ -1,0 +1,52 @@
+"""The study's small convnet, trained from scratch (Chollet, Deep Learning with Python, ch. 5)."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+STUDY_IMAGE_SIZE = 150
+
+
+def augmentation(seed: int | None = None) -> keras.Sequential:
+    """Random flips, rotations, zooms, shifts and contrast, on batches in the graph; only in training."""
+    return keras.Sequential([
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(0.1, fill_mode="reflect", seed=seed),
+        layers.RandomZoom(0.2, fill_mode="reflect", seed=seed),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
+        layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
+    ], name="augmentation")
+
+
+def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, dropout: float = 0.0,
+                  learning_rate: float = 1e-4, seed: int | None = None, name: str = "baseline") -> keras.Model:
+    """Conv2D 32/64/128/128 + MaxPooling, Flatten, Dense 512 relu, Dense 1 sigmoid; RMSprop, BCE.
+
+    Input: raw RGB 0-255 images; the scaling to [0, 1] happens inside the model.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = augmentation(seed)(inputs) if augment else inputs
+    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
+    for filters in (32, 64, 128, 128):
+        x = layers.Conv2D(filters, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    if dropout:
+        x = layers.Dropout(dropout, seed=seed)(x)
+    x = layers.Dense(512, activation="relu")(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+                  loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def build_baseline(image_size: int | None = None, **options) -> keras.Model:
+    """The study's first model: no augmentation, no dropout (it overfits, as the study shows)."""
+    return study_convnet(image_size or STUDY_IMAGE_SIZE, name="baseline", **options)
+
+
+def build_augmented(image_size: int | None = None, **options) -> keras.Model:
+    """The study's second model: the same convnet with data augmentation and Dropout(0.5)."""
+    return study_convnet(image_size or STUDY_IMAGE_SIZE, augment=True, dropout=0.5, name="augmented", **options)

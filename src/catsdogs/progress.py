@@ -1,0 +1,42 @@
+"""A small progress line on stderr: redrawn in place on a terminal, a line every few seconds in logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Counts work done and shows `label: done/total (rate unit/s)`."""
+
+    def __init__(self, label: str, total: int | None = None, unit: str = "files",
+                 stream: TextIO | None = None, interval: float = 5.0) -> None:
+        self.label, self.total, self.unit = label, total, unit
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty()
+        self.interval = 0.2 if self.interactive else interval
+        self.done = 0
+        self.started = self.last_shown = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.perf_counter() - self.started, 1e-9)
+
+    def _line(self) -> str:
+        total = f"/{self.total}" if self.total is not None else ""
+        return f"{self.label}: {self.done}{total} {self.unit} ({self.rate:.0f} {self.unit}/s)"
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last_shown >= self.interval:
+            self.last_shown = now
+            end = "\r" if self.interactive else "\n"
+            print(self._line(), end=end, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.interactive:
+            print(" " * 79, end="\r", file=self.stream, flush=True)
+        elif self.done:
+            print(self._line(), file=self.stream, flush=True)

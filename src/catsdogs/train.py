@@ -1,0 +1,181 @@
+"""`catsdogs train`: fit one model on a prepared DATA and write a RUN folder that survives `kill -9`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+
+from catsdogs.dataset import load_split, read_classes, to_dataset
+from catsdogs.errors import UsageError
+from catsdogs.models import model_entry
+from catsdogs.precision import keras_precision, resolve_precision
+from catsdogs.prepare import DEFAULT_SEED, manifest_sha256
+from catsdogs.runs import (CHECKPOINT_DIR, CLASSES, CONFIG, CURVES, HISTORY, MODEL, library_versions,
+                           read_json, write_json)
+
+STATE = "state.json"
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines one experiment; saved in RUN/config.json."""
+
+    data: Path
+    model: str
+    out: Path
+    epochs: int | None = None
+    backbone: str | None = None
+    image_size: int | None = None
+    batch_size: int = 32
+    seed: int = DEFAULT_SEED
+    precision: str = "auto"
+    learning_rate: float | None = None
+    monitor: str = "val_loss"
+    cache_dir: Path | None = None
+    resume: bool = False
+    model_options: dict = field(default_factory=dict)
+
+
+def train(options: TrainOptions) -> Path:
+    """Train, keeping the best model on validation as RUN/model.keras; returns RUN."""
+    run = Path(options.out)
+    entry = model_entry(options.model)
+    state = _check_run_folder(run, options.resume)
+    epochs = options.epochs or entry.default_epochs
+    if epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {epochs}")
+    classes = read_classes(options.data)
+    precision = resolve_precision(options.precision)
+    builder_options = dict(options.model_options, seed=options.seed)
+    if options.learning_rate:
+        builder_options["learning_rate"] = options.learning_rate
+    if entry.uses_backbone:
+        builder_options["backbone"] = options.backbone
+
+    keras.utils.set_random_seed(options.seed)
+    with keras_precision(precision):
+        model = entry.load_builder()(image_size=options.image_size, **builder_options)
+        if state:
+            model = keras.models.load_model(run / CHECKPOINT_DIR / "last.keras", safe_mode=True)
+    image_size = int(model.input_shape[1])
+    train_split = load_split(options.data, "train", image_size, cache_dir=options.cache_dir)
+    val_split = load_split(options.data, "validation", image_size, cache_dir=options.cache_dir)
+
+    config = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+              "data": str(Path(options.data).resolve()), "epochs": epochs, "image_size": image_size,
+              "precision": precision, "classes": classes, "manifest_sha256": manifest_sha256(options.data),
+              "train_images": len(train_split.labels), "validation_images": len(val_split.labels),
+              "versions": library_versions(), "status": "running"}
+    config.pop("resume"), config.pop("out")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    write_json(run / CONFIG, config)
+    write_json(run / CLASSES, classes)
+
+    checkpoint = RunCheckpoint(run, options.monitor, state)
+    initial_epoch = state["epoch"] + 1 if state else 0
+    if initial_epoch < epochs:
+        model.fit(to_dataset(train_split, options.batch_size, shuffle=True, seed=options.seed + initial_epoch),
+                  validation_data=to_dataset(val_split, options.batch_size),
+                  epochs=epochs, initial_epoch=initial_epoch, callbacks=[checkpoint],
+                  shuffle=False, verbose=1 if os.isatty(2) else 2)
+    _finish(run, config, checkpoint)
+    return run
+
+
+def _check_run_folder(run: Path, resume: bool) -> dict | None:
+    """Refuse to overwrite an existing RUN; with resume, return the saved training state."""
+    state_file = run / CHECKPOINT_DIR / STATE
+    if resume:
+        if (run / CONFIG).exists() and read_json(run / CONFIG).get("status") == "complete":
+            raise UsageError(f"{run} is already complete; train into a new --out to train again")
+        if not state_file.exists():
+            raise UsageError(f"{run}: nothing to resume (no finished epoch saved)")
+        return read_json(state_file)
+    if run.exists() and any(run.iterdir()):
+        hint = " (interrupted: continue with --resume)" if state_file.exists() else ""
+        raise UsageError(f"--out {run} already exists and is not empty{hint}; choose another --out")
+    return None
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After every epoch: save history, the best model on `monitor`, and a resumable checkpoint."""
+
+    def __init__(self, run: Path, monitor: str, state: dict | None) -> None:
+        super().__init__()
+        self.run, self.monitor = run, monitor
+        self.best = state["best"] if state else None
+        self.best_epoch = state["best_epoch"] if state else None
+        self.elapsed = state["elapsed"] if state else 0.0
+        self.rows = _read_history(run / HISTORY, upto=state["epoch"]) if state else []
+        self.higher_is_better = "acc" in monitor or "auc" in monitor
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        seconds = time.perf_counter() - self.epoch_started
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.rows.append({"epoch": epoch, **logs, "seconds": round(seconds, 2)})
+        _write_history(self.run / HISTORY, self.rows)
+        value = logs.get(self.monitor)
+        if value is None:
+            raise UsageError(f"--monitor {self.monitor} is not a logged metric ({', '.join(logs)})")
+        if self.best is None or (value > self.best if self.higher_is_better else value < self.best):
+            self.best, self.best_epoch = value, epoch
+            _save_model(self.model, self.run / MODEL)
+        _save_model(self.model, self.run / CHECKPOINT_DIR / "last.keras")
+        self.elapsed += seconds
+        write_json(self.run / CHECKPOINT_DIR / STATE, {"epoch": epoch, "best": self.best,
+                                                       "best_epoch": self.best_epoch, "elapsed": self.elapsed})
+
+
+def _save_model(model, path: Path) -> None:
+    partial = path.with_name(f".partial-{path.name}")
+    model.save(partial)
+    os.replace(partial, path)
+
+
+HISTORY_FIELDS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    fields = HISTORY_FIELDS + sorted({k for row in rows for k in row} - set(HISTORY_FIELDS))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(buffer.getvalue())
+    os.replace(partial, path)
+
+
+def _read_history(path: Path, upto: int | None = None) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(handle)]
+    return [row for row in rows if upto is None or row["epoch"] <= upto]
+
+
+def read_history(run: Path) -> list[dict]:
+    """A run's history.csv as a list of dicts (epoch is 0-based)."""
+    return _read_history(Path(run) / HISTORY)
+
+
+def _finish(run: Path, config: dict, checkpoint) -> None:
+    from catsdogs.plots import save_curves
+
+    save_curves(checkpoint.rows, run / CURVES, title=f"{run.name}: {config['model']}")
+    config.update(status="complete", best_epoch=checkpoint.best_epoch, epochs_run=len(checkpoint.rows),
+                  wall_time_s=round(checkpoint.elapsed, 1), monitor_best=checkpoint.best)
+    write_json(run / CONFIG, config)
+    shutil.rmtree(run / CHECKPOINT_DIR, ignore_errors=True)
