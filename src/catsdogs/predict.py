@@ -53,21 +53,20 @@ class Predictor:
         return Prediction(path, self.label_of(p1), probabilities)
 
     def predict_paths(self, paths: Iterable[Path]) -> Iterator[Prediction]:
-        """Classify files (folders expanded recursively); unreadable files yield an `error` prediction."""
-        pending: list[tuple[str, np.ndarray]] = []
+        """Classify files (folders expanded recursively) in order; unreadable files get an `error` row."""
+        pending: list[tuple[str, np.ndarray | str]] = []  # (path, image or error reason)
         for path in iter_image_files([Path(p) for p in paths]):
             try:
                 pending.append((str(path), load_image(path, self.image_size)))
             except ImageError as error:
-                yield Prediction(str(path), "error", error=str(error))
-                continue
+                pending.append((str(path), str(error)))
             if len(pending) == self.batch_size:
                 yield from self._flush(pending)
                 pending = []
         yield from self._flush(pending)
 
-    def _flush(self, pending: list[tuple[str, np.ndarray]]) -> Iterator[Prediction]:
-        if pending:
-            p1 = self.probabilities(np.stack([image for _, image in pending]))
-            for (path, _), p in zip(pending, p1):
-                yield self.as_prediction(path, float(p))
+    def _flush(self, pending: list[tuple[str, np.ndarray | str]]) -> Iterator[Prediction]:
+        images = [item for _, item in pending if not isinstance(item, str)]
+        p1 = iter(self.probabilities(np.stack(images)) if images else [])
+        for path, item in pending:
+            yield Prediction(path, "error", error=item) if isinstance(item, str) else self.as_prediction(path, float(next(p1)))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from catsdogs.errors import UsageError
+
 STUDY_IMAGE_SIZE = 150
+MIN_IMAGE_SIZE = 46  # four 3x3 convolutions and 2x2 poolings must leave at least one pixel
 
 
 def augmentation(seed: int | None = None) -> keras.Sequential:
@@ -25,6 +28,8 @@ def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, 
 
     Input: raw RGB 0-255 images; the scaling to [0, 1] happens inside the model.
     """
+    if image_size < MIN_IMAGE_SIZE:
+        raise UsageError(f"the study's convnet needs --image-size >= {MIN_IMAGE_SIZE}, got {image_size}")
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = augmentation(seed)(inputs) if augment else inputs
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny photos made here, a tiny prepared DATA and a tiny trained RUN."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dogs-vs-cats-train-5000.zip"
+
+
+def make_photo(path: Path, kind: int, index: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> Path:
+    """A synthetic 'photo': class 0 is bright on the left, class 1 bright on the right, with noise."""
+    rng = np.random.default_rng(index * 2 + kind)
+    width, height = size
+    pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+    half = slice(0, width // 2) if kind == 0 else slice(width // 2, width)
+    pixels[:, half] = np.clip(pixels[:, half].astype(int) + 180, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, str] = ("Cats", "Dogs")) -> Path:
+    for kind, name in enumerate(names):
+        for i in range(per_class):
+            make_photo(root / name / f"{i}.jpg", kind, i)
+    return root
+
+
+@pytest.fixture
+def class_folders(tmp_path: Path) -> Path:
+    return make_class_folders(tmp_path / "source")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared DATA: 40 train, 12 validation, 12 test images of two synthetic classes."""
+    from catsdogs.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny")
+    source = make_class_folders(root / "source", per_class=32)
+    prepare(source, root / "data", train=40, val=12, test=12)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data: Path, tmp_path_factory) -> Path:
+    """A baseline convnet trained for 2 epochs on `tiny_data` at 48 px."""
+    from catsdogs.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    return train(TrainOptions(data=tiny_data, model="baseline", out=out, epochs=2, image_size=48, batch_size=8))
+
+
+@pytest.fixture(scope="session")
+def real_zip() -> Path:
+    if not SHARED_ZIP.exists():
+        pytest.skip(f"real photos not available ({SHARED_ZIP} absent)")
+    return SHARED_ZIP
+
+
+@pytest.fixture
+def real_photos(real_zip: Path, tmp_path: Path) -> dict[str, list[Path]]:
+    """A few real Kaggle photos extracted into tmp_path: {"cat": [...], "dog": [...]}."""
+    photos: dict[str, list[Path]] = {"cat": [], "dog": []}
+    with zipfile.ZipFile(real_zip) as archive:
+        for name in ("cat", "dog"):
+            for number in (1, 2, 3):
+                target = tmp_path / "real" / f"{name}.{number}.jpg"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.read(f"train/{name}.{number}.jpg"))
+                photos[name].append(target)
+    return photos

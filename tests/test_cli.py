@@ -1,0 +1,81 @@
+"""The command line: exit codes, one-line errors, the predict CSV with an error row."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catsdogs.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "catsdogs.cli", *args], capture_output=True, text=True)
+
+
+def test_help_and_version():
+    assert run_cli("--help").returncode == 0
+    result = run_cli("--version")
+    assert result.returncode == 0 and "catsdogs" in result.stdout
+    for command in ("prepare", "train", "evaluate", "predict", "reproduce"):
+        assert run_cli(command, "--help").returncode == 0, command
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prepare", "/no/such/source", "--out", "x"], "no such file or folder"),
+    (["train", "--data", "/no/such/data", "--model", "baseline", "--out", "x"], "not a prepared DATA"),
+    (["evaluate", "/no/such/run"], "not a catsdogs run"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_usage_exit_2():
+    result = run_cli("train", "--data", "d", "--model", "baseline", "--out", "x", "--epochs", "0")
+    assert result.returncode == 2 and "must be >= 1" in result.stderr
+    assert run_cli("no-such-command").returncode == 2
+
+
+def test_unknown_model_lists_the_known_ones(tiny_data, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_data), "--model", "resnet9000", "--out", str(tmp_path / "r")]) == 2
+    assert "baseline" in capsys.readouterr().err
+
+
+def test_predict_csv_with_an_error_row(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    folder = tiny_data / "test"
+    assert main(["predict", str(tiny_run), str(folder), str(bad)]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["path", "label", "p_cat", "p_dog", "error"]
+    images = sorted(p for p in folder.rglob("*.jpg"))
+    assert [r[0] for r in rows[1:-1]] == [str(p) for p in images]
+    for path, label, p_cat, p_dog, error in rows[1:-1]:
+        assert label in ("cat", "dog") and not error
+        assert abs(float(p_cat) + float(p_dog) - 1) < 1e-5
+        assert label == ("dog" if float(p_dog) >= 0.5 else "cat")
+    assert rows[-1][:2] == [str(bad), "error"] and "cannot decode" in rows[-1][4]
+
+
+def test_predict_json_and_missing_path(tiny_run: Path, tiny_data: Path, capsys):
+    photo = next((tiny_data / "test" / "dog").glob("*.jpg"))
+    assert main(["predict", str(tiny_run), str(photo), "--format", "json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert set(result["probabilities"]) == {"cat", "dog"} and result["threshold"] == 0.5
+    assert main(["predict", str(tiny_run), "/no/such.jpg"]) == 2
+
+
+def test_default_source_message_when_absent(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CATSDOGS_DEFAULT_SOURCE", str(tmp_path / "absent.zip"))
+    assert main(["prepare", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "train.zip" in err and "catsdogs download" in err

@@ -1,0 +1,98 @@
+"""Training: every RUN file, no silent overwrite, resume after `kill -9`, evaluation in file order."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catsdogs.dataset import load_split
+from catsdogs.errors import UsageError
+from catsdogs.evaluate import evaluate
+from catsdogs.models import create_model
+from catsdogs.precision import resolve_precision
+from catsdogs.train import TrainOptions, train
+
+
+def test_baseline_is_the_studys_convnet():
+    model = create_model("baseline")
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [32, 64, 128, 128]
+    assert model.input_shape == (None, 150, 150, 3) and model.output_shape == (None, 1)
+    assert model.get_layer("dense").units == 512
+    assert model.optimizer.__class__.__name__ == "RMSprop"
+    assert np.isclose(float(model.optimizer.learning_rate), 1e-4)
+    assert model.count_params() == 3_453_121
+
+
+def test_one_epoch_run_writes_every_file(tiny_run: Path):
+    for name in ("model.keras", "config.json", "history.csv", "curves.png", "classes.json"):
+        assert (tiny_run / name).stat().st_size > 0, name
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["status"] == "complete" and config["seed"] == 1337
+    assert config["classes"] == ["cat", "dog"] and len(config["manifest_sha256"]) == 64
+    assert {"keras", "tensorflow", "numpy"} <= set(config["versions"])
+    rows = list(csv.DictReader(open(tiny_run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(rows[0])
+    assert not (tiny_run / "checkpoint").exists()
+
+
+def test_existing_run_is_never_overwritten(tiny_data: Path, tiny_run: Path):
+    before = (tiny_run / "model.keras").read_bytes()
+    with pytest.raises(UsageError, match="already exists"):
+        train(TrainOptions(data=tiny_data, model="baseline", out=tiny_run, epochs=1, image_size=48))
+    with pytest.raises(UsageError, match="already complete"):
+        train(TrainOptions(data=tiny_data, model="baseline", out=tiny_run, epochs=1, image_size=48, resume=True))
+    assert (tiny_run / "model.keras").read_bytes() == before
+
+
+def test_resume_after_kill_9(tiny_data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(tiny_data), "--model", "baseline",
+               "--epochs", "40", "--image-size", "64", "--batch-size", "4", "--out", str(run)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while not (state.exists() and json.loads(state.read_text())["epoch"] >= 1) and time.time() < deadline:
+        assert process.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert done < 39
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run(command + ["--resume", "--epochs", str(done + 3)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(run / "history.csv"))]
+    assert epochs == list(range(done + 3)), "history must continue where the killed run stopped"
+    assert json.loads((run / "config.json").read_text())["status"] == "complete"
+
+
+def test_evaluation_is_in_file_order(tiny_run: Path, tiny_data: Path):
+    metrics = evaluate(tiny_run, tiny_data, "test")
+    rows = list(csv.DictReader(open(tiny_run / "predictions-test.csv")))
+    split = load_split(tiny_data, "test", 48)
+    assert [r["path"] for r in rows] == [str(p) for p in split.paths]
+    assert [r["label"] for r in rows] == [split.classes[y] for y in split.labels]
+    predicted = np.array([float(r["p_dog"]) >= metrics["threshold"] for r in rows])
+    assert np.isclose(metrics["accuracy"], np.mean(predicted == split.labels))
+
+
+def test_precision_policy_follows_cpu_flags():
+    assert resolve_precision("auto", {"avx2", "avx512_bf16"}) == "bfloat16"
+    assert resolve_precision("auto", {"amx_bf16", "amx_tile"}) == "bfloat16"
+    assert resolve_precision("auto", {"avx2", "avx512f"}) == "float32"
+    assert resolve_precision("auto", set()) == "float32"
+    assert resolve_precision("float32", {"avx512_bf16"}) == "float32"
+    with pytest.raises(UsageError):
+        resolve_precision("fp8")
