@@ -79,3 +79,12 @@ def test_default_source_message_when_absent(monkeypatch, tmp_path, capsys):
     assert main(["prepare", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "train.zip" in err and "catsdogs download" in err
+
+
+def test_explain_writes_a_png(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys):
+    photo = next((tiny_data / "test" / "cat").glob("*.jpg"))
+    out = tmp_path / "cam.png"
+    assert main(["explain", str(tiny_run), str(photo), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Grad-CAM saved" in capsys.readouterr().out
+    assert main(["explain", str(tiny_run), str(photo), "--out", str(out), "--layer", "nope"]) == 2

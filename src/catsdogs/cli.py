@@ -104,6 +104,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UsageError(f"no such file: {', '.join(missing)} (the other files were classified)")
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from catsdogs.explain import save_explanation
+    from catsdogs.images import ImageError, load_image
+    from catsdogs.predict import Predictor
+
+    predictor = Predictor(args.run)
+    try:
+        image = load_image(args.image, predictor.image_size)
+    except ImageError as error:
+        raise UsageError(f"{args.image}: {error}") from None
+    out = args.out or Path(f"{args.image.stem}-gradcam.png")
+    save_explanation(predictor.model, image, predictor.classes, out, layer=args.layer,
+                     threshold=predictor.threshold)
+    p1 = float(predictor.probabilities(image[None])[0])
+    print(f"{args.image}: {predictor.label_of(p1)} (p_{predictor.classes[1]}={p1:.3f}); Grad-CAM saved to {out}")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from catsdogs.reproduce import reproduce
 
@@ -166,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.add_argument("--threshold", type=float)
     p.add_argument("--tta", action="store_true")
+
+    p = command("explain", cmd_explain, "Grad-CAM heat map of one image, for both classes")
+    p.add_argument("run", type=Path)
+    p.add_argument("image", type=Path)
+    p.add_argument("--out", type=Path, metavar="PNG", help="default: IMAGE-gradcam.png in this folder")
+    p.add_argument("--layer", help="conv layer to explain (default: the last one, found automatically)")
 
     p = command("reproduce", cmd_reproduce, "the whole study: prepare, every experiment, evaluate, report")
     p.add_argument("--source", type=Path, help="default: ../shared/data/dogs-vs-cats-train-5000.zip")
