@@ -121,6 +121,13 @@ def cmd_explain(args: argparse.Namespace) -> None:
     print(f"{args.image}: {predictor.label_of(p1)} (p_{predictor.classes[1]}={p1:.3f}); Grad-CAM saved to {out}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from catsdogs.bench import bench
+
+    bench(args.data, None if args.data else default_source(), steps=args.steps, warmup=args.warmup,
+          batch_size=args.batch_size, precision=args.precision, ghz=args.ghz)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from catsdogs.reproduce import reproduce
 
@@ -195,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="STUDY")
     p.add_argument("--quick", action="store_true", help="a few-minute demo instead of the full study")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+
+    p = command("bench", cmd_bench, "training and prediction speed, side by side with plain Keras")
+    p.add_argument("--data", type=Path, help="a prepared DATA (default: prepare the default source in a temp dir)")
+    p.add_argument("--steps", type=positive_int, default=40, help="timed training steps (default 40)")
+    p.add_argument("--warmup", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--ghz", type=float, help="CPU clock for the peak estimate (default: from /proc/cpuinfo)")
     return parser
 
 

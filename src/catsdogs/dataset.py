@@ -78,12 +78,19 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
 
 
 def to_dataset(split: SplitArrays, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0):
-    """A tf.data pipeline of (float32 0-255 images, float32 labels) batches, prefetched."""
+    """A tf.data pipeline of (float32 0-255 images, float32 labels) batches, prefetched.
+
+    Shuffling permutes indices and gathers whole batches from the in-memory images in the graph:
+    no per-image Python work and no shuffle buffer full of image copies.
+    """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels.astype(np.float32)))
+    images = tf.constant(split.images)
+    labels = tf.constant(split.labels.astype(np.float32))
+    indices = tf.data.Dataset.range(len(split.labels))
     if shuffle:
-        dataset = dataset.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y),
-                                            num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+        indices = indices.shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True)
+    batches = indices.batch(batch_size).map(
+        lambda i: (tf.cast(tf.gather(images, i), tf.float32), tf.gather(labels, i)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
