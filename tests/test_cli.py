@@ -88,3 +88,23 @@ def test_explain_writes_a_png(tiny_run: Path, tiny_data: Path, tmp_path: Path, c
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Grad-CAM saved" in capsys.readouterr().out
     assert main(["explain", str(tiny_run), str(photo), "--out", str(out), "--layer", "nope"]) == 2
+
+
+def test_export_from_the_command_line(tiny_run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "model.tflite"
+    assert main(["export", str(tiny_run), "--format", "tflite", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.exists() and "float32[batch,48,48,3]" in printed and "verified on 8 images" in printed
+    assert main(["export", str(tiny_run), "--format", "tflite", "--out", str(out)]) == 2  # never overwritten
+
+
+def test_download_without_network_is_one_line(tmp_path: Path, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["download", "--url", f"http://127.0.0.1:{port}/PetImages.zip", "--out", str(tmp_path / "p.zip")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "network is unreachable" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "p.zip").exists()

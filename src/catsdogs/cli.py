@@ -128,6 +128,55 @@ def cmd_bench(args: argparse.Namespace) -> None:
           batch_size=args.batch_size, precision=args.precision, ghz=args.ghz)
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from catsdogs.download import download, resolve_url
+    from catsdogs.progress import Progress
+
+    url = resolve_url(args.url)
+    print(f"downloading {url} -> {args.out}", file=sys.stderr)
+    progress = Progress("downloaded", unit="MB")
+
+    def report(done: int, total: int | None) -> None:
+        progress.total = total // 2**20 if total else None
+        progress.update(done // 2**20 - progress.done)
+
+    result = download(args.out, url, expected_sha256=args.sha256, overwrite=args.force, progress=report)
+    progress.close()
+    resumed = " (resumed)" if result.resumed else ""
+    print(f"saved {result.path}: {result.size:,} bytes, sha256 {result.sha256}{resumed}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from catsdogs.export import export_model
+    from catsdogs.predict import Predictor
+
+    predictor = Predictor(args.run)
+    samples = _sample_images(args.run, predictor.image_size)
+    result = export_model(predictor.model, args.format, args.out, samples)
+    print(f"exported {args.run} as {result.format} to {result.path}")
+    print(f"input:  {result.input_signature}")
+    print(f"output: {result.output_signature}")
+    note = " (float32 rebuild of a bf16 model)" if result.float32_rebuild else ""
+    print(f"verified on {len(samples)} images: max |p_export - p_keras| = {result.max_abs_diff:.2e}{note}")
+
+
+def _sample_images(run: Path, size: int, count: int = 8):
+    """A few test images of the run's DATA for export checks; random pixels when DATA is gone."""
+    import numpy as np
+
+    from catsdogs.dataset import read_manifest
+    from catsdogs.images import load_image
+    from catsdogs.runs import read_config
+
+    data = Path(read_config(run).get("data", ""))
+    try:
+        rows = read_manifest(data, "test")
+        rows = rows[:: max(1, len(rows) // count)][:count]
+        return np.stack([load_image(data / row["path"], size) for row in rows])
+    except (CatsdogsError, OSError, ValueError):
+        return np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from catsdogs.reproduce import reproduce
 
@@ -202,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="STUDY")
     p.add_argument("--quick", action="store_true", help="a few-minute demo instead of the full study")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+
+    p = command("download", cmd_download, "fetch Microsoft's PetImages archive (needs internet; resumable)")
+    p.add_argument("--url", help="default: Microsoft's download URL, or $CATSDOGS_PETIMAGES_URL")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p.add_argument("--sha256", help="expected checksum; a mismatch deletes the download")
+    p.add_argument("--force", action="store_true", help="replace an existing complete FILE")
+    p.set_defaults(needs_tensorflow=False)
+
+    p = command("export", cmd_export, "export a RUN to a standard format, verified against Keras")
+    p.add_argument("run", type=Path)
+    p.add_argument("--format", choices=["savedmodel", "onnx", "tflite"], required=True)
+    p.add_argument("--out", type=Path, required=True, metavar="PATH")
 
     p = command("bench", cmd_bench, "training and prediction speed, side by side with plain Keras")
     p.add_argument("--data", type=Path, help="a prepared DATA (default: prepare the default source in a temp dir)")
