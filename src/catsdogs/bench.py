@@ -85,7 +85,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     keras.utils.set_random_seed(0)
     plain_train = keras.utils.image_dataset_from_directory(
         data / "train", image_size=(size, size), batch_size=batch_size, label_mode="binary", seed=0, verbose=False)
-    plain_model = study_convnet(size)
+    plain_model = study_convnet(size, jit_compile="auto")  # Keras' default: XLA wherever the model allows
     plain_seconds = _timed_fit(plain_model, plain_train.repeat(), steps, warmup, batch_size)
     plain = Throughput("plain Keras (float32, image_dataset_from_directory)", steps * batch_size, plain_seconds)
 

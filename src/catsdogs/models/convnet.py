@@ -6,6 +6,7 @@ import keras
 from keras import layers
 
 from catsdogs.errors import UsageError
+from catsdogs.precision import jit_compile_setting
 
 STUDY_IMAGE_SIZE = 150
 MIN_IMAGE_SIZE = 46  # four 3x3 convolutions and 2x2 poolings must leave at least one pixel
@@ -23,10 +24,12 @@ def augmentation(seed: int | None = None) -> keras.Sequential:
 
 
 def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, dropout: float = 0.0,
-                  learning_rate: float = 1e-4, seed: int | None = None, name: str = "baseline") -> keras.Model:
+                  learning_rate: float = 1e-4, seed: int | None = None, name: str = "baseline",
+                  jit_compile: bool | str | None = None) -> keras.Model:
     """Conv2D 32/64/128/128 + MaxPooling, Flatten, Dense 512 relu, Dense 1 sigmoid; RMSprop, BCE.
 
-    Input: raw RGB 0-255 images; the scaling to [0, 1] happens inside the model.
+    Input: raw RGB 0-255 images; the scaling to [0, 1] happens inside the model. `jit_compile=None`
+    picks what is fastest here (see `jit_compile_setting`); "auto" is plain Keras' default.
     """
     if image_size < MIN_IMAGE_SIZE:
         raise UsageError(f"the study's convnet needs --image-size >= {MIN_IMAGE_SIZE}, got {image_size}")
@@ -43,7 +46,8 @@ def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, 
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     model = keras.Model(inputs, outputs, name=name)
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
-                  loss="binary_crossentropy", metrics=["accuracy"])
+                  loss="binary_crossentropy", metrics=["accuracy"],
+                  jit_compile=jit_compile_setting() if jit_compile is None else jit_compile)
     return model
 
 
