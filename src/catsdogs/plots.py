@@ -158,6 +158,7 @@ def reliability_figure(y_true, p1, classes: Sequence[str], threshold: float = 0.
                edgecolor="steelblue")
     bottom.set_xlabel(f"predicted p({classes[1]})")
     bottom.set_ylabel("images")
+    bottom.yaxis.get_major_locator().set_params(integer=True)
     bottom.set_xlim(0, 1)
     return fig
 
@@ -173,6 +174,7 @@ def probability_histogram_figure(y_true, p1, classes: Sequence[str], threshold: 
     ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.2f}")
     ax.set_xlabel(f"predicted p({classes[1]})")
     ax.set_ylabel("images")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlim(0, 1)
     ax.set_title("Predicted probability by true class")
     ax.legend()
@@ -218,8 +220,7 @@ def load_thumbnail(path: str | os.PathLike, thumb: int) -> tuple[np.ndarray, boo
     tile = Image.new("RGB", (thumb, thumb), "white")
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((thumb, thumb))
+            im = ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (thumb, thumb))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return np.full((thumb, thumb, 3), GREY, dtype=np.uint8), False
     tile.paste(im, ((thumb - im.width) // 2, (thumb - im.height) // 2))
