@@ -136,3 +136,19 @@ def test_results_markdown(runs, tmp_path):
 
 def test_format_duration():
     assert [format_duration(s) for s in (None, 42.4, 125.4, 3725)] == ["\u2014", "42 s", "2 min 05 s", "1 h 02 min"]
+
+
+def test_gallery_from_predictions_with_true_column_and_error_rows(tmp_path):
+    run = make_run(tmp_path, "r", n_explain=0)
+    image = next((tmp_path / "data" / "test").glob("cat.*.jpg"))
+    (run / "predictions-test.csv").write_text(
+        "path,label,p_cat,p_dog,true,error\n"
+        f"{image},dog,0.1,0.9,cat,\n"  # predicted label in "label", true label in "true"
+        "missing.jpg,error,,,dog,cannot identify image\n"
+    )
+    page = write_report([run], tmp_path / "r.html").read_text()
+    assert "Most confidently wrong" in page and len(IMG_SRC.findall(page)) == 1 + 4 + 1
+    (run / "predictions-test.csv").write_text(f"path,label,p_dog\n{image},cat,0.1\n")
+    assert "No misclassified test images" in write_report([run], tmp_path / "t.html").read_text()
+    (run / "predictions-test.csv").write_text("path,label,p_dog\nmissing.jpg,error,\n")
+    assert "Most confidently wrong" not in write_report([run], tmp_path / "s.html").read_text()

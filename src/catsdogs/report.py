@@ -117,14 +117,15 @@ def load_run(run_dir: Path) -> Run:
         raise UsageError(f"{run_dir / 'config.json'}: expected a JSON object")
     classes = _optional_json(run_dir / "classes.json")
     metrics = _optional_json(run_dir / "metrics.json")
+    metrics = metrics if isinstance(metrics, dict) else None
     tuned = _optional_json(run_dir / "threshold.json")
-    threshold = (tuned or {}).get("threshold", (metrics or {}).get("threshold"))
+    threshold = (tuned if isinstance(tuned, dict) else {}).get("threshold", (metrics or {}).get("threshold"))
     return Run(
         path=run_dir,
         config=config,
         classes=[str(c) for c in classes] if isinstance(classes, list) else None,
         history=[{k: _number_or_text(v) for k, v in row.items()} for row in _read_csv(run_dir / "history.csv")],
-        metrics=metrics if isinstance(metrics, dict) else None,
+        metrics=metrics,
         threshold=float(threshold) if _is_number(threshold) else None,
     )
 
@@ -230,7 +231,7 @@ section.run{border-top:3px solid #e5e7eb;margin-top:2em}
 table{border-collapse:collapse;font-size:.9rem;margin:.3em 0}
 th,td{padding:.3em .6em;border-bottom:1px solid #e5e7eb;text-align:right;white-space:nowrap}
 th{background:#f3f4f6;vertical-align:bottom}th:first-child,td:first-child{text-align:left}
-td.published,th.published{background:#fef9e7}
+.published{background:#fef9e7}
 table.compare th{white-space:normal;overflow-wrap:normal}
 table.compare th,table.compare td{padding:.3em .45em}
 table.compare td:first-child{position:sticky;left:0;background:#fff;box-shadow:1px 0 0 #e5e7eb}
@@ -339,20 +340,25 @@ def _resolve_image(path: str, run: Run) -> Path:
     return next((b / p for b in bases if (b / p).exists()), p)
 
 
-def _gallery_png(run: Run) -> bytes | None:
-    """plots/most_wrong.png if present, else a gallery drawn from predictions-test.csv."""
+def _gallery_html(run: Run) -> str:
+    """plots/most_wrong.png if present, else a gallery drawn from predictions-test.csv, else "".
+
+    The true label is read from a ``true_label`` or ``true`` column if there is one, else ``label``.
+    """
+    heading = "<h3>Most confidently wrong test images</h3>"
     saved = run.path / "plots" / GALLERY_PNG
     if saved.is_file():
-        return saved.read_bytes()
+        return heading + _figure(saved.read_bytes(), "most confidently wrong")
     rows = _read_csv(run.path / "predictions-test.csv")
     if not rows or not run.classes:
-        return None
+        return ""
     p_key = f"p_{run.classes[1]}"
+    label_key = next(k for k in ("true_label", "true", "label") if k in rows[0] or k == "label")
     index = {"0": 0, "1": 1} | {name: i for i, name in enumerate(run.classes)}
-    usable = [(r["path"], index[r["label"]], p) for r in rows
-              if r.get("label") in index and _is_number(p := _number_or_text(r.get(p_key))) and 0 <= p <= 1]
+    usable = [(r.get("path") or "", index[r[label_key]], p) for r in rows
+              if r.get(label_key) in index and _is_number(p := _number_or_text(r.get(p_key))) and 0 <= p <= 1]
     if not usable:
-        return None
+        return ""
     paths, labels, p1 = zip(*usable)
     records = most_wrong(
         [str(_resolve_image(path, run)) for path in paths],
@@ -361,7 +367,9 @@ def _gallery_png(run: Run) -> bytes | None:
         n=GALLERY_SIZE,
         threshold=0.5 if run.threshold is None else run.threshold,
     )
-    return figure_png(gallery_figure(records, run.classes))
+    if not records:
+        return heading + "<p>No misclassified test images.</p>"
+    return heading + _figure(figure_png(gallery_figure(records, run.classes)), "most confidently wrong")
 
 
 def _run_html(run: Run, anchor: str) -> str:
@@ -377,9 +385,7 @@ def _run_html(run: Run, anchor: str) -> str:
                    key=lambda p: (known.index(p.name) if p.name in known else len(known), p.name))
     if plots:
         parts += ["<h3>Evaluation plots</h3>", '<div class="grid">', *map(_file_figure, plots), "</div>"]
-    gallery = _gallery_png(run)
-    if gallery:
-        parts += ["<h3>Most confidently wrong test images</h3>", _figure(gallery, "most confidently wrong")]
+    parts.append(_gallery_html(run))
     explain = sorted((run.path / "explain").glob("*.png"))[:MAX_EXPLAIN]
     if explain:
         parts += ["<h3>Grad-CAM</h3>", '<div class="grid">', *map(_file_figure, explain), "</div>"]
