@@ -1,0 +1,430 @@
+"""One self-contained HTML page and a results.md table comparing run folders (no Keras).
+
+A run folder holds config.json (required), history.csv, curves.png, classes.json, metrics.json,
+threshold.json, plots/*.png, predictions-test.csv and explain/*.png; optional files may be missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import mimetypes
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from catsdogs import __version__
+from catsdogs.errors import UsageError
+from catsdogs.plots import EVALUATION_PLOTS, GALLERY_PNG, figure_png, gallery_figure, most_wrong
+
+DASH = "\u2014"
+MAX_EXPLAIN = 4
+GALLERY_SIZE = 16
+#: Published numbers are read from these keys of ``published[model]``.
+PUBLISHED_KEYS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a report needs from one run folder."""
+
+    path: Path
+    config: dict
+    classes: list[str] | None
+    history: list[dict]
+    metrics: dict | None
+    threshold: float | None
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model") or "")
+
+    @property
+    def final_train_acc(self) -> float | None:
+        return self.history[-1].get("accuracy") if self.history else None
+
+    @property
+    def best_val_acc(self) -> float | None:
+        values = [v for row in self.history if _is_number(v := row.get("val_accuracy"))]
+        return max(values) if values else None
+
+    @property
+    def epochs(self) -> str:
+        """Epochs trained, with the requested number when training stopped early."""
+        requested = self.config.get("epochs")
+        if not self.history:
+            return _text(requested)
+        trained = len(self.history)
+        return f"{trained} of {requested}" if requested not in (None, trained) else str(trained)
+
+    @property
+    def test_metrics(self) -> dict | None:
+        """metrics.json when it was computed on the test split."""
+        if self.metrics and self.metrics.get("split", "test") == "test":
+            return self.metrics
+        return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+
+
+def _optional_json(path: Path):
+    return _read_json(path) if path.is_file() else None
+
+
+def _number_or_text(value: str):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts of strings; [] when the file is absent."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read a run folder; ``UsageError`` naming the folder when it has no readable config.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"{run_dir}: not a catsdogs run folder (no config.json)")
+    config = _read_json(run_dir / "config.json")
+    if not isinstance(config, dict):
+        raise UsageError(f"{run_dir / 'config.json'}: expected a JSON object")
+    classes = _optional_json(run_dir / "classes.json")
+    metrics = _optional_json(run_dir / "metrics.json")
+    metrics = metrics if isinstance(metrics, dict) else None
+    tuned = _optional_json(run_dir / "threshold.json")
+    threshold = (tuned if isinstance(tuned, dict) else {}).get("threshold", (metrics or {}).get("threshold"))
+    return Run(
+        path=run_dir,
+        config=config,
+        classes=[str(c) for c in classes] if isinstance(classes, list) else None,
+        history=[{k: _number_or_text(v) for k, v in row.items()} for row in _read_csv(run_dir / "history.csv")],
+        metrics=metrics,
+        threshold=float(threshold) if _is_number(threshold) else None,
+    )
+
+
+def _load_runs(run_dirs: Sequence[Path]) -> list[Run]:
+    if not run_dirs:
+        raise UsageError("no run folders given")
+    return [load_run(Path(d)) for d in run_dirs]
+
+
+def _text(value) -> str:
+    return DASH if value is None or value == "" else str(value)
+
+
+def _num(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if _is_number(value) else DASH
+
+
+def format_duration(seconds) -> str:
+    """'42 s', '3 min 05 s' or '1 h 02 min'."""
+    if not _is_number(seconds):
+        return DASH
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+# Columns of the comparison tables: (header, value of a run as text).
+Column = tuple[str, Callable[[Run], str]]
+_COLUMNS: dict[str, Column] = {
+    "run": ("run", lambda r: r.name),
+    "model": ("model", lambda r: _text(r.config.get("model"))),
+    "backbone": ("backbone", lambda r: _text(r.config.get("backbone"))),
+    "epochs": ("epochs", lambda r: r.epochs),
+    "wall": ("wall time", lambda r: format_duration(r.config.get("wall_time_s"))),
+    "train": ("train acc", lambda r: _num(r.final_train_acc)),
+    "val": ("val acc", lambda r: _num(r.best_val_acc)),
+    "test": ("test acc", lambda r: _num((r.test_metrics or {}).get("accuracy"))),
+    "log_loss": ("test log loss", lambda r: _num((r.test_metrics or {}).get("log_loss"))),
+    "auc": ("test AUC", lambda r: _num((r.test_metrics or {}).get("roc_auc"))),
+    "threshold": ("threshold", lambda r: _num(r.threshold, 2)),
+}
+HTML_COLUMNS = ("run", "model", "backbone", "epochs", "wall", "train", "val", "test", "log_loss", "auc", "threshold")
+MARKDOWN_COLUMNS = ("run", "model", "backbone", "epochs", "train", "val", "test", "wall")
+
+
+def _columns(keys: Sequence[str], published: dict[str, dict] | None) -> list[Column]:
+    cols = [_COLUMNS[k] for k in keys]
+    if published is not None:
+        for key in PUBLISHED_KEYS:
+            cols.append((f"published {key}", lambda r, k=key: _num((published.get(r.model) or {}).get(k))))
+    return cols
+
+
+def _summary(runs: Sequence[Run], keys: Sequence[str], published) -> tuple[list[str], list[list[str]]]:
+    cols = _columns(keys, published)
+    return [h for h, _ in cols], [[value(r) for _, value in cols] for r in runs]
+
+
+def _markdown_escape(text: str) -> str:
+    """Text for a Markdown table cell: one line, with |, HTML and emphasis characters escaped."""
+    return re.sub(r"([\\`*|<>])", r"\\\1", " ".join(text.split()))
+
+
+def write_results_markdown(run_dirs: Sequence[Path], out_md: Path, *, published: dict[str, dict] | None = None) -> Path:
+    """results.md: one table row per run with train/val/test accuracy, epochs, wall time and,
+    when given, the study's published numbers."""
+    header, rows = _summary(_load_runs(run_dirs), MARKDOWN_COLUMNS, published)
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(_markdown_escape(c) for c in cells) + " |"
+
+    lines = [
+        "# Results",
+        "",
+        "Accuracy is a fraction: train on the last epoch, validation on the best epoch (the saved model),"
+        " test from `metrics.json`.",
+        "",
+        line(header),
+        line(["---"] * len(header)),
+        *(line(r) for r in rows),
+        "",
+    ]
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(lines), encoding="utf-8")
+    return out_md
+
+
+# ---------------------------------------------------------------- HTML
+
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;
+ background:#fff;line-height:1.45;max-width:1200px;margin:0 auto;padding:0 12px 48px;overflow-wrap:anywhere}
+h1{font-size:1.6rem;margin:.8em 0 .3em}h2{font-size:1.3rem;margin:0;padding-top:1em}
+h3{font-size:1.05rem;margin:1.2em 0 .4em}
+section.run{border-top:3px solid #e5e7eb;margin-top:2em}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;max-width:100%}
+table{border-collapse:collapse;font-size:.9rem;margin:.3em 0}
+th,td{padding:.3em .6em;border-bottom:1px solid #e5e7eb;text-align:right;white-space:nowrap}
+th{background:#f3f4f6;vertical-align:bottom}th:first-child,td:first-child{text-align:left}
+.published{background:#fef9e7}
+table.compare th{white-space:normal;overflow-wrap:normal}
+table.compare th,table.compare td{padding:.3em .45em}
+table.compare td:first-child{position:sticky;left:0;background:#fff;box-shadow:1px 0 0 #e5e7eb}
+table.kv th,table.kv td{text-align:left;white-space:normal}table.kv td:first-child{white-space:nowrap}
+.row{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
+img{max-width:100%;height:auto;display:block}
+figure{margin:0 0 12px}figcaption{font-size:.85rem;color:#555}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,440px),1fr));gap:12px 20px}
+.muted{color:#666;font-size:.9rem}
+nav ul{padding-left:1.2em}
+pre{overflow-x:auto;background:#f8f8f8;padding:.6em;font-size:.8rem}
+@media (max-width:600px){body{font-size:15px}table{font-size:.8rem}h1{font-size:1.3rem}}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _figure(data: bytes, caption: str, mime: str = "image/png") -> str:
+    return (f'<figure><img src="{_data_uri(data, mime)}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _file_figure(path: Path) -> str:
+    mime = mimetypes.guess_type(path.name)[0] or "image/png"
+    return _figure(path.read_bytes(), path.stem.replace("_", " "), mime)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, kind: str = "",
+           published_from: int | None = None) -> str:
+    """An HTML table (CSS class ``kind``) of formatted, unescaped cells, in a horizontally scrolling box.
+
+    Columns from ``published_from`` on are marked as published numbers.
+    """
+
+    def cells(tag: str, values: Sequence[str]) -> str:
+        return "".join(
+            f'<{tag} class="published">{_e(v)}</{tag}>' if published_from is not None and i >= published_from
+            else f"<{tag}>{_e(v)}</{tag}>"
+            for i, v in enumerate(values)
+        )
+
+    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+    return f'<div class="scroll"><table class="{kind}"><thead><tr>{cells("th", header)}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _config_html(run: Run) -> str:
+    c = run.config
+    versions = c.get("versions")
+    rows = [
+        ("model", _text(c.get("model"))),
+        ("backbone", _text(c.get("backbone"))),
+        ("image size", _text(c.get("image_size"))),
+        ("epochs", run.epochs),
+        ("seed", _text(c.get("seed"))),
+        ("precision", _text(c.get("precision"))),
+        ("wall time", format_duration(c.get("wall_time_s"))),
+        ("data", _text(c.get("data"))),
+        ("manifest sha256", _text(c.get("manifest_sha256"))[:16]),
+        ("classes", ", ".join(run.classes) if run.classes else DASH),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else _text(versions)),
+    ]
+    everything = json.dumps(c, indent=2, sort_keys=True, default=str)
+    return (_table(("setting", "value"), rows, kind="kv")
+            + f"<details><summary>all settings</summary><pre>{_e(everything)}</pre></details>")
+
+
+def _metrics_html(metrics: dict) -> str:
+    split = metrics.get("split", "test")
+    headline = [
+        ("accuracy", _num(metrics.get("accuracy"), 4)),
+        ("balanced accuracy", _num(metrics.get("balanced_accuracy"), 4)),
+        ("ROC AUC", _num(metrics.get("roc_auc"), 4)),
+        ("log loss", _num(metrics.get("log_loss"), 4)),
+        ("Brier score", _num(metrics.get("brier"), 4)),
+        ("ECE (10 bins)", _num(metrics.get("ece"), 4)),
+        ("threshold", _num(metrics.get("threshold"), 3)),
+        ("images", _text(metrics.get("n"))),
+    ]
+    parts = [f'<h3>Metrics on the {_e(split)} split</h3><div class="row">', _table(("metric", "value"), headline)]
+    per_class = metrics.get("per_class") or {}
+    rows = [(name, *(_num(m.get(k), 4) for k in ("precision", "recall", "f1")), _text(m.get("support")))
+            for name, m in per_class.items()]
+    if "macro" in metrics:
+        rows.append(("macro avg", *(_num(metrics["macro"].get(k), 4) for k in ("precision", "recall", "f1")), DASH))
+    if rows:
+        parts.append(_table(("class", "precision", "recall", "F1", "support"), rows))
+    cm = metrics.get("confusion_matrix") or {}
+    if cm.get("labels") and cm.get("matrix"):
+        header = ["true \u2193 / predicted \u2192", *map(str, cm["labels"])]
+        parts.append(_table(header, [(str(n), *map(str, row)) for n, row in zip(cm["labels"], cm["matrix"])]))
+    return "".join(parts) + "</div>"
+
+
+def _resolve_image(path: str, run: Run) -> Path:
+    """An image path from predictions-test.csv, tried as given, then under the run and data folders."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    bases = [run.path] + ([Path(str(run.config["data"]))] if run.config.get("data") else [])
+    return next((b / p for b in bases if (b / p).exists()), p)
+
+
+def _gallery_html(run: Run) -> str:
+    """plots/most_wrong.png if present, else a gallery drawn from predictions-test.csv, else "".
+
+    The true label is read from a ``true_label`` or ``true`` column if there is one, else ``label``.
+    """
+    heading = "<h3>Most confidently wrong test images</h3>"
+    saved = run.path / "plots" / GALLERY_PNG
+    if saved.is_file():
+        return heading + _figure(saved.read_bytes(), "most confidently wrong")
+    rows = _read_csv(run.path / "predictions-test.csv")
+    if not rows or not run.classes:
+        return ""
+    p_key = f"p_{run.classes[1]}"
+    label_key = next(k for k in ("true_label", "true", "label") if k in rows[0] or k == "label")
+    index = {"0": 0, "1": 1} | {name: i for i, name in enumerate(run.classes)}
+    usable = [(r.get("path") or "", index[r[label_key]], p) for r in rows
+              if r.get(label_key) in index and _is_number(p := _number_or_text(r.get(p_key))) and 0 <= p <= 1]
+    if not usable:
+        return ""
+    paths, labels, p1 = zip(*usable)
+    records = most_wrong(
+        [str(_resolve_image(path, run)) for path in paths],
+        list(labels),
+        list(p1),
+        n=GALLERY_SIZE,
+        threshold=0.5 if run.threshold is None else run.threshold,
+    )
+    if not records:
+        return heading + "<p>No misclassified test images.</p>"
+    return heading + _figure(figure_png(gallery_figure(records, run.classes)), "most confidently wrong")
+
+
+def _run_html(run: Run, anchor: str) -> str:
+    parts = [f'<section class="run" id="{anchor}"><h2>{_e(run.name)}</h2>',
+             f'<p class="muted">{_e(run.path)}</p>', "<h3>Configuration</h3>", _config_html(run)]
+    curves = run.path / "curves.png"
+    if curves.is_file():
+        parts += ["<h3>Training curves</h3>", _figure(curves.read_bytes(), "training and validation curves")]
+    if run.metrics:
+        parts.append(_metrics_html(run.metrics))
+    known = list(EVALUATION_PLOTS.values())
+    plots = sorted((p for p in (run.path / "plots").glob("*.png") if p.name != GALLERY_PNG),
+                   key=lambda p: (known.index(p.name) if p.name in known else len(known), p.name))
+    if plots:
+        parts += ["<h3>Evaluation plots</h3>", '<div class="grid">', *map(_file_figure, plots), "</div>"]
+    parts.append(_gallery_html(run))
+    explain = sorted((run.path / "explain").glob("*.png"))[:MAX_EXPLAIN]
+    if explain:
+        parts += ["<h3>Grad-CAM</h3>", '<div class="grid">', *map(_file_figure, explain), "</div>"]
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def write_report(run_dirs: Sequence[Path], out_html: Path, *, title: str = "catsdogs report",
+                 published: dict[str, dict] | None = None) -> Path:
+    """Write one self-contained, phone-friendly HTML page comparing the runs (images embedded)."""
+    runs = _load_runs(run_dirs)
+    anchors = [f"run-{i}" for i in range(1, len(runs) + 1)]
+    header, rows = _summary(runs, HTML_COLUMNS, published)
+    nav = "".join(f'<li><a href="#{a}">{_e(r.name)}</a></li>' for r, a in zip(runs, anchors))
+    note = (' <span class="published">Shaded columns: the study\'s published numbers.</span>'
+            if published is not None else "")
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
+<link rel="icon" href="data:,">
+<style>{CSS}</style>
+</head>
+<body>
+<h1>{_e(title)}</h1>
+<p class="muted">{len(runs)} run(s). Accuracy: train on the last epoch, validation on the best epoch
+(the saved model), test from metrics.json.{note}</p>
+<h2>Comparison</h2>
+{_table(header, rows, kind="compare", published_from=len(HTML_COLUMNS) if published is not None else None)}
+<nav><ul>{nav}</ul></nav>
+{"".join(_run_html(r, a) for r, a in zip(runs, anchors))}
+<p class="muted">Generated by catsdogs {_e(__version__)} on {generated}.</p>
+</body>
+</html>
+"""
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(page, encoding="utf-8")
+    return out_html

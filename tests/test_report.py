@@ -1,0 +1,154 @@
+"""catsdogs.report: self-contained, escaped HTML and results.md from run folders."""
+
+import base64
+import json
+import re
+
+import pytest
+from fake_runs import make_run
+
+from catsdogs.errors import UsageError
+from catsdogs.plots import GALLERY_PNG
+from catsdogs.report import format_duration, load_run, write_report, write_results_markdown
+
+PUBLISHED = {"baseline": {"train": 0.85, "val": 0.82, "test": None}}
+NASTY = "x<img src=x onerror=alert(1)>&|y"  # a run name with HTML and a Markdown "|"
+IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]*)"')
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    return [
+        make_run(root, "baseline"),
+        make_run(root, NASTY, model="transfer", backbone="vgg16", n_explain=6, seed=1),
+        make_run(root, "bare", model="features", full=False),
+    ]
+
+
+@pytest.fixture(scope="module")
+def page(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "deep" / "report.html"
+    assert write_report(runs, out, title="Study <1>", published=PUBLISHED) == out
+    return out.read_text(encoding="utf-8")
+
+
+def test_every_image_is_an_embedded_png(page):
+    sources = IMG_SRC.findall(page)
+    # per full run: curves + 4 evaluation plots + gallery + explain (2, and 6 capped to 4); bare run: none
+    assert len(sources) == (1 + 4 + 1 + 2) + (1 + 4 + 1 + 4)
+    assert len(sources) == page.count("<img")
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1], validate=True).startswith(b"\x89PNG\r\n\x1a\n")
+    assert not re.search(r'\bsrc="(?!data:)', page)
+    assert not re.search(r'\bhref="(?!#|data:)', page)  # only in-page links
+    for external in ("<script", "http://", "https://", "url(", "@import"):
+        assert external not in page
+
+
+def test_page_is_phone_friendly(page):
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert "max-width" in page and 'class="scroll"' in page
+
+
+def test_text_is_escaped(page):
+    assert NASTY not in page and "<img src=x" not in page
+    assert page.count("x&lt;img src=x onerror=alert(1)&gt;&amp;|y") >= 3  # table, nav, section title
+    assert "<title>Study &lt;1&gt;</title>" in page
+
+
+def comparison_rows(page):
+    table = page.split("<h2>Comparison</h2>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r) for r in rows]
+
+
+def test_comparison_table_has_our_and_published_numbers(page, runs):
+    header, baseline, transfer, bare = comparison_rows(page)
+    assert header[:3] == ["run", "model", "backbone"] and header[-3:] == ["published train", "published val", "published test"]
+    row = dict(zip(header, baseline))
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert row["test acc"] == f"{metrics['accuracy']:.3f}"
+    assert row["test AUC"] == f"{metrics['roc_auc']:.3f}"
+    assert row["test log loss"] == f"{metrics['log_loss']:.3f}"
+    assert row["train acc"] == "0.840"  # last of 0.60 + 0.06 * epoch
+    assert row["val acc"] == "0.700"  # epoch 3; the last one is lower
+    assert row["epochs"] == "5" and row["wall time"] == "2 min 05 s" and row["threshold"] == "0.50"
+    assert (row["published train"], row["published val"], row["published test"]) == ("0.850", "0.820", "\u2014")
+    assert dict(zip(header, transfer))["backbone"] == "vgg16"
+    assert dict(zip(header, transfer))["published train"] == "\u2014"  # no published "transfer"
+    assert dict(zip(header, bare))["test acc"] == "\u2014"
+
+
+def test_run_sections_show_config_and_metrics(page):
+    sections = page.split('<section class="run"')[1:]
+    assert len(sections) == 3
+    assert "Metrics on the test split" in sections[0] and "Training curves" in sections[0]
+    assert "Grad-CAM" in sections[0] and "Most confidently wrong" in sections[0]
+    assert "features" in sections[2] and "Training curves" not in sections[2] and "<img" not in sections[2]
+
+
+def test_gallery_from_plots_folder_is_not_duplicated(tmp_path):
+    run = make_run(tmp_path, "r", n_explain=0)
+    (run / "predictions-test.csv").unlink()
+    out = write_report([run], tmp_path / "a.html")
+    assert "Most confidently wrong" not in out.read_text()
+    (run / "plots" / GALLERY_PNG).write_bytes((run / "curves.png").read_bytes())
+    page = write_report([run], tmp_path / "b.html").read_text()
+    assert "Most confidently wrong" in page and len(IMG_SRC.findall(page)) == 1 + 4 + 1
+
+
+def test_metrics_of_another_split_are_not_called_test(tmp_path):
+    run = make_run(tmp_path, "r")
+    metrics = json.loads((run / "metrics.json").read_text()) | {"split": "validation"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report([run], tmp_path / "r.html").read_text()
+    assert dict(zip(*comparison_rows(page)))["test acc"] == "\u2014"
+    assert "Metrics on the validation split" in page
+
+
+def test_bad_run_folders_are_usage_errors(tmp_path, runs):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="empty.*no config.json"):
+        write_report([runs[0], tmp_path / "empty"], tmp_path / "x.html")
+    with pytest.raises(UsageError, match="no run folders"):
+        write_results_markdown([], tmp_path / "x.md")
+    (tmp_path / "empty" / "config.json").write_text("{not json")
+    with pytest.raises(UsageError, match="config.json"):
+        load_run(tmp_path / "empty")
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_results_markdown(runs, tmp_path):
+    out = write_results_markdown(runs, tmp_path / "results.md", published=PUBLISHED)
+    lines = [line for line in out.read_text().splitlines() if line.startswith("|")]
+    assert len(lines) == 2 + 3
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    assert header == ["run", "model", "backbone", "epochs", "train acc", "val acc",
+                      "test acc", "wall time", "published train", "published val", "published test"]
+    assert lines[2].startswith("| baseline | baseline | \u2014 | 5 | 0.840 | 0.700 | 0.")
+    assert lines[2].endswith("| 2 min 05 s | 0.850 | 0.820 | \u2014 |")
+    assert lines[3].startswith(r"| x\<img src=x onerror=alert(1)\>&\|y | transfer | vgg16 | 5 |")
+    no_published = write_results_markdown(runs, tmp_path / "plain.md").read_text()
+    assert "published" not in no_published
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (None, 42.4, 125.4, 3725)] == ["\u2014", "42 s", "2 min 05 s", "1 h 02 min"]
+
+
+def test_gallery_from_predictions_with_true_column_and_error_rows(tmp_path):
+    run = make_run(tmp_path, "r", n_explain=0)
+    image = next((tmp_path / "data" / "test").glob("cat.*.jpg"))
+    (run / "predictions-test.csv").write_text(
+        "path,label,p_cat,p_dog,true,error\n"
+        f"{image},dog,0.1,0.9,cat,\n"  # predicted label in "label", true label in "true"
+        "missing.jpg,error,,,dog,cannot identify image\n"
+    )
+    page = write_report([run], tmp_path / "r.html").read_text()
+    assert "Most confidently wrong" in page and len(IMG_SRC.findall(page)) == 1 + 4 + 1
+    (run / "predictions-test.csv").write_text(f"path,label,p_dog\n{image},cat,0.1\n")
+    assert "No misclassified test images" in write_report([run], tmp_path / "t.html").read_text()
+    (run / "predictions-test.csv").write_text("path,label,p_dog\nmissing.jpg,error,\n")
+    assert "Most confidently wrong" not in write_report([run], tmp_path / "s.html").read_text()
