@@ -36,13 +36,13 @@ def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, 
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = augmentation(seed)(inputs) if augment else inputs
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)
-    for filters in (32, 64, 128, 128):
-        x = layers.Conv2D(filters, 3, activation="relu")(x)
-        x = layers.MaxPooling2D(2)(x)
-    x = layers.Flatten()(x)
+    for block, filters in enumerate((32, 64, 128, 128), start=1):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{block}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
+    x = layers.Flatten(name="flatten")(x)
     if dropout:
-        x = layers.Dropout(dropout, seed=seed)(x)
-    x = layers.Dense(512, activation="relu")(x)
+        x = layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    x = layers.Dense(512, activation="relu", name="dense")(x)
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     model = keras.Model(inputs, outputs, name=name)
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
