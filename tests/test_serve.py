@@ -11,6 +11,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -111,6 +112,20 @@ def test_predict_several_keeps_order_and_matches_single(client, photos):
         check_prediction(p, ["cat", "dog"], 0.5)
         alone = predict(client, [photo]).json()["predictions"][0]
         assert alone["probabilities"]["dog"] == pytest.approx(p["probabilities"]["dog"], abs=1e-5)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_api_matches_predictor(run, photos, tta):
+    """The API's numbers are `catsdogs predict`'s (same decoding, resizing, model and TTA)."""
+    from catsdogs.images import decode_image, resize
+    from catsdogs.predict import Predictor
+
+    predictor = Predictor(run, tta=tta)
+    images = np.stack([resize(decode_image(data).pixels, predictor.image_size) for _, data in photos[:3]])
+    expected = predictor.probabilities(images)
+    with TestClient(create_app(run, tta=tta)) as client:
+        got = [p["probabilities"]["dog"] for p in predict(client, photos[:3]).json()["predictions"]]
+    assert got == pytest.approx(expected.tolist(), abs=1e-5)
 
 
 def test_predict_real_photos(client, tmp_path):
