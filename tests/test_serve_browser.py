@@ -59,6 +59,15 @@ def test_page_classifies_an_uploaded_photo(tmp_path):
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not severe, severe
 
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not a photo\n" * 20)
+        upload.send_keys(str(notes))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card[data-state=error]"))
+        error = driver.find_element(By.CSS_SELECTOR, ".card[data-state=error] .error").text
+        assert error == "notes.txt: cannot decode: not an image"
+        severe = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert all("status of 415" in message for message in severe), severe  # only the refused upload
+
         driver.save_screenshot(str(tmp_path / "desktop.png"))
         driver.set_window_size(390, 844)
         wide = driver.execute_script("return document.documentElement.scrollWidth")

@@ -36,7 +36,7 @@ PAGE = """<!doctype html>
   .pick:focus-within { outline: 3px solid #93c5fd; }
   .pick input { position: absolute; inset: 0; width: 100%; height: 100%; opacity: 0; cursor: pointer; }
   #results { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 14px;
-             margin-top: 16px; }
+             margin-top: 16px; align-items: start; }
   .card { background: var(--card); border: 1px solid var(--line); border-radius: 14px; padding: 12px;
           min-width: 0; }
   .name { font-size: .85rem; color: var(--muted); white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
@@ -50,6 +50,7 @@ PAGE = """<!doctype html>
   .pics .none { display: flex; align-items: center; justify-content: center; aspect-ratio: 1; border-radius: 8px;
                 background: #e9edf1; color: var(--muted); font-size: .8rem; text-align: center; padding: 6px; }
   .label { font-size: 1.6rem; font-weight: 700; text-transform: capitalize; min-height: 1.2em; }
+  .label.error { text-transform: none; font-size: 1rem; }
   .label.pending { color: var(--muted); font-size: 1rem; font-weight: 400; }
   .bar { display: grid; grid-template-columns: 4.5em 1fr 3.6em; align-items: center; gap: 8px; font-size: .9rem;
          margin: 4px 0; }
@@ -133,8 +134,10 @@ function makeCard(file) {
   const photo = el("figure");
   const img = el("img");
   img.alt = "photo " + file.name;
+  // A format the browser cannot show (TIFF, say) still gets classified: a placeholder stands in.
+  img.addEventListener("error", () => img.replaceWith(el("div", "none", "no preview")));
   if (file.type.startsWith("image/")) img.src = URL.createObjectURL(file);
-  photo.append(img, el("figcaption", "", "photo"));
+  photo.append(file.type.startsWith("image/") ? img : el("div", "none", "no preview"), el("figcaption", "", "photo"));
   const cam = el("figure");
   cam.append(el("div", "none", "Grad-CAM"), el("figcaption", "", "what the model looked at"));
   pics.append(photo, cam);
@@ -142,7 +145,7 @@ function makeCard(file) {
   const bars = el("div", "bars");
   const note = el("div", "note");
   root.append(pics, label, bars, note);
-  return {root, pics, cam, label, bars, note};
+  return {root, pics, cam, img, label, bars, note};
 }
 
 async function post(file, explain) {
@@ -175,7 +178,8 @@ async function classify(file, card) {
     card.label.textContent = "";
     card.label.append(el("span", "error", error.message));
     card.root.dataset.state = "error";
-    photoOnly(card);
+    if (card.img.isConnected && card.img.complete && card.img.naturalWidth) photoOnly(card);
+    else card.pics.remove();
   }
 }
 
