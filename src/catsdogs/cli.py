@@ -175,6 +175,31 @@ def _sample_images(run: Path, size: int, count: int = 8):
         return np.stack([load_image(data / row["path"], size) for row in rows])
     except (CatsdogsError, OSError, ValueError):
         return np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from catsdogs import serve
+    except ImportError as error:
+        raise CatsdogsError(f"serve needs the web extras ({error.name} is missing): "
+                            "pip install 'catsdogs[serve]'") from None
+    from catsdogs.runs import read_config
+
+    read_config(args.run)
+    if args.max_upload_mb <= 0:
+        raise UsageError(f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
+    if args.port > 65535:
+        raise UsageError(f"--port must be at most 65535, got {args.port}")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UsageError(f"--threshold must be between 0 and 1, got {args.threshold:g}")
+    app = serve.create_app(args.run, threshold=args.threshold, max_upload_mb=args.max_upload_mb)
+    try:
+        sock = serve.bind_socket(args.host, args.port)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, reachable from other machines; there is no authentication",
+              file=sys.stderr)
+    print(f"serving {args.run} at {serve.url_of(sock)} (API docs: {serve.url_of(sock)}docs; Ctrl+C stops)", flush=True)
+    serve.serve_forever(app, sock, log_level="info" if args.debug else "warning")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -245,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--out", type=Path, metavar="PNG", help="default: IMAGE-gradcam.png in this folder")
     p.add_argument("--layer", help="conv layer to explain (default: the last one, found automatically)")
+    p = command("serve", cmd_serve, "web page and REST API classifying uploaded photos with RUN")
+    p.add_argument("run", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=non_negative_int, default=8000, help="default 8000; 0 picks a free port")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body accepted (default 10)")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: tuned, else 0.5)")
 
     p = command("reproduce", cmd_reproduce, "the whole study: prepare, every experiment, evaluate, report")
     p.add_argument("--source", type=Path, help="default: ../shared/data/dogs-vs-cats-train-5000.zip")
