@@ -83,7 +83,7 @@ def test_evaluation_is_in_file_order(tiny_run: Path, tiny_data: Path):
     rows = list(csv.DictReader(open(tiny_run / "predictions-test.csv")))
     split = load_split(tiny_data, "test", 48)
     assert [r["path"] for r in rows] == [str(p) for p in split.paths]
-    assert [r["label"] for r in rows] == [split.classes[y] for y in split.labels]
+    assert [r["true_label"] for r in rows] == [split.classes[y] for y in split.labels]
     predicted = np.array([float(r["p_dog"]) >= metrics["threshold"] for r in rows])
     assert np.isclose(metrics["accuracy"], np.mean(predicted == split.labels))
 

@@ -72,15 +72,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from catsdogs.evaluate import evaluate
+    from catsdogs.evaluate import evaluate, tune_run_threshold
+    from catsdogs.metrics import format_metrics_table
 
+    if args.tune_threshold:
+        if args.threshold is not None:
+            raise UsageError("--tune-threshold and --threshold exclude each other")
+        threshold = tune_run_threshold(args.run, args.data, args.tune_metric, tta=args.tta, cache_dir=args.cache_dir)
+        print(f"tuned threshold {threshold:.3f} on the validation split ({args.tune_metric}); "
+              f"saved to {args.run / 'threshold.json'}")
     metrics = evaluate(args.run, args.data, args.split, tta=args.tta, threshold=args.threshold,
                        cache_dir=args.cache_dir)
-    try:
-        from catsdogs.metrics import format_metrics_table
-        print(format_metrics_table(metrics))
-    except ImportError:
-        print(json.dumps(metrics, indent=2))
+    print(f"{args.split} split, threshold {metrics['threshold']:.3f} ({metrics['threshold_origin']})"
+          f"{', with TTA (photo + mirror)' if args.tta else ''}")
+    print(format_metrics_table(metrics))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -202,6 +207,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve.serve_forever(app, sock, log_level="info" if args.debug else "warning")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from catsdogs.report import write_report
+    from catsdogs.reproduce import PUBLISHED
+
+    out = write_report(args.runs, args.out, title=args.title, published=PUBLISHED)
+    print(f"report of {len(args.runs)} run(s) written to {out}")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from catsdogs.reproduce import reproduce
 
@@ -256,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "validation", "test"], default="test")
     p.add_argument("--threshold", type=float, help="decision threshold (default: tuned, else 0.5)")
     p.add_argument("--tta", action="store_true", help="average each photo with its mirror image")
+    p.add_argument("--tune-threshold", action="store_true",
+                   help="choose the threshold on the validation split first and save it in RUN/threshold.json")
+    p.add_argument("--tune-metric", choices=["accuracy", "f1", "balanced_accuracy"], default="accuracy")
     p.add_argument("--cache-dir", type=Path)
 
     p = command("predict", cmd_predict, "classify image files and folders")
@@ -276,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=non_negative_int, default=8000, help="default 8000; 0 picks a free port")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body accepted (default 10)")
     p.add_argument("--threshold", type=float, help="decision threshold (default: tuned, else 0.5)")
+
+    p = command("report", cmd_report, "one self-contained HTML page comparing runs")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
+    p.add_argument("--out", type=Path, required=True, metavar="HTML")
+    p.add_argument("--title", default="catsdogs report")
+    p.set_defaults(needs_tensorflow=False)
 
     p = command("reproduce", cmd_reproduce, "the whole study: prepare, every experiment, evaluate, report")
     p.add_argument("--source", type=Path, help="default: ../shared/data/dogs-vs-cats-train-5000.zip")

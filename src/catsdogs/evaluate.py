@@ -1,4 +1,8 @@
-"""`catsdogs evaluate`: metrics of a trained RUN on one split of DATA, in file order (never shuffled)."""
+"""`catsdogs evaluate`: metrics, plots, most-wrong gallery and Grad-CAM examples of a RUN on one split.
+
+Images are evaluated in manifest order, never shuffled, so every number can be traced back to a file
+(RUN/predictions-<split>.csv). A threshold is only ever tuned on the validation split.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +13,77 @@ import numpy as np
 
 from catsdogs.dataset import load_split
 from catsdogs.errors import UsageError
-from catsdogs.metrics import compute_metrics
+from catsdogs.metrics import compute_metrics, tune_threshold
+from catsdogs.plots import GALLERY_PNG, most_wrong, save_evaluation_plots, save_gallery
 from catsdogs.predict import Predictor
-from catsdogs.runs import METRICS, read_config, write_json
+from catsdogs.runs import METRICS, THRESHOLD, read_config, write_json
+
+TUNING_SPLIT = "validation"
+EXPLAIN_EXAMPLES = 4
 
 
 def split_probabilities(predictor: Predictor, data: Path, split: str, cache_dir: Path | None = None):
-    """(labels, p1, paths) of a split; refuses DATA whose classes differ from the run's."""
+    """(labels, p1, paths, images) of a split; refuses DATA whose classes differ from the run's."""
     arrays = load_split(data, split, predictor.image_size, cache_dir=cache_dir)
     if arrays.classes != predictor.classes:
         raise UsageError(f"DATA classes {arrays.classes} differ from the run's {predictor.classes}")
-    return arrays.labels, predictor.probabilities(arrays.images), arrays.paths
+    if len(arrays.labels) == 0:
+        raise UsageError(f"the {split} split of {data} is empty")
+    return arrays.labels, predictor.probabilities(arrays.images), arrays.paths, arrays.images
+
+
+def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accuracy", *, tta: bool = False,
+                       cache_dir: Path | None = None) -> float:
+    """Choose the threshold that maximises `metric` on the VALIDATION split and save RUN/threshold.json."""
+    run = Path(run)
+    data = Path(data or read_config(run)["data"])
+    predictor = Predictor(run, threshold=0.5, tta=tta)
+    labels, p1, _, _ = split_probabilities(predictor, data, TUNING_SPLIT, cache_dir)
+    threshold = tune_threshold(labels, p1, metric=metric)
+    write_json(run / THRESHOLD, {"threshold": threshold, "metric": metric, "split": TUNING_SPLIT,
+                                 "n": int(len(labels)), "tta": tta})
+    return threshold
 
 
 def evaluate(run: Path, data: Path | None = None, split: str = "test", *, tta: bool = False,
-             threshold: float | None = None, cache_dir: Path | None = None) -> dict:
-    """Compute and save RUN/metrics.json (and RUN/predictions-<split>.csv) for `split`."""
+             threshold: float | None = None, cache_dir: Path | None = None, explain: bool = True) -> dict:
+    """Compute and save RUN/metrics.json, RUN/predictions-<split>.csv, RUN/plots/ and RUN/explain/."""
     run = Path(run)
     data = Path(data or read_config(run)["data"])
     predictor = Predictor(run, threshold=threshold, tta=tta)
-    labels, p1, paths = split_probabilities(predictor, data, split, cache_dir)
+    labels, p1, paths, images = split_probabilities(predictor, data, split, cache_dir)
     metrics = compute_metrics(labels, p1, predictor.classes, threshold=predictor.threshold)
-    metrics.update(split=split, tta=tta, data=str(data))
+    origin = "argument" if threshold is not None else ("tuned on validation" if predictor.tuned_threshold
+                                                       is not None else "default")
+    metrics.update(split=split, tta=tta, data=str(data), threshold_origin=origin)
     write_json(run / METRICS, metrics)
     _write_predictions(run / f"predictions-{split}.csv", paths, labels, p1, predictor.classes)
+    save_evaluation_plots(labels, p1, predictor.classes, predictor.threshold, run / "plots")
+    wrong = most_wrong([str(p) for p in paths], labels, p1, n=16, threshold=predictor.threshold)
+    if wrong:
+        save_gallery(wrong, predictor.classes, run / "plots" / GALLERY_PNG)
+    if explain:
+        _explain_examples(predictor, run / "explain", labels, p1, images, paths)
     return metrics
+
+
+def _explain_examples(predictor: Predictor, out: Path, labels: np.ndarray, p1: np.ndarray,
+                      images: np.ndarray, paths: list[Path]) -> None:
+    """Grad-CAM of the two most confident right answers and the two most confident mistakes."""
+    from catsdogs.explain import save_explanation
+
+    confidence_wrong = np.abs(p1 - labels)
+    order = np.argsort(confidence_wrong)
+    picks = list(order[: EXPLAIN_EXAMPLES // 2]) + list(order[::-1][: EXPLAIN_EXAMPLES // 2])
+    out.mkdir(parents=True, exist_ok=True)
+    for rank, index in enumerate(picks):
+        kind = "right" if confidence_wrong[index] < 0.5 else "wrong"
+        save_explanation(predictor.model, images[index], predictor.classes,
+                         out / f"{rank}-{kind}-{Path(paths[index]).stem}.png", threshold=predictor.threshold)
 
 
 def _write_predictions(path: Path, paths: list[Path], labels: np.ndarray, p1: np.ndarray, classes: list[str]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "label", f"p_{classes[1]}"])
+        writer.writerow(["path", "true_label", f"p_{classes[1]}"])
         writer.writerows([str(p), classes[y], f"{q:.6f}"] for p, y, q in zip(paths, labels, p1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,9 @@ STUDY = [
 ]
 QUICK_SPLIT = {"train": 400, "val": 200, "test": 200}
 PUBLISHED = {  # Deep Learning with Python (Chollet), the small-data chapter
-    "baseline": {"train": 0.85, "validation": 0.82, "test": None},
-    "augmented": {"train": 0.84, "validation": 0.88, "test": 0.89},
-    "features": {"train": None, "validation": None, "test": 0.897},
+    "baseline": {"train": 0.85, "val": 0.82, "test": None},
+    "augmented": {"train": 0.84, "val": 0.88, "test": 0.89},
+    "features": {"train": None, "val": None, "test": 0.897},
 }
 
 
@@ -70,17 +69,10 @@ def reproduce(source: Path, out: Path, *, quick: bool = False, precision: str = 
 
 
 def _write_results(out: Path, runs: list[Path]) -> None:
-    """STUDY/results.md: one row per experiment beside the study's published numbers."""
-    lines = ["| experiment | epochs | train acc | val acc | test acc | wall time (s) | published train/val/test |",
-             "|---|---|---|---|---|---|---|"]
-    for run in runs:
-        config, metrics = read_json(run / CONFIG), read_json(run / METRICS)
-        from catsdogs.train import read_history
+    """STUDY/results.md and the self-contained STUDY/report.html, beside the study's published numbers."""
+    from catsdogs.report import write_report, write_results_markdown
 
-        best = read_history(run)[config["best_epoch"]]
-        published = PUBLISHED.get(run.name, {})
-        shown = "/".join(f"{published.get(k):.0%}" if published.get(k) else "-" for k in ("train", "validation", "test"))
-        lines.append(f"| {run.name} | {config['epochs_run']} | {best['accuracy']:.3f} | {best['val_accuracy']:.3f} | "
-                     f"{metrics['accuracy']:.3f} | {config['wall_time_s']:.0f} | {shown} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print(json.dumps({"results": str(out / "results.md")}), file=sys.stderr)
+    write_results_markdown(runs, out / "results.md", published=PUBLISHED)
+    write_report(runs, out / "report.html", title="catsdogs: the Dogs vs. Cats small-data study",
+                 published=PUBLISHED)
+    say(f"results: {out / 'results.md'}; report: {out / 'report.html'}")
