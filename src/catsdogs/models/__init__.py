@@ -17,10 +17,19 @@ class ModelEntry:
     description: str
     default_epochs: int
     uses_backbone: bool = False
+    trainer: str = "catsdogs.train:fit_images"  # "module:function(model, FitContext)": how it trains
+    default_patience: int | None = None  # early stopping on validation, in epochs
 
     def load_builder(self) -> Callable:
-        module, function = self.builder.split(":")
-        return getattr(import_module(module), function)
+        return _load(self.builder)
+
+    def load_trainer(self) -> Callable:
+        return _load(self.trainer)
+
+
+def _load(reference: str) -> Callable:
+    module, function = reference.split(":")
+    return getattr(import_module(module), function)
 
 
 MODELS: dict[str, ModelEntry] = {
