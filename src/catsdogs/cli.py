@@ -59,6 +59,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from catsdogs.train import TrainOptions, train
 
+    from catsdogs.models import model_entry
+
+    pretrained_flags = {"--backbone": args.backbone, "--weights": args.weights, "--from-run": args.from_run,
+                        "--unfreeze": args.unfreeze}
+    given = [flag for flag, value in pretrained_flags.items() if value is not None]
+    if given and not model_entry(args.model).uses_backbone:
+        raise UsageError(f"{', '.join(given)}: only for the pretrained models (features, transfer, finetune)")
     model_options = {name: value for name, value in (("weights", args.weights), ("from_run", args.from_run),
                                                      ("unfreeze", args.unfreeze)) if value is not None}
     options = TrainOptions(data=args.data, model=args.model, out=args.out, epochs=args.epochs,
