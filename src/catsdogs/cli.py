@@ -59,10 +59,20 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from catsdogs.train import TrainOptions, train
 
+    from catsdogs.models import model_entry
+
+    pretrained_flags = {"--backbone": args.backbone, "--weights": args.weights, "--from-run": args.from_run,
+                        "--unfreeze": args.unfreeze}
+    given = [flag for flag, value in pretrained_flags.items() if value is not None]
+    if given and not model_entry(args.model).uses_backbone:
+        raise UsageError(f"{', '.join(given)}: only for the pretrained models (features, transfer, finetune)")
+    model_options = {name: value for name, value in (("weights", args.weights), ("from_run", args.from_run),
+                                                     ("unfreeze", args.unfreeze)) if value is not None}
     options = TrainOptions(data=args.data, model=args.model, out=args.out, epochs=args.epochs,
                            backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                            seed=args.seed, precision=args.precision, learning_rate=args.learning_rate,
-                           cache_dir=args.cache_dir, resume=args.resume)
+                           patience=args.patience, cache_dir=args.cache_dir, resume=args.resume,
+                           model_options=model_options)
     run = train(options)
     from catsdogs.runs import read_config
 
@@ -252,7 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", cmd_train, "train one experiment into RUN")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--model", required=True, help="baseline, augmented, features, transfer, finetune")
-    p.add_argument("--backbone", help="pretrained base for features/transfer/finetune")
+    p.add_argument("--backbone", help="pretrained base for features/transfer/finetune: a keras.applications name "
+                   "lower-cased (mobilenetv2 [default], vgg16, efficientnetb0, resnet50...) or efficientnet_lite0/1/2")
+    p.add_argument("--weights", metavar="imagenet|none|PATH",
+                   help="the base's weights (default imagenet, from Keras' cache $KERAS_HOME/models; offline, "
+                   "place the file there or pass its path)")
+    p.add_argument("--from-run", metavar="RUN", help="finetune: start from this completed transfer RUN")
+    p.add_argument("--unfreeze", type=non_negative_int, metavar="N",
+                   help="finetune: unfreeze the top N layers of the base (default: its last block)")
+    p.add_argument("--patience", type=positive_int, metavar="N",
+                   help="stop after N epochs without improvement on validation (default: finetune 3, others none)")
     p.add_argument("--epochs", type=positive_int, help="default: the model's own")
     p.add_argument("--out", type=Path, required=True, metavar="RUN")
     p.add_argument("--image-size", type=positive_int)
@@ -260,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
-    p.add_argument("--cache-dir", type=Path, help="keep decoded images here for the next runs")
+    p.add_argument("--cache-dir", type=Path,
+                   help="keep decoded images (and the features model's features) here for the next runs")
     p.add_argument("--resume", action="store_true", help="continue an interrupted RUN")
 
     p = command("evaluate", cmd_evaluate, "metrics of a trained RUN on a split")

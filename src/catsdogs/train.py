@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import os
 import shutil
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import keras
 
-from catsdogs.dataset import load_split, read_classes, to_dataset
+from catsdogs.dataset import SplitArrays, load_split, read_classes, read_manifest, to_dataset
 from catsdogs.errors import UsageError
-from catsdogs.models import model_entry
+from catsdogs.models import ModelEntry, model_entry
 from catsdogs.precision import keras_precision, resolve_precision
 from catsdogs.prepare import DEFAULT_SEED, manifest_sha256
 from catsdogs.runs import (CHECKPOINT_DIR, CLASSES, CONFIG, CURVES, HISTORY, MODEL, library_versions,
@@ -38,6 +39,7 @@ class TrainOptions:
     precision: str = "auto"
     learning_rate: float | None = None
     monitor: str = "val_loss"
+    patience: int | None = None  # stop after this many epochs without improvement (default: the model's)
     cache_dir: Path | None = None
     resume: bool = False
     model_options: dict = field(default_factory=dict)
@@ -53,41 +55,90 @@ def train(options: TrainOptions) -> Path:
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
     classes = read_classes(options.data)
     precision = resolve_precision(options.precision)
-    builder_options = dict(options.model_options, seed=options.seed)
-    if options.learning_rate:
-        builder_options["learning_rate"] = options.learning_rate
-    if entry.uses_backbone:
-        builder_options["backbone"] = options.backbone
+    builder = entry.load_builder()
+    builder_options = _builder_options(entry, builder, options)
 
     keras.utils.set_random_seed(options.seed)
     with keras_precision(precision):
-        model = entry.load_builder()(image_size=options.image_size, **builder_options)
+        model = builder(image_size=options.image_size, **builder_options)
         if state:
             model = keras.models.load_model(run / CHECKPOINT_DIR / "last.keras", safe_mode=True)
     image_size = int(model.input_shape[1])
-    train_split = load_split(options.data, "train", image_size, cache_dir=options.cache_dir)
-    val_split = load_split(options.data, "validation", image_size, cache_dir=options.cache_dir)
 
     config = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
               "data": str(Path(options.data).resolve()), "epochs": epochs, "image_size": image_size,
               "precision": precision, "classes": classes, "manifest_sha256": manifest_sha256(options.data),
-              "train_images": len(train_split.labels), "validation_images": len(val_split.labels),
+              "train_images": len(read_manifest(options.data, "train")),
+              "validation_images": len(read_manifest(options.data, "validation")),
               "versions": library_versions(), "status": "running"}
     config.pop("resume"), config.pop("out")
+    if entry.uses_backbone:
+        from catsdogs.models.pretrained import find_base
+        config["backbone"] = find_base(model).name
     run.mkdir(parents=True, exist_ok=True)
     (run / CHECKPOINT_DIR).mkdir(exist_ok=True)
     write_json(run / CONFIG, config)
     write_json(run / CLASSES, classes)
 
-    checkpoint = RunCheckpoint(run, options.monitor, state)
-    initial_epoch = state["epoch"] + 1 if state else 0
-    if initial_epoch < epochs:
-        model.fit(to_dataset(train_split, options.batch_size, shuffle=True, seed=options.seed + initial_epoch),
-                  validation_data=to_dataset(val_split, options.batch_size),
-                  epochs=epochs, initial_epoch=initial_epoch, callbacks=[checkpoint],
-                  shuffle=False, verbose=1 if os.isatty(2) else 2)
+    checkpoint = RunCheckpoint(run, options.monitor, state, patience=options.patience or entry.default_patience)
+    context = FitContext(options, run, epochs, state["epoch"] + 1 if state else 0, image_size, checkpoint, config)
+    with keras_precision(precision):
+        entry.load_trainer()(model, context)
     _finish(run, config, checkpoint)
     return run
+
+
+def _builder_options(entry: ModelEntry, builder, options: TrainOptions) -> dict:
+    """The builder's keyword arguments; a UsageError naming options the model does not take."""
+    builder_options = dict(options.model_options, seed=options.seed)
+    if options.learning_rate:
+        builder_options["learning_rate"] = options.learning_rate
+    if entry.uses_backbone:
+        builder_options["backbone"] = options.backbone
+    parameters = inspect.signature(builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(builder_options) - set(parameters))
+        if unknown:
+            flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+            raise UsageError(f"--model {options.model} does not take {flags}")
+    return builder_options
+
+
+@dataclass
+class FitContext:
+    """What a trainer (`ModelEntry.trainer`) works with: the run, its epochs, checkpoint and data."""
+
+    options: TrainOptions
+    run: Path
+    epochs: int
+    initial_epoch: int  # the first epoch still to train (> 0 when resuming)
+    image_size: int
+    checkpoint: RunCheckpoint
+    config: dict  # RUN/config.json, rewritten when training finishes
+    splits: dict[str, SplitArrays] = field(default_factory=dict)
+
+    def split(self, name: str) -> SplitArrays:
+        """A split's images at the model's size, decoded on first use."""
+        if name not in self.splits:
+            self.splits[name] = load_split(self.options.data, name, self.image_size, cache_dir=self.options.cache_dir)
+        return self.splits[name]
+
+    def fit(self, model, train: SplitArrays, validation: SplitArrays, *, epochs: int | None = None,
+            initial_epoch: int | None = None) -> None:
+        """`model.fit` from `initial_epoch` up to `epochs` (default: the run's) with the RUN checkpoint."""
+        epochs = self.epochs if epochs is None else epochs
+        start = self.initial_epoch if initial_epoch is None else initial_epoch
+        if start >= epochs or self.checkpoint.out_of_patience(start - 1):
+            return
+        batch_size = self.options.batch_size
+        model.fit(to_dataset(train, batch_size, shuffle=True, seed=self.options.seed + start),
+                  validation_data=to_dataset(validation, batch_size), epochs=epochs, initial_epoch=start,
+                  callbacks=[self.checkpoint], shuffle=False, verbose=1 if os.isatty(2) else 2)
+
+
+def fit_images(model, context: FitContext) -> None:
+    """The default trainer: fit the whole model on the training images."""
+    context.fit(model, context.split("train"), context.split("validation"))
 
 
 def _check_run_folder(run: Path, resume: bool) -> dict | None:
@@ -108,9 +159,11 @@ def _check_run_folder(run: Path, resume: bool) -> dict | None:
 class RunCheckpoint(keras.callbacks.Callback):
     """After every epoch: save history, the best model on `monitor`, and a resumable checkpoint."""
 
-    def __init__(self, run: Path, monitor: str, state: dict | None) -> None:
+    def __init__(self, run: Path, monitor: str, state: dict | None, patience: int | None = None) -> None:
         super().__init__()
         self.run, self.monitor = run, monitor
+        self.saved_model = None  # the model to save, when not the one being fit (a trainer may set it)
+        self.patience, self.patience_start = patience, 0  # early stopping, counted from patience_start
         self.best = state["best"] if state else None
         self.best_epoch = state["best_epoch"] if state else None
         self.elapsed = state["elapsed"] if state else 0.0
@@ -128,13 +181,22 @@ class RunCheckpoint(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         if value is None:
             raise UsageError(f"--monitor {self.monitor} is not a logged metric ({', '.join(logs)})")
+        model = self.saved_model or self.model
         if self.best is None or (value > self.best if self.higher_is_better else value < self.best):
             self.best, self.best_epoch = value, epoch
-            _save_model(self.model, self.run / MODEL)
-        _save_model(self.model, self.run / CHECKPOINT_DIR / "last.keras")
+            _save_model(model, self.run / MODEL)
+        _save_model(model, self.run / CHECKPOINT_DIR / "last.keras")
         self.elapsed += seconds
         write_json(self.run / CHECKPOINT_DIR / STATE, {"epoch": epoch, "best": self.best,
                                                        "best_epoch": self.best_epoch, "elapsed": self.elapsed})
+        if self.out_of_patience(epoch):
+            self.model.stop_training = True
+
+    def out_of_patience(self, epoch: int) -> bool:
+        """Whether `monitor` has not improved for `patience` epochs by the end of `epoch`."""
+        if not self.patience or self.best_epoch is None:
+            return False
+        return epoch - max(self.best_epoch, self.patience_start - 1) >= self.patience
 
 
 def _save_model(model, path: Path) -> None:

@@ -17,10 +17,19 @@ class ModelEntry:
     description: str
     default_epochs: int
     uses_backbone: bool = False
+    trainer: str = "catsdogs.train:fit_images"  # "module:function(model, FitContext)": how it trains
+    default_patience: int | None = None  # early stopping on validation, in epochs
 
     def load_builder(self) -> Callable:
-        module, function = self.builder.split(":")
-        return getattr(import_module(module), function)
+        return _load(self.builder)
+
+    def load_trainer(self) -> Callable:
+        return _load(self.trainer)
+
+
+def _load(reference: str) -> Callable:
+    module, function = reference.split(":")
+    return getattr(import_module(module), function)
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -28,6 +37,16 @@ MODELS: dict[str, ModelEntry] = {
                            "the study's convnet from scratch", default_epochs=30),
     "augmented": ModelEntry("catsdogs.models.convnet:build_augmented",
                             "the study's convnet + augmentation + Dropout(0.5)", default_epochs=100),
+    "features": ModelEntry("catsdogs.models.pretrained:build_features",
+                           "frozen pretrained base run once (features cached on disk), dense head trained on them",
+                           default_epochs=30, uses_backbone=True, trainer="catsdogs.models.features:fit_features"),
+    "transfer": ModelEntry("catsdogs.models.pretrained:build_transfer",
+                           "augmentation + frozen pretrained base + head, trained end to end",
+                           default_epochs=8, uses_backbone=True),
+    "finetune": ModelEntry("catsdogs.models.finetune:build_finetune",
+                           "transfer (or --from-run a transfer RUN), then the base's top unfrozen at a low rate",
+                           default_epochs=10, uses_backbone=True, trainer="catsdogs.models.finetune:fit_finetune",
+                           default_patience=3),
 }
 
 

@@ -1,0 +1,94 @@
+"""The study's fast feature extraction: the frozen base runs once over each split, its pooled features are
+cached on disk, and only the dense head trains on them (seconds per epoch instead of minutes).
+
+The RUN still saves the whole image -> probability model (base and head share their layers).
+Cache files are keyed by backbone, image size, the base's actual weights, the compute dtype and the
+DATA's manifest hash: another DATA, other weights or another precision never reuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from catsdogs.dataset import SplitArrays
+from catsdogs.models.pretrained import find_base
+from catsdogs.progress import Progress
+
+CACHE_VERSION = 1
+CACHE_SUBDIR = "cache"  # inside RUN when TrainOptions.cache_dir is None
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """Images -> pooled features: the `features` model up to its `pool` layer (same layers, no copy)."""
+    return keras.Model(model.inputs, model.get_layer("pool").output, name="feature_extractor")
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """A hash of a model's weights (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for variable, value in zip(model.weights, model.get_weights()):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{variable.path}:{value.shape}:{value.dtype};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def cache_file(cache_dir: Path, extractor: keras.Model, manifest_sha256: str, split: str) -> Path:
+    """Where the features of `split` computed by `extractor` are cached."""
+    base = find_base(extractor)
+    key = json.dumps({"version": CACHE_VERSION, "backbone": base.name, "input": list(extractor.input_shape),
+                      "weights": weights_fingerprint(extractor), "dtype": base.compute_dtype,
+                      "manifest": manifest_sha256, "split": split}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"features-{base.name}-{extractor.input_shape[1]}-{digest}-{split}.npz"
+
+
+def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int, label: str) -> np.ndarray:
+    """Pooled float32 features of uint8 images, batch by batch, with progress on stderr."""
+    progress = Progress(f"extracting {label} features", total=len(images), unit="images")
+    batches = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].astype(np.float32)
+        batches.append(keras.ops.convert_to_numpy(extractor.predict_on_batch(batch)).astype(np.float32))
+        progress.update(len(batch))
+    progress.close()
+    return np.concatenate(batches) if batches else np.zeros((0, extractor.output_shape[-1]), np.float32)
+
+
+def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path) -> SplitArrays:
+    """The features of a split as SplitArrays (features in `images`), from the cache or computed and cached."""
+    path = cache_file(cache_dir, extractor, context.config["manifest_sha256"], split)
+    if path.exists():
+        with np.load(path) as saved:
+            return SplitArrays(saved["features"], saved["labels"], [], context.config["classes"])
+    images = context.split(split)
+    features = extract_features(extractor, images.images, context.options.batch_size, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".partial-{path.name}")
+    with open(partial, "wb") as handle:
+        np.savez(handle, features=features, labels=images.labels)
+    os.replace(partial, path)
+    return SplitArrays(features, images.labels, images.paths, images.classes)
+
+
+def fit_features(model: keras.Model, context) -> None:
+    """Trainer of `features`: extract (or reuse) the features, fit the `head` on them, save the whole model."""
+    cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
+    extractor = feature_extractor(model)
+    started = time.perf_counter()
+    train, validation = (cached_features(extractor, context, split, cache_dir) for split in ("train", "validation"))
+    context.checkpoint.elapsed += time.perf_counter() - started  # the run's wall time includes the extraction
+    head = model.get_layer("head")
+    # a new model over the head's layers, sharing the whole model's optimizer: saving the whole model then
+    # saves the optimizer's state too (compiling `head` itself would file it under the head), so resume works
+    trainer = keras.Model(head.input, head.output, name="head_trainer")
+    trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    context.checkpoint.saved_model = model
+    context.fit(trainer, train, validation)

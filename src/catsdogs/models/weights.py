@@ -1,0 +1,121 @@
+"""Pretrained weights: Keras' own cache ($KERAS_HOME/models), offline copies of it, and clear errors.
+
+Keras downloads ImageNet weights on first use into `$KERAS_HOME/models/` (default `~/.keras/models/`).
+Without internet that fails; `install_weights` links a folder of Keras weight files (such as the
+project's `../shared/weights/keras/`) into the cache, under every name Keras looks them up by.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from catsdogs.errors import CatsdogsError, UsageError
+
+WEIGHTS_ENV = "CATSDOGS_WEIGHTS"  # a folder of Keras weight files to install into the cache
+SHARED_WEIGHTS = Path("shared") / "weights" / "keras"
+# keras.applications (MobileNet, MobileNetV2) pick the file by input size: one file serves them all
+KERAS_SIZE_NAMES = (96, 128, 160, 192, 224)
+FETCH_FAILURE = re.compile(r"URL fetch failure on (\S+?): ")
+
+
+def resolve_weights(weights: str | os.PathLike | None) -> str | None:
+    """`"imagenet"`, None (random initialisation; also the string "none") or an existing file's path."""
+    if weights is None or str(weights).lower() == "none":
+        return None
+    if str(weights) == "imagenet":
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise UsageError(f"--weights {weights}: no such file (use imagenet, none or a weights file)")
+    return str(weights)
+
+
+def keras_models_dir() -> Path:
+    """The folder Keras caches downloaded weights in: `$KERAS_HOME/models` as Keras resolved it."""
+    try:
+        from keras.src.backend.config import keras_home  # what Keras itself uses (read at import)
+        home = keras_home()
+    except ImportError:
+        home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return Path(home).expanduser() / "models"
+
+
+@contextmanager
+def keras_cache(home: Path) -> Iterator[Path]:
+    """Point Keras' weights cache at `home` (as `KERAS_HOME=home` would) inside the block; yields home/models.
+
+    Keras reads KERAS_HOME once, at import; this also updates the value Keras already read.
+    """
+    from keras.src.backend import config
+
+    home = Path(home).resolve()
+    saved_env, saved_dir = os.environ.get("KERAS_HOME"), config._KERAS_DIR
+    os.environ["KERAS_HOME"], config._KERAS_DIR = str(home), str(home)
+    try:
+        yield home / "models"
+    finally:
+        config._KERAS_DIR = saved_dir
+        if saved_env is None:
+            os.environ.pop("KERAS_HOME", None)
+        else:
+            os.environ["KERAS_HOME"] = saved_env
+
+
+def shared_weights_dir(start: Path | None = None) -> Path | None:
+    """`$CATSDOGS_WEIGHTS`, else the nearest `shared/weights/keras` beside the project or a parent of it."""
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV])
+    starts = [start] if start else [Path(__file__).resolve().parents[3], Path.cwd()]
+    for origin in starts:
+        for folder in [origin.resolve(), *origin.resolve().parents]:
+            if (folder / SHARED_WEIGHTS).is_dir():
+                return folder / SHARED_WEIGHTS
+    return None
+
+
+def cache_names(file_name: str) -> list[str]:
+    """The names Keras may look `file_name` up by: a `_224` file also serves the other input sizes."""
+    if not re.search(r"_224(?=[_.])", file_name):
+        return [file_name]
+    return [re.sub(r"_224(?=[_.])", f"_{size}", file_name) for size in KERAS_SIZE_NAMES]
+
+
+def install_weights(source: Path | None = None, models_dir: Path | None = None) -> Path:
+    """Link the Keras weight files (*.h5) of `source` into Keras' cache; returns the cache folder.
+
+    `source` defaults to `shared_weights_dir()`; `models_dir` to `keras_models_dir()`. Files already in
+    the cache are kept. Nothing is written into `source`.
+    """
+    source = Path(source) if source else shared_weights_dir()
+    if source is None or not source.is_dir():
+        raise UsageError(f"no weights folder {source or SHARED_WEIGHTS}: set ${WEIGHTS_ENV} to a folder of "
+                         "Keras weight files")
+    models_dir = Path(models_dir) if models_dir else keras_models_dir()
+    if models_dir.resolve() == source.resolve():
+        return models_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for file in sorted(source.glob("*.h5")):
+        for name in cache_names(file.name):
+            target = models_dir / name
+            if target.exists():
+                continue
+            target.unlink(missing_ok=True)  # a dangling link
+            try:
+                target.symlink_to(file.resolve())
+            except OSError:
+                shutil.copyfile(file, target)
+    return models_dir
+
+
+def missing_weights_error(error: Exception, backbone: str) -> CatsdogsError | None:
+    """Keras' failed download of `backbone`'s ImageNet weights as a one-line error; None if it is not one."""
+    match = FETCH_FAILURE.search(str(error))
+    if not match:
+        return None
+    file_name = match.group(1).rsplit("/", 1)[-1]
+    return CatsdogsError(f"ImageNet weights for {backbone} are missing: {file_name} could not be downloaded "
+                         f"(offline?); place it in {keras_models_dir()}/ or pass --weights PATH")

@@ -1,0 +1,288 @@
+"""Pretrained backbones and the features / transfer / finetune models, on tiny synthetic photos."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from catsdogs.cli import main
+from catsdogs.dataset import load_split
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.models import MODELS, create_model
+from catsdogs.models import features as features_module
+from catsdogs.models.backbones import backbones, get_backbone
+from catsdogs.models.finetune import unfreeze_top
+from catsdogs.models.pretrained import find_base
+from catsdogs.models.weights import cache_names, install_weights, keras_cache, shared_weights_dir
+from catsdogs.prepare import prepare
+from catsdogs.train import TrainOptions, train
+
+SIZE = 32  # MobileNetV2's smallest input: fast enough to train in a test
+
+
+def photo(path: Path, kind: int, index: int) -> None:
+    """Class 0 bright on the left, class 1 bright on the right, with noise."""
+    pixels = np.random.default_rng(index * 2 + kind).integers(0, 60, (40, 48, 3), dtype=np.uint8)
+    pixels[:, (slice(0, 24), slice(24, 48))[kind]] += 180
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="JPEG")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    for kind, name in enumerate(("cat", "dog")):
+        for index in range(20):
+            photo(root / name / f"{index}.jpg", kind, index)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(source: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "data"
+    prepare(source, out, train=24, val=8, test=8)
+    return out
+
+
+def options(data: Path, model: str, out: Path, **extra) -> TrainOptions:
+    extra.setdefault("model_options", {"weights": None})
+    return TrainOptions(data=data, model=model, out=out, epochs=1, image_size=SIZE, batch_size=8,
+                        precision="float32", **extra)
+
+
+@pytest.fixture(scope="module")
+def transfer_run(data: Path, tmp_path_factory) -> Path:
+    return train(options(data, "transfer", tmp_path_factory.mktemp("runs") / "transfer"))
+
+
+@pytest.fixture(scope="module")
+def features_run(data: Path, tmp_path_factory) -> Path:
+    return train(options(data, "features", tmp_path_factory.mktemp("runs") / "features"))
+
+
+@pytest.fixture(scope="module")
+def finetune_run(data: Path, transfer_run: Path, tmp_path_factory) -> Path:
+    """Through the command line: --from-run and --unfreeze."""
+    out = tmp_path_factory.mktemp("runs") / "finetune"
+    assert main(["train", "--data", str(data), "--model", "finetune", "--from-run", str(transfer_run),
+                 "--unfreeze", "12", "--epochs", "1", "--batch-size", "8", "--precision", "float32",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def base_weights(model) -> dict[tuple[str, int], np.ndarray]:
+    """(layer name, index) -> value of every weight of the base, moving statistics included."""
+    return {(layer.name, i): value for layer in find_base(model).layers for i, value in enumerate(layer.get_weights())}
+
+
+# ---- backbones ------------------------------------------------------------------------------------
+
+def test_backbones_are_named_like_keras_applications():
+    names = backbones()
+    for name in ("vgg16", "vgg19", "mobilenetv2", "efficientnetb0", "resnet50", "densenet121", "xception",
+                 "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        assert name in names
+    shown = ("vgg16", "mobilenetv2", "efficientnetb0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+    sizes = {name: get_backbone(name).image_size for name in shown}
+    assert sizes == {"vgg16": 150, "mobilenetv2": 160, "efficientnetb0": 224, "efficientnet_lite0": 224,
+                     "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+    assert get_backbone("MobileNetV2").name == get_backbone(None).name == "mobilenetv2"
+
+
+def test_unknown_backbone_lists_names():
+    with pytest.raises(UsageError, match="vgg16.*mobilenetv2.*efficientnetb0") as error:
+        get_backbone("alexnet")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name, module", [("vgg16", "vgg16"), ("resnet50", "resnet50"),
+                                          ("mobilenetv2", "mobilenet_v2"), ("densenet121", "densenet"),
+                                          ("efficientnetb0", "efficientnet")])
+def test_preprocessing_layers_equal_keras_preprocess_input(name: str, module: str, tmp_path: Path):
+    images = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, get_backbone(name).preprocess(inputs))
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    expected = importlib.import_module(f"keras.applications.{module}").preprocess_input(images.copy())
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_missing_offline_weights_is_a_one_line_error(tmp_path: Path, monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(fname, origin, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with keras_cache(tmp_path / "keras"), pytest.raises(CatsdogsError) as error:
+        get_backbone("vgg16").build_base(SIZE, "imagenet")
+    message = str(error.value)
+    assert "\n" not in message and "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "--weights PATH" in message and str(tmp_path / "keras" / "models") in message
+    with pytest.raises(UsageError, match="no such file"):
+        get_backbone("vgg16").build_base(SIZE, str(tmp_path / "absent.h5"))
+
+
+def test_shared_weights_serve_keras_cache_at_every_size(tmp_path: Path):
+    shared = shared_weights_dir()
+    if shared is None:
+        pytest.skip("no shared/weights/keras folder")
+    assert cache_names("m_1.0_224_no_top.h5") == [f"m_1.0_{s}_no_top.h5" for s in (96, 128, 160, 192, 224)]
+    before = sorted(p.name for p in shared.iterdir())
+    with keras_cache(tmp_path / "keras") as models_dir:
+        install_weights(shared, models_dir)
+        assert (models_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5").exists()
+        base = get_backbone("mobilenetv2").build_base(96, "imagenet")
+    assert sorted(p.name for p in shared.iterdir()) == before
+    file = shared / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    direct = get_backbone("mobilenetv2").build_base(SIZE, file)
+    np.testing.assert_array_equal(base.get_layer("Conv1").get_weights()[0], direct.get_layer("Conv1").get_weights()[0])
+
+
+def test_efficientnet_lite_backbone():
+    lite = pytest.importorskip("catsdogs.models.efficientnet_lite")
+    for variant in (0, 1, 2):
+        assert get_backbone(f"efficientnet_lite{variant}").image_size == lite.default_image_size(variant)
+    base = get_backbone("efficientnet_lite0").build_base(64, None)
+    assert base.name == "efficientnet_lite0" and base.output_shape[1:3] == (2, 2)
+
+
+# ---- the three models -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("run_fixture", ["features_run", "transfer_run", "finetune_run"])
+def test_run_is_an_image_to_probability_model(run_fixture: str, data: Path, tmp_path: Path, request):
+    run = request.getfixturevalue(run_fixture)
+    for name in ("model.keras", "config.json", "history.csv", "curves.png", "classes.json"):
+        assert (run / name).stat().st_size > 0, name
+    config = json.loads((run / "config.json").read_text())
+    assert config["status"] == "complete" and config["backbone"] == "mobilenetv2"
+    model = keras.models.load_model(run / "model.keras", safe_mode=True)
+    assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 1)
+    assert model.layers[-1].dtype_policy.compute_dtype == "float32"
+    images = load_split(data, "validation", SIZE).images.astype("float32")
+    first, second = model.predict(images, verbose=0), model.predict(images, verbose=0)
+    np.testing.assert_array_equal(first, second)  # no augmentation, no dropout at inference
+    assert ((0 <= first) & (first <= 1)).all()
+    model.save(tmp_path / "again.keras")
+    reloaded = keras.models.load_model(tmp_path / "again.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), first, rtol=1e-6, atol=1e-6)
+
+
+def test_features_cache_is_written_reused_and_invalidated(data: Path, source: Path, tmp_path: Path, monkeypatch,
+                                                          features_run: Path):
+    assert len(list((features_run / "cache").glob("features-mobilenetv2-32-*.npz"))) == 2
+    cache = tmp_path / "cache"
+    train(options(data, "features", tmp_path / "first", cache_dir=cache))
+    written = sorted(cache.glob("features-*.npz"))
+    assert [p.name.rsplit("-", 1)[1] for p in written] == ["train.npz", "validation.npz"]
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features extracted again")
+
+    monkeypatch.setattr(features_module, "extract_features", no_extraction)
+    train(options(data, "features", tmp_path / "second", cache_dir=cache))  # reuses the cache
+    other = tmp_path / "other-data"
+    prepare(source, other, train=22, val=8, test=8)
+    with pytest.raises(AssertionError, match="extracted again"):
+        train(options(other, "features", tmp_path / "third", cache_dir=cache))
+    monkeypatch.undo()
+    train(options(other, "features", tmp_path / "fourth", cache_dir=cache))
+    assert len(list(cache.glob("features-*.npz"))) == 4
+
+
+def test_features_run_resumes_with_its_optimizer(data: Path, tmp_path: Path, monkeypatch, recwarn):
+    import catsdogs.train as train_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_module, "_finish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data, "features", run))
+    monkeypatch.undo()
+    train(dataclasses.replace(options(data, "features", run), epochs=2, resume=True))
+    assert [row["epoch"] for row in csv.DictReader(open(run / "history.csv"))] == ["0", "1"]
+    assert not [w for w in recwarn if "optimizer" in str(w.message)]
+
+
+def test_transfer_trains_only_the_head(data: Path):
+    model = create_model("transfer", image_size=SIZE, weights=None, seed=1)
+    before = base_weights(model)
+    head = model.get_layer("probability").get_weights()[0]
+    split = load_split(data, "train", SIZE)
+    model.fit(split.images.astype("float32"), split.labels, epochs=1, batch_size=8, verbose=0)
+    after = base_weights(model)
+    assert all(np.array_equal(before[path], after[path]) for path in before)
+    assert not np.array_equal(head, model.get_layer("probability").get_weights()[0])
+
+
+def test_finetune_changes_only_the_unfrozen_layers(data: Path, transfer_run: Path, tmp_path: Path):
+    model = create_model("finetune", from_run=str(transfer_run))
+    base = find_base(model)
+    unfrozen = {layer.name for layer in base.layers if layer.trainable}
+    assert "Conv_1" in unfrozen and "block_16_project" in unfrozen and "block_15_project" not in unfrozen
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers if layer.trainable)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-5)
+    before = base_weights(model)
+    split = load_split(data, "train", SIZE)
+    model.fit(split.images.astype("float32"), split.labels, epochs=1, batch_size=8, verbose=0)
+    after = base_weights(model)
+    changed = {name for name, i in before if not np.array_equal(before[name, i], after[name, i])}
+    assert changed and changed <= unfrozen
+    assert "Conv_1" in changed
+
+
+def test_unfreeze_counts_layers_and_keeps_batchnorm_frozen():
+    model = create_model("transfer", image_size=SIZE, weights=None)
+    assert unfreeze_top(model, 0) == 0 and not find_base(model).trainable_weights
+    assert unfreeze_top(model, 4) == 4
+    trainable = [layer.name for layer in find_base(model).layers if layer.trainable]
+    assert trainable == ["Conv_1", "out_relu"]  # Conv_1_bn stays frozen; block_16_project_BN too
+
+
+def test_finetune_in_one_run_trains_the_transfer_stage_first_and_resumes(data: Path, tmp_path: Path, monkeypatch):
+    import catsdogs.train as train_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(MODELS, "transfer", dataclasses.replace(MODELS["transfer"], default_epochs=1))
+    finish = train_module._finish
+    monkeypatch.setattr(train_module, "_finish", crash)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # killed after the transfer epoch and one fine-tuning epoch
+        train(options(data, "finetune", run))
+    monkeypatch.setattr(train_module, "_finish", finish)
+    fitted = []
+    fit = train_module.FitContext.fit
+
+    def spy(self, model, *args, **kwargs):
+        fitted.append([layer.name for layer in find_base(model).layers if layer.trainable])
+        return fit(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.FitContext, "fit", spy)
+    train(dataclasses.replace(options(data, "finetune", run), epochs=2, resume=True))
+    assert fitted[-1] == ["block_16_expand", "block_16_expand_relu", "block_16_depthwise",
+                          "block_16_depthwise_relu", "block_16_project", "Conv_1", "out_relu"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["transfer_epochs"] == 1 and config["epochs"] == 3 and config["epochs_run"] == 3
+
+
+def test_finetune_refuses_a_foreign_run_and_options_go_to_the_right_model(data: Path, features_run: Path,
+                                                                          transfer_run: Path, tmp_path: Path):
+    with pytest.raises(UsageError, match="not a completed transfer run"):
+        create_model("finetune", from_run=str(features_run))
+    with pytest.raises(UsageError, match="differs"):
+        create_model("finetune", from_run=str(transfer_run), backbone="vgg16")
+    with pytest.raises(UsageError, match="--from-run"):
+        train(options(data, "transfer", tmp_path / "run", model_options={"from_run": str(transfer_run)}))
