@@ -229,7 +229,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from catsdogs.reproduce import reproduce
 
     source = args.source or default_source()
-    reproduce(source, args.out, quick=args.quick, precision=args.precision)
+    reproduce(source, args.out, quick=args.quick, precision=args.precision, backbone=args.backbone)
 
 
 # ---- parser ---------------------------------------------------------------------------------------
@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, help="default: ../shared/data/dogs-vs-cats-train-5000.zip")
     p.add_argument("--out", type=Path, required=True, metavar="STUDY")
     p.add_argument("--quick", action="store_true", help="a few-minute demo instead of the full study")
+    p.add_argument("--backbone", help="pretrained base of the last three experiments "
+                   "(default: efficientnet_lite2 when installed, else mobilenetv2)")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
 
     p = command("download", cmd_download, "fetch Microsoft's PetImages archive (needs internet; resumable)")

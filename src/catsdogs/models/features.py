@@ -19,6 +19,7 @@ import numpy as np
 
 from catsdogs.dataset import SplitArrays
 from catsdogs.models.pretrained import find_base
+from catsdogs.precision import jit_compile_setting
 from catsdogs.progress import Progress
 
 CACHE_VERSION = 1
@@ -89,6 +90,6 @@ def fit_features(model: keras.Model, context) -> None:
     # a new model over the head's layers, sharing the whole model's optimizer: saving the whole model then
     # saves the optimizer's state too (compiling `head` itself would file it under the head), so resume works
     trainer = keras.Model(head.input, head.output, name="head_trainer")
-    trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=jit_compile_setting())
     context.checkpoint.saved_model = model
     context.fit(trainer, train, validation)

@@ -12,6 +12,7 @@ from keras import layers
 from catsdogs.errors import UsageError
 from catsdogs.models.backbones import backbones, get_backbone
 from catsdogs.models.convnet import augmentation
+from catsdogs.precision import jit_compile_setting
 
 TRANSFER_LEARNING_RATE = 1e-3
 TRANSFER_DROPOUT = 0.2
@@ -22,7 +23,7 @@ FEATURES_UNITS, FEATURES_DROPOUT = 256, 0.5
 def compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model:
     """Adam at `learning_rate`, binary cross-entropy, accuracy."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="binary_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], jit_compile=jit_compile_setting())
     return model
 
 

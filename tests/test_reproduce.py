@@ -1,0 +1,50 @@
+"""`reproduce --quick` end to end on small synthetic data, and resuming a finished or half-finished STUDY."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import catsdogs.reproduce as reproduce_module
+from catsdogs.reproduce import STUDY, reproduce
+from conftest import make_class_folders
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    source = make_class_folders(root / "source", per_class=400)
+    return reproduce(source, root / "study", quick=True, backbone="efficientnet_lite0")
+
+
+def test_quick_study_runs_every_experiment(quick_study: Path):
+    for experiment in STUDY:
+        run = quick_study / "runs" / experiment.name
+        config = json.loads((run / "config.json").read_text())
+        assert config["status"] == "complete" and config["model"] == experiment.model
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["split"] == "test" and metrics["n"] == 200
+    assert json.loads((quick_study / "runs" / "finetune" / "config.json").read_text())["backbone"] == "efficientnet_lite0"
+    results = (quick_study / "results.md").read_text()
+    assert all(f"| {experiment.name} |" in results for experiment in STUDY)
+    html = (quick_study / "report.html").read_text()
+    assert html.count("<section") >= len(STUDY) and 'src="http' not in html
+
+
+def test_rerun_resumes_without_retraining(quick_study: Path, monkeypatch):
+    trained: list[str] = []
+    real_train = reproduce_module.train
+
+    def spy(options):
+        trained.append(options.model)
+        return real_train(options)
+
+    monkeypatch.setattr(reproduce_module, "train", spy)
+    shutil.rmtree(quick_study / "runs" / "finetune")
+    (quick_study / "runs" / "baseline" / "metrics.json").unlink()
+    reproduce(quick_study.parent / "source", quick_study, quick=True, backbone="efficientnet_lite0")
+    assert trained == ["finetune"]
+    assert (quick_study / "runs" / "baseline" / "metrics.json").exists()
