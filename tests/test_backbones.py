@@ -54,6 +54,7 @@ def data(source: Path, tmp_path_factory) -> Path:
 
 def options(data: Path, model: str, out: Path, **extra) -> TrainOptions:
     extra.setdefault("model_options", {"weights": None})
+    extra.setdefault("backbone", "mobilenetv2")
     return TrainOptions(data=data, model=model, out=out, epochs=1, image_size=SIZE, batch_size=8,
                         precision="float32", **extra)
 
@@ -94,7 +95,9 @@ def test_backbones_are_named_like_keras_applications():
     sizes = {name: get_backbone(name).image_size for name in shown}
     assert sizes == {"vgg16": 150, "mobilenetv2": 160, "efficientnetb0": 224, "efficientnet_lite0": 224,
                      "efficientnet_lite1": 240, "efficientnet_lite2": 260}
-    assert get_backbone("MobileNetV2").name == get_backbone(None).name == "mobilenetv2"
+    assert get_backbone("MobileNetV2").name == "mobilenetv2"
+    assert get_backbone(None).name == "efficientnet_lite2"  # the most accurate offline (its package is installed)
+    assert not get_backbone("efficientnet_lite2").bf16_friendly and get_backbone("vgg16").bf16_friendly
 
 
 def test_unknown_backbone_lists_names():
@@ -216,7 +219,7 @@ def test_features_run_resumes_with_its_optimizer(data: Path, tmp_path: Path, mon
 
 
 def test_transfer_trains_only_the_head(data: Path):
-    model = create_model("transfer", image_size=SIZE, weights=None, seed=1)
+    model = create_model("transfer", backbone="mobilenetv2", image_size=SIZE, weights=None, seed=1)
     before = base_weights(model)
     head = model.get_layer("probability").get_weights()[0]
     split = load_split(data, "train", SIZE)
@@ -243,7 +246,7 @@ def test_finetune_changes_only_the_unfrozen_layers(data: Path, transfer_run: Pat
 
 
 def test_unfreeze_counts_layers_and_keeps_batchnorm_frozen():
-    model = create_model("transfer", image_size=SIZE, weights=None)
+    model = create_model("transfer", backbone="mobilenetv2", image_size=SIZE, weights=None)
     assert unfreeze_top(model, 0) == 0 and not find_base(model).trainable_weights
     assert unfreeze_top(model, 4) == 4
     trainable = [layer.name for layer in find_base(model).layers if layer.trainable]

