@@ -97,3 +97,19 @@ def test_precision_policy_follows_cpu_flags():
     assert resolve_precision("auto", {"avx512_bf16"}, bf16_friendly=False) == "float32"  # depthwise bases
     with pytest.raises(UsageError):
         resolve_precision("fp8")
+
+
+def test_augmented_model_augments_only_in_training(tiny_data: Path, tmp_path: Path):
+    import keras
+
+    run = train(TrainOptions(data=tiny_data, model="augmented", out=tmp_path / "aug", epochs=1, image_size=48,
+                             batch_size=8))
+    model = keras.models.load_model(run / "model.keras", safe_mode=True)
+    assert model.get_layer("dropout").rate == 0.5
+    assert {layer.__class__.__name__ for layer in model.get_layer("augmentation").layers} >= {
+        "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation"}
+    images = load_split(tiny_data, "test", 48).images[:4].astype("float32")
+    first, second = model(images, training=False), model(images, training=False)
+    assert np.array_equal(np.asarray(first), np.asarray(second)), "inference must be deterministic"
+    augmented = model.get_layer("augmentation")(images, training=True)
+    assert not np.allclose(np.asarray(augmented), images), "training must augment"
