@@ -33,7 +33,7 @@ class Experiment:
 # Epochs fit the whole default study in about 30 minutes on a 2-core CPU (see README for the measurements).
 STUDY = [
     Experiment("baseline", "baseline", epochs=30, quick_epochs=2),
-    Experiment("augmented", "augmented", epochs=50, quick_epochs=2),
+    Experiment("augmented", "augmented", epochs=40, quick_epochs=2),
     Experiment("features", "features", epochs=30, quick_epochs=3, uses_backbone=True),
     Experiment("transfer", "transfer", epochs=3, quick_epochs=1, uses_backbone=True),
     Experiment("finetune", "finetune", epochs=4, quick_epochs=1, uses_backbone=True, patience=2,
