@@ -30,6 +30,8 @@ def test_help_and_version():
     (["prepare", "/no/such/source", "--out", "x"], "no such file or folder"),
     (["train", "--data", "/no/such/data", "--model", "baseline", "--out", "x"], "not a prepared DATA"),
     (["evaluate", "/no/such/run"], "not a catsdogs run"),
+    (["report", "/no/such/run", "--out", "x"], "not a catsdogs run"),
+    (["bench", "--data", "/no/such/data"], "not a prepared DATA"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -18,6 +18,7 @@ import numpy as np
 
 from catsdogs.dataset import load_split, to_dataset
 from catsdogs.precision import keras_precision, resolve_precision
+from catsdogs.prepare import manifest_sha256
 
 
 @dataclass
@@ -76,6 +77,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     from catsdogs.models.convnet import STUDY_IMAGE_SIZE, study_convnet
     from catsdogs.predict import compiled_forward
 
+    manifest_sha256(data)  # a clear UsageError when DATA is not a prepared folder
     size = STUDY_IMAGE_SIZE
     precision = resolve_precision(precision)
     say = lambda text: print(text, file=out, flush=True)  # noqa: E731

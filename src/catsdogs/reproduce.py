@@ -13,6 +13,7 @@ from pathlib import Path
 
 from catsdogs.evaluate import evaluate
 from catsdogs.prepare import prepare
+from catsdogs.report import PUBLISHED, write_report, write_results_markdown
 from catsdogs.runs import CHECKPOINT_DIR, CONFIG, METRICS, read_json
 from catsdogs.train import TrainOptions, train
 
@@ -40,15 +41,6 @@ STUDY = [
                options={"from_run": "transfer"}),
 ]
 QUICK_SPLIT = {"train": 400, "val": 200, "test": 200}
-PUBLISHED = {  # Deep Learning with Python (Chollet, 1st ed.), the small-data chapter, VGG16 for the last rows
-    "baseline": {"train": 0.85, "val": 0.82, "test": None},
-    "augmented": {"train": 0.84, "val": 0.88, "test": 0.89},
-    "features": {"train": None, "val": 0.90, "test": 0.897},
-    "transfer": {"train": None, "val": 0.96, "test": None},
-    "finetune": {"train": None, "val": 0.97, "test": 0.97},
-}
-
-
 def say(message: str) -> None:
     print(f"[reproduce] {message}", file=sys.stderr, flush=True)
 
@@ -108,8 +100,6 @@ def reproduce(source: Path, out: Path, *, quick: bool = False, precision: str = 
 
 def _write_results(out: Path, runs: list[Path]) -> None:
     """STUDY/results.md and the self-contained STUDY/report.html, beside the study's published numbers."""
-    from catsdogs.report import write_report, write_results_markdown
-
     write_results_markdown(runs, out / "results.md", published=PUBLISHED)
     write_report(runs, out / "report.html", title="catsdogs: the Dogs vs. Cats small-data study",
                  published=PUBLISHED)
