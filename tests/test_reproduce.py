@@ -25,11 +25,13 @@ def test_quick_study_runs_every_experiment(quick_study: Path):
         run = quick_study / "runs" / experiment.name
         config = json.loads((run / "config.json").read_text())
         assert config["status"] == "complete" and config["model"] == experiment.model
+        assert config["schedule"] == experiment.schedule
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["split"] == "test" and metrics["n"] == 200
     assert json.loads((quick_study / "runs" / "finetune" / "config.json").read_text())["backbone"] == "efficientnet_lite0"
     results = (quick_study / "results.md").read_text()
     assert all(f"| {experiment.name} |" in results for experiment in STUDY)
+    assert "| augmented | augmented (one-cycle) |" in results  # the recipe is on show, not only in config.json
     html = (quick_study / "report.html").read_text()
     assert html.count("<section") >= len(STUDY) and 'src="http' not in html
 

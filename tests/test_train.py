@@ -122,3 +122,38 @@ def test_bench_counts_the_convnets_flops():
     expected = sum(2 * side * side * filters * k for side, filters, k in convs) + 2 * (6272 * 512 + 512)
     assert model_flops(create_model("baseline")) == expected
     assert cpu_peak_gflops("bfloat16", 2, 2.5) == 2 * cpu_peak_gflops("float32", 2, 2.5)
+
+
+def test_one_cycle_schedule_warms_up_then_decays_to_zero():
+    from catsdogs.train import one_cycle_optimizer
+
+    optimizer = one_cycle_optimizer(1e-3, total_steps=100)
+    schedule = optimizer._learning_rate
+    rates = [float(schedule(step)) for step in (0, 10, 20, 60, 100)]
+    assert optimizer.__class__.__name__ == "AdamW"
+    assert np.isclose(rates[0], 1e-4) and rates[0] < rates[1] < rates[2]  # warm-up over the first fifth
+    assert np.isclose(rates[2], 1e-3) and rates[2] > rates[3] > rates[4]  # then cosine decay
+    assert rates[4] < 1e-9
+
+
+def test_one_cycle_run_trains_with_adamw_and_records_it(tiny_data: Path, tmp_path: Path):
+    run = train(TrainOptions(data=tiny_data, model="augmented", out=tmp_path / "run", epochs=2, image_size=48,
+                             schedule="one-cycle", learning_rate=3e-3))
+    config = json.loads((run / "config.json").read_text())
+    assert config["schedule"] == "one-cycle" and config["learning_rate"] == 3e-3
+    import keras
+
+    model = keras.models.load_model(run / "model.keras")
+    assert model.optimizer.__class__.__name__ == "AdamW"
+    steps_per_epoch = int(np.ceil(config["train_images"] / 32))
+    assert int(model.optimizer.iterations) in (steps_per_epoch, 2 * steps_per_epoch)  # the best epoch's model
+    assert float(model.optimizer._learning_rate(0)) == pytest.approx(3e-4)
+
+
+def test_one_cycle_is_refused_where_it_does_not_apply(tiny_data: Path, tmp_path: Path):
+    with pytest.raises(UsageError, match="--schedule one-cycle works with baseline, augmented, transfer"):
+        train(TrainOptions(data=tiny_data, model="features", backbone="mobilenetv2", out=tmp_path / "run",
+                           schedule="one-cycle"))
+    with pytest.raises(UsageError, match="--schedule must be one of"):
+        train(TrainOptions(data=tiny_data, model="baseline", out=tmp_path / "run", schedule="linear"))
+    assert not (tmp_path / "run").exists()

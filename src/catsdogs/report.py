@@ -57,6 +57,12 @@ class Run:
         return str(self.config.get("model") or "")
 
     @property
+    def recipe(self) -> str:
+        """The model's name, with its learning-rate schedule when not the model's own."""
+        schedule = self.config.get("schedule", "constant")
+        return self.model if schedule == "constant" else f"{self.model} ({schedule})"
+
+    @property
     def final_train_acc(self) -> float | None:
         return self.history[-1].get("accuracy") if self.history else None
 
@@ -168,7 +174,7 @@ def format_duration(seconds) -> str:
 Column = tuple[str, Callable[[Run], str]]
 _COLUMNS: dict[str, Column] = {
     "run": ("run", lambda r: r.name),
-    "model": ("model", lambda r: _text(r.config.get("model"))),
+    "model": ("model", lambda r: _text(r.recipe)),
     "backbone": ("backbone", lambda r: _text(r.config.get("backbone"))),
     "epochs": ("epochs", lambda r: r.epochs),
     "wall": ("wall time", lambda r: format_duration(r.config.get("wall_time_s"))),
@@ -296,6 +302,7 @@ def _config_html(run: Run) -> str:
     versions = c.get("versions")
     rows = [
         ("model", _text(c.get("model"))),
+        ("schedule", _text(c.get("schedule", "constant"))),
         ("backbone", _text(c.get("backbone"))),
         ("image size", _text(c.get("image_size"))),
         ("epochs", run.epochs),

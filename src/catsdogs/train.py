@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import math
 import os
 import shutil
 import time
@@ -15,13 +16,15 @@ import keras
 
 from catsdogs.dataset import SplitArrays, load_split, read_classes, read_manifest, to_dataset
 from catsdogs.errors import UsageError
-from catsdogs.models import ModelEntry, model_entry
+from catsdogs.models import DEFAULT_TRAINER, MODELS, ModelEntry, model_entry
 from catsdogs.precision import keras_precision, resolve_precision
 from catsdogs.prepare import DEFAULT_SEED, manifest_sha256
 from catsdogs.runs import (CHECKPOINT_DIR, CLASSES, CONFIG, CURVES, HISTORY, MODEL, library_versions,
                            read_json, write_json)
 
 STATE = "state.json"
+SCHEDULES = ("constant", "one-cycle")
+ONE_CYCLE_PEAK_LEARNING_RATE = 1e-3
 
 
 @dataclass
@@ -37,7 +40,8 @@ class TrainOptions:
     batch_size: int = 32
     seed: int = DEFAULT_SEED
     precision: str = "auto"
-    learning_rate: float | None = None
+    learning_rate: float | None = None  # the model's own by default (one-cycle: the peak, default 1e-3)
+    schedule: str = "constant"  # the model's own optimizer, or "one-cycle" (see one_cycle_optimizer)
     monitor: str = "val_loss"
     patience: int | None = None  # stop after this many epochs without improvement (default: the model's)
     cache_dir: Path | None = None
@@ -53,7 +57,9 @@ def train(options: TrainOptions) -> Path:
     epochs = options.epochs or entry.default_epochs
     if epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
+    _check_schedule(entry, options)
     classes = read_classes(options.data)
+    train_images = len(read_manifest(options.data, "train"))
     precision = resolve_precision(options.precision, bf16_friendly=_bf16_friendly(entry, options))
     builder = entry.load_builder()
     builder_options = _builder_options(entry, builder, options)
@@ -63,12 +69,16 @@ def train(options: TrainOptions) -> Path:
         model = builder(image_size=options.image_size, **builder_options)
         if state:
             model = keras.models.load_model(run / CHECKPOINT_DIR / "last.keras", safe_mode=True)
+        elif options.schedule == "one-cycle":
+            steps = math.ceil(train_images / options.batch_size) * epochs
+            model.compile(optimizer=one_cycle_optimizer(options.learning_rate or ONE_CYCLE_PEAK_LEARNING_RATE, steps),
+                          loss=model.loss, metrics=["accuracy"], jit_compile=model.jit_compile)
     image_size = int(model.input_shape[1])
 
     config = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
               "data": str(Path(options.data).resolve()), "epochs": epochs, "image_size": image_size,
               "precision": precision, "classes": classes, "manifest_sha256": manifest_sha256(options.data),
-              "train_images": len(read_manifest(options.data, "train")),
+              "train_images": train_images,
               "validation_images": len(read_manifest(options.data, "validation")),
               "versions": library_versions(), "status": "running"}
     config.pop("resume"), config.pop("out")
@@ -86,6 +96,24 @@ def train(options: TrainOptions) -> Path:
         entry.load_trainer()(model, context)
     _finish(run, config, checkpoint)
     return run
+
+
+def one_cycle_optimizer(peak_learning_rate: float, total_steps: int, weight_decay: float = 0.05):
+    """fastai's `fit_one_cycle` in Keras: AdamW, the learning rate warmed up linearly from a tenth of the
+    peak over the first fifth of the steps, then cosine-decayed to zero by the last step."""
+    warmup_steps = max(1, total_steps // 5)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        peak_learning_rate / 10, decay_steps=max(1, total_steps - warmup_steps),
+        warmup_target=peak_learning_rate, warmup_steps=warmup_steps)
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
+
+
+def _check_schedule(entry: ModelEntry, options: TrainOptions) -> None:
+    if options.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}")
+    if options.schedule != "constant" and entry.trainer != DEFAULT_TRAINER:
+        trained_on_images = ", ".join(name for name, e in MODELS.items() if e.trainer == DEFAULT_TRAINER)
+        raise UsageError(f"--schedule {options.schedule} works with {trained_on_images}, not --model {options.model}")
 
 
 def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:

@@ -9,6 +9,9 @@ from importlib import import_module
 from catsdogs.errors import UsageError
 
 
+DEFAULT_TRAINER = "catsdogs.train:fit_images"
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A model the registry can build: where its builder lives and its training defaults."""
@@ -17,7 +20,7 @@ class ModelEntry:
     description: str
     default_epochs: int
     uses_backbone: bool = False
-    trainer: str = "catsdogs.train:fit_images"  # "module:function(model, FitContext)": how it trains
+    trainer: str = DEFAULT_TRAINER  # "module:function(model, FitContext)": how it trains
     default_patience: int | None = None  # early stopping on validation, in epochs
 
     def load_builder(self) -> Callable:
