@@ -98,7 +98,8 @@ def train(options: TrainOptions) -> Path:
     return run
 
 
-def one_cycle_optimizer(peak_learning_rate: float, total_steps: int, weight_decay: float = 0.05):
+def one_cycle_optimizer(peak_learning_rate: float, total_steps: int,
+                        weight_decay: float = 0.05) -> keras.optimizers.Optimizer:
     """fastai's `fit_one_cycle` in Keras: AdamW, the learning rate warmed up linearly from a tenth of the
     peak over the first fifth of the steps, then cosine-decayed to zero by the last step."""
     warmup_steps = max(1, total_steps // 5)
