@@ -110,3 +110,13 @@ def test_download_without_network_is_one_line(tmp_path: Path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert "network is unreachable" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "p.zip").exists()
+
+
+def test_train_one_cycle_keeping_the_best_validation_accuracy(tiny_data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_data), "--model", "augmented", "--image-size", "48", "--epochs", "3",
+                 "--schedule", "one-cycle", "--monitor", "val_accuracy", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["schedule"] == "one-cycle" and config["monitor"] == "val_accuracy"
+    val_accuracy = [float(row["val_accuracy"]) for row in csv.DictReader(open(run / "history.csv"))]
+    assert config["monitor_best"] == pytest.approx(max(val_accuracy))

@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     options = TrainOptions(data=args.data, model=args.model, out=args.out, epochs=args.epochs,
                            backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                            seed=args.seed, precision=args.precision, learning_rate=args.learning_rate,
-                           schedule=args.schedule, patience=args.patience, cache_dir=args.cache_dir, resume=args.resume,
+                           schedule=args.schedule, monitor=args.monitor, patience=args.patience, cache_dir=args.cache_dir, resume=args.resume,
                            model_options=model_options)
     run = train(options)
     from catsdogs.runs import read_config
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["constant", "one-cycle"], default="constant",
                    help="constant: the model's own optimizer (the study's); one-cycle: AdamW warmed up to the peak "
                    "learning rate, then cosine-decayed to zero (fastai's fit_one_cycle; baseline, augmented, transfer)")
+    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
+                   help="which validation number picks the saved model.keras (and early stopping)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     p.add_argument("--cache-dir", type=Path,
