@@ -44,6 +44,10 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch, 
 def test_bad_usage_exit_2():
     result = run_cli("train", "--data", "d", "--model", "baseline", "--out", "x", "--epochs", "0")
     assert result.returncode == 2 and "must be >= 1" in result.stderr
+    result = run_cli("train", "--data", "d", "--model", "augmented", "--out", "x", "--schedule", "linear")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "catsdogs train: error: argument --schedule: invalid choice: 'linear' (choose from 'constant', 'one-cycle')"
+        " (see catsdogs train --help)"]
     assert run_cli("no-such-command").returncode == 2
 
 

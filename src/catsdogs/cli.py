@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
@@ -233,10 +234,17 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 # ---- parser ---------------------------------------------------------------------------------------
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line with a pointer to --help, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
-    parser = argparse.ArgumentParser(prog="catsdogs", parents=[common],
+    parser = OneLineErrorParser(prog="catsdogs", parents=[common],
                                      description="Two kinds of photos -> a trained, evaluated, explainable classifier.")
     parser.add_argument("--version", action="version", version=f"catsdogs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -132,7 +132,7 @@ def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:
 def _builder_options(entry: ModelEntry, builder, options: TrainOptions) -> dict:
     """The builder's keyword arguments; a UsageError naming options the model does not take."""
     builder_options = dict(options.model_options, seed=options.seed)
-    if options.learning_rate:
+    if options.learning_rate and options.schedule == "constant":  # one-cycle: the peak, see train()
         builder_options["learning_rate"] = options.learning_rate
     if entry.uses_backbone:
         builder_options["backbone"] = options.backbone
