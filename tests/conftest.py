@@ -12,22 +12,24 @@ from PIL import Image
 SHARED_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dogs-vs-cats-train-5000.zip"
 
 
-def make_photo(path: Path, kind: int, index: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> Path:
-    """A synthetic 'photo': class 0 is bright on the left, class 1 bright on the right, with noise."""
-    rng = np.random.default_rng(index * 2 + kind)
+def make_photo(path: Path, kind: int, index: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG",
+               kinds: int = 2) -> Path:
+    """A synthetic 'photo' of class `kind` out of `kinds`: bright in the kind-th vertical band, with noise
+    (two kinds: class 0 bright on the left half, class 1 on the right)."""
+    rng = np.random.default_rng(index * kinds + kind)
     width, height = size
     pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
-    half = slice(0, width // 2) if kind == 0 else slice(width // 2, width)
-    pixels[:, half] = np.clip(pixels[:, half].astype(int) + 180, 0, 255).astype(np.uint8)
+    band = slice(kind * width // kinds, (kind + 1) * width // kinds)
+    pixels[:, band] = np.clip(pixels[:, band].astype(int) + 180, 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format=fmt)
     return path
 
 
-def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, str] = ("Cats", "Dogs")) -> Path:
+def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, ...] = ("Cats", "Dogs")) -> Path:
     for kind, name in enumerate(names):
         for i in range(per_class):
-            make_photo(root / name / f"{i}.jpg", kind, i)
+            make_photo(root / name / f"{i}.jpg", kind, i, kinds=len(names))
     return root
 
 

@@ -287,5 +287,5 @@ def test_finetune_refuses_a_foreign_run_and_options_go_to_the_right_model(data: 
         create_model("finetune", from_run=str(features_run))
     with pytest.raises(UsageError, match="differs"):
         create_model("finetune", from_run=str(transfer_run), backbone="vgg16")
-    with pytest.raises(UsageError, match="--from-run"):
+    with pytest.raises(UsageError, match="does not take from_run"):
         train(options(data, "transfer", tmp_path / "run", model_options={"from_run": str(transfer_run)}))

@@ -122,7 +122,7 @@ def test_api_matches_predictor(run, photos, tta):
 
     predictor = Predictor(run, tta=tta)
     images = np.stack([resize(decode_image(data).pixels, predictor.image_size) for _, data in photos[:3]])
-    expected = predictor.probabilities(images)
+    expected = predictor.probabilities(images)[:, 1]
     with TestClient(create_app(run, tta=tta)) as client:
         got = [p["probabilities"]["dog"] for p in predict(client, photos[:3]).json()["predictions"]]
     assert got == pytest.approx(expected.tolist(), abs=1e-5)

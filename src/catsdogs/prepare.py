@@ -1,7 +1,8 @@
 """`catsdogs prepare`: check every photo of a SOURCE, de-duplicate, split, and write DATA.
 
-DATA/{train,validation,test}/{class}/*.jpg, manifest.csv, rejected.csv, classes.json and
-prepare.json (where DATA came from). SOURCE is only ever read.
+DATA/{train,validation,test}/{class}/*.jpg, manifest.csv, rejected.csv (files that cannot be used, and why),
+unused.csv (usable photos left out by the requested sizes), classes.json and prepare.json (where DATA came
+from, which splits SOURCE gave and which were carved). SOURCE is only ever read.
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ import json
 import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from catsdogs.errors import UsageError
 from catsdogs.images import ImageError, decode_image, encode_jpeg
 from catsdogs.progress import Progress
-from catsdogs.sources import SourceFile, scan_source
+from catsdogs.sources import SPLIT_NAMES, SourceFile, scan_source
 
-SPLITS = ("train", "validation", "test")
-DEFAULT_PER_CLASS = {"train": 1500, "validation": 500, "test": 500}
+SPLITS = SPLIT_NAMES
+SPLIT_PARAMETERS = {"train": "train", "validation": "val", "test": "test"}  # prepare()'s argument of each split
+DEFAULT_FRACTIONS = {"validation": 0.15, "test": 0.15}  # a user's own photos: 70/15/15 per class
+STUDY_SIZES = {"train": 3000, "val": 1000, "test": 1000}  # the study's 1500/500/500 per class (reproduce)
 DEFAULT_SEED = 1337
 MANIFEST_FIELDS = ["path", "class", "split", "sha256", "width", "height", "source"]
-OWN_FILES = ("manifest.csv", "rejected.csv", "classes.json", "prepare.json")
+OWN_FILES = ("manifest.csv", "rejected.csv", "unused.csv", "classes.json", "prepare.json")
 WORK_DIR = ".incomplete"
+
+SplitSize = int | float | None  # a count (total over the classes), a fraction (of each class) or the default
 
 
 @dataclass(frozen=True)
@@ -52,28 +57,75 @@ class PrepareSummary:
     rejected: int
     duplicates: int
     unused: int
+    given_splits: list[str] = field(default_factory=list)
+    carved_splits: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         splits = ", ".join(f"{split} {sum(self.counts[split].values())}" for split in SPLITS)
-        return (f"prepared {self.data_dir}: {splits} ({'/'.join(self.classes)}, {self.layout} layout); "
-                f"scanned {self.scanned}, rejected {self.rejected}, duplicates {self.duplicates}, "
+        shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
+        origin = ""
+        if self.given_splits:
+            origin = f"; given: {', '.join(self.given_splits)}"
+            origin += f", carved from train: {', '.join(self.carved_splits)}" if self.carved_splits else ""
+        return (f"prepared {self.data_dir}: {splits} ({len(self.classes)} classes: {shown}; {self.layout} layout"
+                f"{origin}); scanned {self.scanned}, rejected {self.rejected}, duplicates {self.duplicates}, "
                 f"unused {self.unused}")
 
 
-def split_sizes(classes: list[str], train: int | None, val: int | None, test: int | None) -> dict[str, dict[str, int]]:
-    """Per-class counts for each split: totals are shared out evenly (any remainder to the first classes)."""
-    sizes: dict[str, dict[str, int]] = {}
-    for split, total in zip(SPLITS, (train, val, test)):
-        if total is not None and total < 0:
-            raise UsageError(f"--{ {'validation': 'val'}.get(split, split)} must be >= 0, got {total}")
-        if total is None:
-            sizes[split] = {name: DEFAULT_PER_CLASS[split] for name in classes}
-        else:
-            base, extra = divmod(total, len(classes))
-            sizes[split] = {name: base + (i < extra) for i, name in enumerate(classes)}
-    if sum(sizes["train"].values()) < len(classes):
-        raise UsageError("--train must give at least one image per class")
-    return sizes
+def parse_split_size(text: str) -> int | float:
+    """A split size as typed: `700` (a count), `0.7` or `70%` (a fraction of each class)."""
+    text = text.strip()
+    try:
+        if text.endswith("%"):
+            return float(text[:-1]) / 100
+        return int(text) if text.isdigit() else float(text)
+    except ValueError:
+        raise ValueError(f"expected a count (700) or a fraction (0.7 or 70%), got {text!r}") from None
+
+
+def check_split_size(parameter: str, value: SplitSize) -> SplitSize:
+    """A count >= 0 or a fraction in (0, 1); UsageError naming `parameter` otherwise."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    raise UsageError(f"{parameter} must be a count (an int >= 0) or a fraction in (0, 1), got {value!r}", parameter)
+
+
+def _evenly(total: int, classes: list[str]) -> dict[str, int]:
+    base, extra = divmod(total, len(classes))
+    return {name: base + (i < extra) for i, name in enumerate(classes)}
+
+
+def plan_split(available: dict[str, int], sizes: dict[str, SplitSize], carve: list[str]) -> dict[str, dict[str, int]]:
+    """Per-class counts of train and of each split in `carve`, taken from `available` photos of each class.
+
+    A count is a total shared out evenly over the classes (any remainder to the first ones); a fraction is
+    taken from each class (at least one photo); the default for validation and test is 15% of each class,
+    for train the rest. UsageError when a class is too small for what is asked.
+    """
+    classes = sorted(available)
+    plan: dict[str, dict[str, int]] = {}
+    for split in (*carve, "train"):
+        size = sizes.get(split)
+        if size is None and split != "train":
+            size = DEFAULT_FRACTIONS[split]
+        if isinstance(size, int):
+            plan[split] = _evenly(size, classes)
+        elif isinstance(size, float):
+            plan[split] = {name: max(1, round(size * n)) if n else 0 for name, n in available.items()}
+        else:  # train, by default: the rest
+            plan[split] = {name: n - sum(plan[s][name] for s in carve) for name, n in available.items()}
+    for name, n in available.items():
+        wanted = {split: plan[split][name] for split in SPLITS if split in plan}
+        if sum(wanted.values()) > n or wanted["train"] < 1:
+            asked = " + ".join(f"{split} {count}" for split, count in wanted.items())
+            if all(isinstance(sizes.get(split), int) for split in plan):
+                raise UsageError(f"class '{name}' has {n} usable images, but {asked} were requested; lower "
+                                 f"{'/'.join(SPLIT_PARAMETERS[s] for s in wanted)}", "train")
+            raise UsageError(f"class '{name}' has {n} usable images: too few to split into {asked} "
+                             f"(add photos, or lower val/test)", "train")
+    return plan
 
 
 def _check(source_file: SourceFile) -> CheckedPhoto | tuple[str, str]:
@@ -118,14 +170,25 @@ def _guard_data_dir(source: Path, data_dir: Path, force: bool) -> None:
         raise UsageError(f"--out {data_dir} is not empty and was {where}; use --force to replace it")
 
 
-def prepare(source: Path, data_dir: Path, *, train: int | None = None, val: int | None = None,
-            test: int | None = None, seed: int = DEFAULT_SEED, force: bool = False,
+def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,
+            test: SplitSize = None, seed: int = DEFAULT_SEED, force: bool = False,
             workers: int = 2) -> PrepareSummary:
-    """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout."""
+    """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout.
+
+    `train`, `val`, `test`: a count (total over the classes), a fraction of each class, or None (validation
+    and test 15% of each class, train the rest). Splits given by SOURCE (a pre-split tree, a CSV with a split
+    column) are kept; missing ones are carved from train, stratified and seeded.
+    """
     source, data_dir = Path(source), Path(data_dir)
+    sizes = {split: check_split_size(SPLIT_PARAMETERS[split], value)
+             for split, value in zip(SPLITS, (train, val, test))}
     scan = scan_source(source)
+    given = scan.given_splits
+    for split in given:
+        if split != "train" and sizes[split] is not None:
+            parameter = SPLIT_PARAMETERS[split]
+            raise UsageError(f"{parameter}: SOURCE gives its own {split} split; leave {parameter} out", parameter)
     _guard_data_dir(source, data_dir, force)
-    sizes = split_sizes(scan.classes, train, val, test)
 
     progress = Progress("checking photos", total=len(scan.files))
     photos: list[CheckedPhoto] = []
@@ -141,12 +204,15 @@ def prepare(source: Path, data_dir: Path, *, train: int | None = None, val: int 
 
     unique, duplicates = _deduplicate(photos)
     rejected += duplicates
-    assignment, unused = _split(unique, scan.classes, sizes, seed)
-    _write(data_dir, source, scan.classes, assignment, sorted(rejected), seed, sizes, scan.layout)
+    carve = [split for split in SPLITS[1:] if split not in given]
+    assignment, unused = _split(unique, scan.classes, sizes, carve, seed)
     counts = {split: {name: sum(1 for p, s in assignment if s == split and p.source.class_name == name)
                       for name in scan.classes} for split in SPLITS}
+    record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve if given else [],
+              "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts}
+    _write(data_dir, source, scan.classes, assignment, sorted(rejected), unused, record)
     return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused),
-                          len(rejected) - len(duplicates), len(duplicates), unused)
+                          len(rejected) - len(duplicates), len(duplicates), len(unused), given, record["carved_splits"])
 
 
 def _deduplicate(photos: list[CheckedPhoto]) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:
@@ -160,24 +226,23 @@ def _deduplicate(photos: list[CheckedPhoto]) -> tuple[list[CheckedPhoto], list[t
     return list(first.values()), duplicates
 
 
-def _split(photos: list[CheckedPhoto], classes: list[str], sizes: dict[str, dict[str, int]],
-           seed: int) -> tuple[list[tuple[CheckedPhoto, str]], int]:
-    """Stratified, seeded split: each class is shuffled on its own, then cut into the three splits."""
-    assignment: list[tuple[CheckedPhoto, str]] = []
-    unused = 0
-    for name in classes:
-        members = sorted((p for p in photos if p.source.class_name == name), key=lambda p: p.sha256)
-        wanted = sum(sizes[split][name] for split in SPLITS)
-        if len(members) < wanted:
-            asked = "+".join(str(sizes[split][name]) for split in SPLITS)
-            raise UsageError(f"class '{name}' has {len(members)} usable images, but {asked} = {wanted} "
-                             "were requested; lower --train/--val/--test")
+def _split(photos: list[CheckedPhoto], classes: list[str], sizes: dict[str, SplitSize], carve: list[str],
+           seed: int) -> tuple[list[tuple[CheckedPhoto, str]], list[CheckedPhoto]]:
+    """Stratified, seeded split: photos keep a split SOURCE gives them (other than train); the others (the
+    pool) are shuffled class by class and cut into `carve` and train. Returns the assignment and the unused."""
+    assignment = [(p, p.source.split) for p in photos if p.source.split not in (None, "train")]
+    pool = {name: sorted((p for p in photos if p.source.class_name == name and p.source.split in (None, "train")),
+                         key=lambda p: p.sha256) for name in classes}
+    plan = plan_split({name: len(members) for name, members in pool.items()}, sizes, carve)
+    unused: list[CheckedPhoto] = []
+    for name, members in pool.items():
         random.Random(f"{seed}:{name}").shuffle(members)
         start = 0
-        for split in SPLITS:
-            assignment += [(photo, split) for photo in members[start:start + sizes[split][name]]]
-            start += sizes[split][name]
-        unused += len(members) - start
+        for split in SPLITS:  # train first, then validation and test: the study's cuts, unchanged
+            if split in plan:
+                assignment += [(photo, split) for photo in members[start:start + plan[split][name]]]
+                start += plan[split][name]
+        unused += members[start:]
     return assignment, unused
 
 
@@ -191,7 +256,7 @@ def _target_name(photo: CheckedPhoto, taken: set[str]) -> str:
 
 
 def _write(data_dir: Path, source: Path, classes: list[str], assignment: list[tuple[CheckedPhoto, str]],
-           rejected: list[tuple[str, str]], seed: int, sizes: dict, layout: str) -> None:
+           rejected: list[tuple[str, str]], unused: list[CheckedPhoto], record: dict) -> None:
     """Write everything into DATA/.incomplete, then move it into place (an interrupted run loses nothing)."""
     work = data_dir / WORK_DIR
     shutil.rmtree(work, ignore_errors=True)
@@ -208,9 +273,10 @@ def _write(data_dir: Path, source: Path, classes: list[str], assignment: list[tu
         rows.append([relpath, name, split, photo.sha256, photo.width, photo.height, photo.source.relpath])
     _write_csv(work / "manifest.csv", MANIFEST_FIELDS, rows)
     _write_csv(work / "rejected.csv", ["source", "reason"], [list(r) for r in rejected])
+    _write_csv(work / "unused.csv", ["source", "class", "sha256"],
+               [[p.source.relpath, p.source.class_name, p.sha256] for p in sorted(unused, key=lambda p: p.source.relpath)])
     (work / "classes.json").write_text(json.dumps(classes) + "\n")
-    record = {**_source_identity(source), "layout": layout, "seed": seed, "sizes": sizes}
-    (work / "prepare.json").write_text(json.dumps(record, indent=2) + "\n")
+    (work / "prepare.json").write_text(json.dumps({**_source_identity(source), **record}, indent=2) + "\n")
 
     for name in (*SPLITS, *OWN_FILES):
         target = data_dir / name
@@ -237,5 +303,6 @@ def manifest_sha256(data_dir: Path) -> str:
     """The hash that identifies a prepared DATA (used by runs and caches)."""
     path = Path(data_dir) / "manifest.csv"
     if not path.exists():
-        raise UsageError(f"{data_dir}: not a prepared DATA folder (no manifest.csv); run catsdogs prepare first")
+        raise UsageError(f"{data_dir}: not a prepared DATA folder (no manifest.csv); run catsdogs prepare first",
+                         "data")
     return hashlib.sha256(path.read_bytes()).hexdigest()

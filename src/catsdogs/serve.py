@@ -56,9 +56,10 @@ class GradCamOut(BaseModel):
 
 class PredictionOut(BaseModel):
     filename: str
-    label: str = Field(description="classes[1] when p(classes[1]) >= threshold, else classes[0]")
+    label: str = Field(description="two classes: classes[1] when p(classes[1]) >= threshold, else classes[0]; "
+                       "more: the most probable class")
     probabilities: dict[str, float] = Field(description="each class's probability; they sum to 1")
-    threshold: float = Field(description="decision threshold on p(classes[1])")
+    threshold: float | None = Field(description="decision threshold on p(classes[1]) (two classes; else null)")
     gradcam: GradCamOut | None = Field(None, description="only with ?explain=true")
 
 
@@ -125,7 +126,7 @@ class Engine:
             return Photo(filename, resize(pixels, self.predictor.image_size), _shrink(pixels, OVERLAY_SIDE))
 
     def probabilities(self, photos: list[Photo]) -> np.ndarray:
-        """p(classes[1]) for each photo, through the predictor's compiled forward pass (TTA included)."""
+        """Class probabilities (n x N) of the photos, through the predictor's compiled forward pass (TTA included)."""
         batch = np.stack([photo.model_input for photo in photos])
         with self._model_lock:
             return self.predictor.probabilities(batch)
@@ -228,16 +229,17 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
         for index, upload in enumerate(file):
             name = upload.filename or f"file {index + 1}"
             photos.append(await run_in_threadpool(engine.decode, name, await upload.read()))
-        p1 = await run_in_threadpool(engine.probabilities, photos)
+        probabilities = await run_in_threadpool(engine.probabilities, photos)
         predictor = engine.predictor
         results = []
-        for photo, p in zip(photos, p1):
-            prediction = predictor.as_prediction(photo.filename, float(p))
+        for photo, row in zip(photos, probabilities):
+            prediction = predictor.as_prediction(photo.filename, row)
             cam = None
             if explain:
                 cam = await run_in_threadpool(_explain, engine, photo, predictor.classes.index(prediction.label))
             results.append(PredictionOut(filename=photo.filename, label=prediction.label,
-                                         probabilities=prediction.probabilities, threshold=predictor.threshold,
+                                         probabilities=prediction.probabilities,
+                                         threshold=predictor.threshold if len(predictor.classes) == 2 else None,
                                          gradcam=cam))
         return PredictResponse(predictions=results)
 

@@ -103,7 +103,8 @@ async function loadModel() {
     $("#title").textContent = model.classes.map((c) => c[0].toUpperCase() + c.slice(1)).join(" or ") + "?";
     const origin = {tuned: "tuned on validation", argument: "set at start", default: "default"}[model.threshold_origin];
     $("#info").textContent = `model ${model.model}${model.backbone ? " (" + model.backbone + ")" : ""}` +
-      ` \\u00b7 ${model.input_size} px \\u00b7 threshold ${model.threshold.toFixed(3)} (${origin})` +
+      ` \\u00b7 ${model.input_size} px` +
+      (model.classes.length === 2 ? ` \\u00b7 threshold ${model.threshold.toFixed(3)} (${origin})` : "") +
       (model.explain_available ? " \\u00b7 Grad-CAM on" : "");
   } catch (error) {
     $("#info").textContent = "cannot reach the model: " + error.message;
@@ -199,9 +200,10 @@ function show(card, p, camNote) {
     const track = el("div", "track");
     const fill = el("div", "fill");
     fill.style.width = (100 * value).toFixed(1) + "%";
-    fill.style.background = i === 0 ? "var(--c0)" : "var(--c1)";
+    fill.style.background = classes.length === 2 ? (i === 0 ? "var(--c0)" : "var(--c1)")
+      : `hsl(${Math.round(360 * i / classes.length)}, 60%, 45%)`;
     track.append(fill);
-    if (i === 1) {
+    if (i === 1 && p.threshold !== null) {
       const tick = el("div", "tick");
       tick.style.left = `calc(${(100 * p.threshold).toFixed(1)}% - 1px)`;
       tick.title = "threshold";
@@ -210,7 +212,8 @@ function show(card, p, camNote) {
     row.append(el("span", "cls", name), track, el("span", "pct", (100 * value).toFixed(1) + "%"));
     card.bars.append(row);
   });
-  card.note.textContent = `${classes[1]} when p(${classes[1]}) \\u2265 ${p.threshold.toFixed(3)}` +
+  card.note.textContent = (p.threshold === null ? "the most probable class"
+    : `${classes[1]} when p(${classes[1]}) \\u2265 ${p.threshold.toFixed(3)}`) +
     (camNote ? " \\u00b7 " + camNote : "");
   if (p.gradcam) {
     const img = el("img");
