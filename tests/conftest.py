@@ -41,7 +41,7 @@ def class_folders(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A prepared DATA: 40 train, 12 validation, 12 test images of two synthetic classes."""
-    from catsdogs.prepare import prepare
+    from catsdogs.preparation import prepare
 
     root = tmp_path_factory.mktemp("tiny")
     source = make_class_folders(root / "source", per_class=32)
@@ -52,7 +52,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data: Path, tmp_path_factory) -> Path:
     """A baseline convnet trained for 2 epochs on `tiny_data` at 48 px."""
-    from catsdogs.train import TrainOptions, train
+    from catsdogs.training import TrainOptions, train
 
     out = tmp_path_factory.mktemp("runs") / "baseline"
     return train(TrainOptions(data=tiny_data, model="baseline", out=out, epochs=2, image_size=48, batch_size=8))

@@ -28,8 +28,8 @@ def synthetic_jpeg(seed: int, color: tuple[int, int, int], size: int = 64) -> by
 
 def make_tiny_run(root: Path) -> Path:
     """Prepare a 24-photo DATA and train the baseline for one epoch at 48 px; returns RUN."""
-    from catsdogs.prepare import prepare
-    from catsdogs.train import TrainOptions, train
+    from catsdogs.preparation import prepare
+    from catsdogs.training import TrainOptions, train
 
     source = root / "source"
     for name, color in (("cat", (200, 70, 60)), ("dog", (60, 80, 200))):

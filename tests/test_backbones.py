@@ -22,8 +22,8 @@ from catsdogs.models.backbones import backbones, get_backbone
 from catsdogs.models.finetune import unfreeze_top
 from catsdogs.models.pretrained import find_base
 from catsdogs.models.weights import cache_names, install_weights, keras_cache, shared_weights_dir
-from catsdogs.prepare import prepare
-from catsdogs.train import TrainOptions, train
+from catsdogs.preparation import prepare
+from catsdogs.training import TrainOptions, train
 
 SIZE = 32  # MobileNetV2's smallest input: fast enough to train in a test
 
@@ -203,7 +203,7 @@ def test_features_cache_is_written_reused_and_invalidated(data: Path, source: Pa
 
 
 def test_features_run_resumes_with_its_optimizer(data: Path, tmp_path: Path, monkeypatch, recwarn):
-    import catsdogs.train as train_module
+    import catsdogs.training as train_module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -254,7 +254,7 @@ def test_unfreeze_counts_layers_and_keeps_batchnorm_frozen():
 
 
 def test_finetune_in_one_run_trains_the_transfer_stage_first_and_resumes(data: Path, tmp_path: Path, monkeypatch):
-    import catsdogs.train as train_module
+    import catsdogs.training as train_module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-import catsdogs.evaluate as evaluate_module
+import catsdogs.evaluation as evaluate_module
 from catsdogs.dataset import load_split
-from catsdogs.evaluate import evaluate, tune_run_threshold
+from catsdogs.evaluation import evaluate, tune_run_threshold
 from catsdogs.images import load_image
 from catsdogs.metrics import tune_threshold
 from catsdogs.predict import Predictor

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from catsdogs.errors import UsageError
-from catsdogs.prepare import prepare
+from catsdogs.preparation import prepare
 from catsdogs.sources import scan_source
 from conftest import make_class_folders, make_photo
 
@@ -158,7 +158,7 @@ def test_class_names_are_kept_as_given_except_cats_and_dogs(tmp_path):
 
 
 def test_class_weight_balanced(tmp_path):
-    from catsdogs.train import class_weights
+    from catsdogs.training import class_weights
 
     weights = class_weights(np.array([0] * 30 + [1] * 10 + [2] * 20), 3)
     assert weights == pytest.approx({0: 60 / 90, 1: 60 / 30, 2: 60 / 60})

@@ -16,10 +16,10 @@ import pytest
 
 from catsdogs.dataset import load_split
 from catsdogs.errors import UsageError
-from catsdogs.evaluate import evaluate
+from catsdogs.evaluation import evaluate
 from catsdogs.models import create_model
 from catsdogs.precision import resolve_precision
-from catsdogs.train import TrainOptions, train
+from catsdogs.training import TrainOptions, train
 
 
 def test_baseline_is_the_studys_convnet():
@@ -125,7 +125,7 @@ def test_bench_counts_the_convnets_flops():
 
 
 def test_one_cycle_schedule_warms_up_then_decays_to_zero():
-    from catsdogs.train import one_cycle_optimizer
+    from catsdogs.training import one_cycle_optimizer
 
     optimizer = one_cycle_optimizer(1e-3, total_steps=100)
     rates = []

@@ -42,7 +42,7 @@ def positive_int(text: str) -> int:
 
 
 def split_size(text: str) -> int | float:
-    from catsdogs.prepare import parse_split_size
+    from catsdogs.preparation import parse_split_size
 
     try:
         return parse_split_size(text)
@@ -60,7 +60,7 @@ def non_negative_int(text: str) -> int:
 # ---- commands -------------------------------------------------------------------------------------
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from catsdogs.prepare import prepare
+    from catsdogs.preparation import prepare
 
     source = args.source or default_source()
     summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
@@ -69,7 +69,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    from catsdogs.fit import fit
+    from catsdogs.fitting import fit
 
     source = args.source if args.source or args.data else default_source()
     class_weight = None if args.class_weight == "none" else args.class_weight
@@ -82,7 +82,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from catsdogs.train import TrainOptions, train
+    from catsdogs.training import TrainOptions, train
 
     from catsdogs.models import model_entry
 
@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from catsdogs.evaluate import evaluate, tune_run_threshold
+    from catsdogs.evaluation import evaluate, tune_run_threshold
     from catsdogs.metrics import format_metrics_table
 
     if args.tune_threshold:
@@ -259,7 +259,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from catsdogs.reproduce import reproduce
+    from catsdogs.study import reproduce
 
     source = args.source or default_source()
     reproduce(source, args.out, quick=args.quick, precision=args.precision, backbone=args.backbone)

@@ -12,7 +12,7 @@ import numpy as np
 
 from catsdogs.errors import UsageError
 from catsdogs.images import load_image
-from catsdogs.prepare import SPLITS, manifest_sha256
+from catsdogs.preparation import SPLITS, manifest_sha256
 from catsdogs.progress import Progress
 
 

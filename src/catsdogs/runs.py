@@ -204,7 +204,7 @@ class Run:
     def evaluate(self, split: str = "test", *, data: str | os.PathLike | None = None, tta: bool = False,
                  cache_dir: str | os.PathLike | None = None, explain: bool = True) -> dict:
         """Metrics on a split of the run's DATA (written to RUN/metrics.json, plots/, explain/); returns them."""
-        from catsdogs.evaluate import evaluate
+        from catsdogs.evaluation import evaluate
 
         return evaluate(self.path, data, split, tta=tta, cache_dir=cache_dir, explain=explain,
                         predictor=self.predictor(tta=tta))
@@ -247,7 +247,7 @@ class Run:
                   cache_dir: str | os.PathLike | None = None):
         """An `Interpretation` of the run on a split: methods that return matplotlib figures (curves, confusion
         matrix, most wrong, ROC, reliability), shown inline in Jupyter."""
-        from catsdogs.evaluate import split_probabilities
+        from catsdogs.evaluation import split_probabilities
         from catsdogs.interpret import Interpretation
 
         predictor = self.predictor()

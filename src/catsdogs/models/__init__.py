@@ -9,7 +9,7 @@ from importlib import import_module
 from catsdogs.errors import UsageError
 
 
-DEFAULT_TRAINER = "catsdogs.train:fit_images"
+DEFAULT_TRAINER = "catsdogs.training:fit_images"
 
 
 @dataclass(frozen=True)

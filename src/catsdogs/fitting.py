@@ -16,9 +16,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from catsdogs.errors import UsageError
-from catsdogs.prepare import DEFAULT_SEED, SplitSize, prepare
+from catsdogs.preparation import DEFAULT_SEED, SplitSize, prepare
 from catsdogs.runs import CLASSES, CONFIG, CURVES, HISTORY, MODEL, Run, read_json, write_json
-from catsdogs.train import TrainOptions, train
+from catsdogs.training import TrainOptions, train
 
 FIT_RECORD = "fit.json"
 FIT_EPOCHS, FIT_PATIENCE, FIT_LEARNING_RATE = 100, 10, 1e-3  # a dense head on features: seconds an epoch
@@ -46,7 +46,7 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     `data`: an already prepared DATA to use instead of preparing SOURCE into OUT/data (SOURCE may then be
     None). `class_weight` "auto": balanced when the largest class has 1.5x the photos of the smallest.
     """
-    from catsdogs.evaluate import evaluate
+    from catsdogs.evaluation import evaluate
     from catsdogs.models.weights import install_weights, keras_cache, shared_weights_dir
 
     out = Path(out)
@@ -70,7 +70,8 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
         for backbone in candidates:
             results[backbone] = _candidate(data_dir, out / "candidates" / backbone, backbone, seed, weights, cache)
     best = max(results, key=lambda name: (results[name]["val_accuracy"], -results[name]["val_loss"]))
-    say(f"chose {best} on validation ({', '.join(f'{k} {v['val_accuracy']:.4f}' for k, v in results.items())})")
+    scores = ", ".join(f"{name} {result['val_accuracy']:.4f}" for name, result in results.items())
+    say(f"chose {best} on validation accuracy ({scores})")
     for name in RUN_FILES:
         source_file = out / "candidates" / best / name
         if source_file.exists():

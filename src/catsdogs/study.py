@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catsdogs.evaluate import evaluate
-from catsdogs.prepare import STUDY_SIZES, prepare
+from catsdogs.evaluation import evaluate
+from catsdogs.preparation import STUDY_SIZES, prepare
 from catsdogs.report import PUBLISHED, write_report, write_results_markdown
 from catsdogs.runs import CHECKPOINT_DIR, CONFIG, METRICS, read_json
-from catsdogs.train import TrainOptions, train
+from catsdogs.training import TrainOptions, train
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from catsdogs.errors import UsageError
 from catsdogs.models import DEFAULT_TRAINER, MODELS, ModelEntry, model_entry
 from catsdogs.models.heads import output_classes
 from catsdogs.precision import keras_precision, resolve_precision
-from catsdogs.prepare import DEFAULT_SEED, manifest_sha256
+from catsdogs.preparation import DEFAULT_SEED, manifest_sha256
 from catsdogs.runs import (CHECKPOINT_DIR, CLASSES, CONFIG, CURVES, HISTORY, MODEL, Run, library_versions,
                            read_history_csv, read_json, write_json)
 
