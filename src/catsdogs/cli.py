@@ -448,7 +448,10 @@ def in_flags(error: CatsdogsError, parser: argparse.ArgumentParser, command: str
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # usage errors (2) and --help/--version (0), already printed by argparse
+        return int(exit.code or 0)
     try:
         if not args.debug and getattr(args, "needs_tensorflow", True):
             import_tensorflow_quietly()
