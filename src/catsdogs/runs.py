@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.errors import UsageError
+from catsdogs.files import write_text_atomic
 
 CONFIG, CLASSES, MODEL, HISTORY, CURVES = "config.json", "classes.json", "model.keras", "history.csv", "curves.png"
 METRICS, THRESHOLD, CHECKPOINT_DIR = "metrics.json", "threshold.json", "checkpoint"
@@ -17,9 +18,7 @@ METRICS, THRESHOLD, CHECKPOINT_DIR = "metrics.json", "threshold.json", "checkpoi
 
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically (a temporary file renamed into place)."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:

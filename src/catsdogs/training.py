@@ -18,6 +18,7 @@ import numpy as np
 
 from catsdogs.dataset import SplitArrays, load_split, read_classes, read_manifest, to_dataset
 from catsdogs.errors import UsageError
+from catsdogs.files import atomic_path, write_text_atomic
 from catsdogs.models import DEFAULT_TRAINER, MODELS, ModelEntry, model_entry
 from catsdogs.models.heads import output_classes
 from catsdogs.precision import keras_precision, resolve_precision
@@ -295,9 +296,8 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 
 def _save_model(model, path: Path) -> None:
-    partial = path.with_name(f".partial-{path.name}")
-    model.save(partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        model.save(partial)
 
 
 HISTORY_FIELDS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
@@ -309,9 +309,7 @@ def _write_history(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(buffer.getvalue())
-    os.replace(partial, path)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def read_history(run: Path) -> list[dict]:

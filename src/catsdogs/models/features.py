@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from catsdogs.dataset import SplitArrays
+from catsdogs.files import atomic_path
 from catsdogs.models.pretrained import find_base
 from catsdogs.precision import jit_compile_setting
 from catsdogs.progress import Progress
@@ -72,10 +73,8 @@ def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path
     images = context.split(split)
     features = extract_features(extractor, images.images, context.options.batch_size, split)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".partial-{path.name}")
-    with open(partial, "wb") as handle:
+    with atomic_path(path) as partial, open(partial, "wb") as handle:
         np.savez(handle, features=features, labels=images.labels)
-    os.replace(partial, path)
     return SplitArrays(features, images.labels, images.paths, images.classes)
 
 
