@@ -9,7 +9,6 @@ Every error is JSON `{"error": "..."}`. The model is loaded once; a lock seriali
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import socket
 import threading
@@ -33,7 +32,7 @@ from catsdogs import __version__
 from catsdogs.images import ImageError, decode_image, resize
 from catsdogs.predict import Predictor
 from catsdogs.runs import METRICS, read_config, read_json
-from catsdogs.serve_page import PAGE, PAGE_HEADERS
+from catsdogs.serve_page import PAGE_HEADERS, page_html
 from catsdogs.upload_limit import UploadLimit
 
 DEFAULT_MAX_UPLOAD_MB = 10
@@ -79,7 +78,6 @@ class ModelOut(BaseModel):
     tuned_threshold: float | None
     tta: bool
     metrics: dict[str, Any] | None = Field(description="RUN/metrics.json (from `catsdogs evaluate`) when present")
-    explain_available: bool = Field(description="whether ?explain=true is supported")
     max_upload_bytes: int
     max_files: int
     version: str
@@ -114,7 +112,6 @@ class Engine:
         self.predictor = predictor
         self._model_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
-        self.explain_available = importlib.util.find_spec("catsdogs.explain") is not None
 
     def decode(self, filename: str, data: bytes) -> Photo:
         """Decode one upload into the model's input (and a small copy for overlays); HTTPException if bad."""
@@ -180,7 +177,7 @@ def _model_info(engine: Engine, threshold_argument: float | None, max_upload_byt
                     keras_name=predictor.model.name, backbone=config.get("backbone"), classes=predictor.classes,
                     input_size=predictor.image_size, threshold=predictor.threshold, threshold_origin=origin,
                     tuned_threshold=predictor.tuned_threshold, tta=predictor.tta, metrics=metrics,
-                    explain_available=engine.explain_available, max_upload_bytes=max_upload_bytes,
+                    max_upload_bytes=max_upload_bytes,
                     max_files=MAX_FILES, version=__version__)
 
 
@@ -205,7 +202,7 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+        return HTMLResponse(page_html(), headers=PAGE_HEADERS)
 
     @app.get("/healthz", response_model=HealthOut, summary="liveness check")
     async def healthz() -> HealthOut:
@@ -223,8 +220,6 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
         engine: Engine = request.app.state.engine
         if len(file) > MAX_FILES:
             raise HTTPException(400, f"too many files: {len(file)} (limit {MAX_FILES} a request)")
-        if explain and not engine.explain_available:
-            raise HTTPException(501, "Grad-CAM is not available: catsdogs.explain is not installed")
         photos = []
         for index, upload in enumerate(file):
             name = upload.filename or f"file {index + 1}"
