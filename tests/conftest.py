@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dogs-vs-cats-train-5000.zip"
+ZIP_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
+# ../shared beside the checkout, or beside a folder further up (a git worktree under the project)
+SHARED_ZIP = next((parent / ZIP_NAME for parent in Path(__file__).resolve().parents[1:] if (parent / ZIP_NAME).exists()),
+                  Path(__file__).resolve().parents[2] / ZIP_NAME)
 
 
 def make_photo(path: Path, kind: int, index: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG",
@@ -31,6 +34,21 @@ def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, ...] =
         for i in range(per_class):
             make_photo(root / name / f"{i}.jpg", kind, i, kinds=len(names))
     return root
+
+
+SLOW_FILES = {"test_reproduce.py", "test_n_classes.py", "test_fit.py", "test_backbones.py",
+              "test_efficientnet_lite.py", "test_export.py"}
+BROWSER_FILES = {"test_serve_browser.py", "test_report_browser.py"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Markers by file: `browser` (headless Chromium) and `slow` (trains real backbones or whole studies);
+    `make test-fast` leaves both out."""
+    for item in items:
+        if item.path.name in BROWSER_FILES:
+            item.add_marker(pytest.mark.browser)
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

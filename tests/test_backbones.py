@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+
 
 from catsdogs.cli import main
 from catsdogs.dataset import load_split
@@ -24,16 +24,9 @@ from catsdogs.models.pretrained import find_base
 from catsdogs.models.weights import cache_names, install_weights, keras_cache, shared_weights_dir
 from catsdogs.preparation import prepare
 from catsdogs.training import TrainOptions, train
+from conftest import make_photo
 
 SIZE = 32  # MobileNetV2's smallest input: fast enough to train in a test
-
-
-def photo(path: Path, kind: int, index: int) -> None:
-    """Class 0 bright on the left, class 1 bright on the right, with noise."""
-    pixels = np.random.default_rng(index * 2 + kind).integers(0, 60, (40, 48, 3), dtype=np.uint8)
-    pixels[:, (slice(0, 24), slice(24, 48))[kind]] += 180
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format="JPEG")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def source(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")
     for kind, name in enumerate(("cat", "dog")):
         for index in range(20):
-            photo(root / name / f"{index}.jpg", kind, index)
+            make_photo(root / name / f"{index}.jpg", kind, index)
     return root
 
 
