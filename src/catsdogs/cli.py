@@ -119,8 +119,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               f"saved to {args.run / 'threshold.json'}")
     metrics = evaluate(args.run, args.data, args.split, tta=args.tta, threshold=args.threshold,
                        cache_dir=args.cache_dir)
-    print(f"{args.split} split, threshold {metrics['threshold']:.3f} ({metrics['threshold_origin']})"
-          f"{', with TTA (photo + mirror)' if args.tta else ''}")
+    decision = (f"threshold {metrics['threshold']:.3f} ({metrics['threshold_origin']})"
+                if metrics.get("threshold") is not None else "the most probable class")
+    print(f"{args.split} split, {decision}{', with TTA (photo + mirror)' if args.tta else ''}")
     print(format_metrics_table(metrics))
 
 
