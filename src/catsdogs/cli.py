@@ -16,10 +16,26 @@ from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.models import list_models
 
 DEFAULT_SOURCE_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
+SHARED_WEIGHTS_NAME = Path("shared") / "weights" / "keras"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
 NO_SOURCE_HELP = ("no SOURCE given and the default data ({path}) is absent: download Kaggle's Dogs vs. Cats "
                   "train.zip (https://www.kaggle.com/c/dogs-vs-cats/data) or run `catsdogs download --out "
                   "PetImages.zip`, then pass it as SOURCE")
+
+
+def project_shared(name: Path) -> list[Path]:
+    """Where the project's `../shared` files may be: beside the checkout, or beside the working folder."""
+    return [PROJECT_ROOT.parent / name, Path.cwd().parent / name]
+
+
+def use_shared_weights() -> None:
+    """Point $CATSDOGS_WEIGHTS at the project's offline ImageNet weights (`../shared/weights/keras`) when they
+    exist and the variable is unset: the library itself only reads the variable."""
+    from catsdogs.models.weights import WEIGHTS_ENV
+
+    found = next((path for path in project_shared(SHARED_WEIGHTS_NAME) if path.is_dir()), None)
+    if found is not None:
+        os.environ.setdefault(WEIGHTS_ENV, str(found.resolve()))
 
 
 def default_source() -> Path:
@@ -27,7 +43,7 @@ def default_source() -> Path:
     if "CATSDOGS_DEFAULT_SOURCE" in os.environ:
         candidates = [Path(os.environ["CATSDOGS_DEFAULT_SOURCE"])]
     else:
-        candidates = [PROJECT_ROOT.parent / DEFAULT_SOURCE_NAME, Path.cwd().parent / DEFAULT_SOURCE_NAME]
+        candidates = project_shared(DEFAULT_SOURCE_NAME)
     for path in candidates:
         if path.exists():
             return path.resolve()
@@ -455,8 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit:  # usage errors (2) and --help/--version (0), already printed by argparse
         return int(exit.code or 0)
     try:
-        if not args.debug and getattr(args, "needs_tensorflow", True):
-            import_tensorflow_quietly()
+        if getattr(args, "needs_tensorflow", True):
+            use_shared_weights()
+            if not args.debug:
+                import_tensorflow_quietly()
         args.handler(args)
     except CatsdogsError as error:
         if args.debug:
