@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from typing import NoReturn
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.models import list_models
+from catsdogs.options import TrainOptions, add_option_arguments
 
 DEFAULT_SOURCE_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
 SHARED_WEIGHTS_NAME = Path("shared") / "weights" / "keras"
@@ -98,9 +100,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from catsdogs.training import TrainOptions, train
-
     from catsdogs.models import model_entry
+    from catsdogs.training import train
 
     pretrained_flags = {"--backbone": args.backbone, "--weights": args.weights, "--from-run": args.from_run,
                         "--unfreeze": args.unfreeze}
@@ -109,12 +110,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError(f"{', '.join(given)}: only for the pretrained models (features, transfer, finetune)")
     model_options = {name: value for name, value in (("weights", args.weights), ("from_run", args.from_run),
                                                      ("unfreeze", args.unfreeze)) if value is not None}
-    options = TrainOptions(data=args.data, model=args.model, out=args.out, epochs=args.epochs,
-                           backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
-                           seed=args.seed, precision=args.precision, learning_rate=args.learning_rate,
-                           schedule=args.schedule, monitor=args.monitor, patience=args.patience,
-                           class_weight=args.class_weight, cache_dir=args.cache_dir, resume=args.resume,
-                           overwrite=args.overwrite, model_options=model_options)
+    options = TrainOptions(model_options=model_options, **{item.name: getattr(args, item.name)
+                                                           for item in dataclasses.fields(TrainOptions)
+                                                           if item.metadata.get("cli", True)})
     run = train(options)
     from catsdogs.runs import read_config
 
@@ -335,37 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a finished RUN")
 
     p = command("train", cmd_train, "train one experiment into RUN")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--model", required=True, choices=list_models(), metavar="MODEL",
-                   help=f"one of {', '.join(list_models())}")
-    p.add_argument("--backbone", help="pretrained base for features/transfer/finetune: a keras.applications name "
-                   "lower-cased (mobilenetv2 [default], vgg16, efficientnetb0, resnet50...) or efficientnet_lite0/1/2")
+    add_option_arguments(p, TrainOptions, required=("data", "model", "out"))
     p.add_argument("--weights", metavar="imagenet|none|PATH",
                    help="the base's weights (default imagenet, from Keras' cache $KERAS_HOME/models; offline, "
                    "place the file there or pass its path)")
     p.add_argument("--from-run", metavar="RUN", help="finetune: start from this completed transfer RUN")
     p.add_argument("--unfreeze", type=non_negative_int, metavar="N",
                    help="finetune: unfreeze the top N layers of the base (default: its last block)")
-    p.add_argument("--patience", type=positive_int, metavar="N",
-                   help="stop after N epochs without improvement on validation (default: finetune 3, others none)")
-    p.add_argument("--epochs", type=positive_int, help="default: the model's own")
-    p.add_argument("--out", type=Path, required=True, metavar="RUN")
-    p.add_argument("--image-size", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--learning-rate", type=float, help="default: the model's own (one-cycle: the peak, 1e-3)")
-    p.add_argument("--schedule", choices=["constant", "one-cycle"], default="constant",
-                   help="constant: the model's own optimizer (the study's); one-cycle: AdamW warmed up to the peak "
-                   "learning rate, then cosine-decayed to zero (fastai's fit_one_cycle; baseline, augmented, transfer)")
-    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
-                   help="which validation number picks the saved model.keras (and early stopping)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
-    p.add_argument("--cache-dir", type=Path,
-                   help="keep decoded images (and the features model's features) here for the next runs")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted RUN")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    p.add_argument("--class-weight", choices=["balanced"],
-                   help="balanced: weight each class by n / (classes x its count), for unbalanced classes")
 
     p = command("evaluate", cmd_evaluate, "metrics of a trained RUN on a split")
     p.add_argument("run", type=Path)
