@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                            backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                            seed=args.seed, precision=args.precision, learning_rate=args.learning_rate,
                            schedule=args.schedule, monitor=args.monitor, patience=args.patience, cache_dir=args.cache_dir, resume=args.resume,
-                           model_options=model_options)
+                           model_options=model_options, distribute=args.distribute)
     run = train(options)
     from catsdogs.runs import read_config
 
@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path,
                    help="keep decoded images (and the features model's features) here for the next runs")
     p.add_argument("--resume", action="store_true", help="continue an interrupted RUN")
+    p.add_argument("--distribute", choices=["mirrored", "multi-worker"],
+                   help="mirrored: the local GPUs (or CPU devices); multi-worker: the hosts TF_CONFIG names "
+                        "(picked automatically when TF_CONFIG names several workers); --batch-size is per replica")
 
     p = command("evaluate", cmd_evaluate, "metrics of a trained RUN on a split")
     p.add_argument("run", type=Path)
