@@ -143,7 +143,7 @@ def test_two_workers_train_one_run_written_by_the_chief(tiny_data: Path, tmp_pat
     wait_all(start_workers(train_command(tiny_data, run, "--epochs", "2", "--batch-size", "4"), tmp_path,
                            workers), tmp_path)
     config = json.loads((run / "config.json").read_text())
-    assert config["distribute"] is None or config["distribute"] == "multi-worker"
+    assert config["distribute"] == "multi-worker"
     assert config["workers"] == 2 and config["replicas"] == 2 and config["global_batch_size"] == 8
     assert config["status"] == "complete"
     assert [int(r["epoch"]) for r in csv.DictReader(open(run / "history.csv"))] == [0, 1]

@@ -88,7 +88,7 @@ def train(options: TrainOptions) -> Path:
               "validation_images": len(read_manifest(options.data, "validation")),
               "versions": library_versions(), "status": "running"}
     if distribution.strategy:
-        config.update(replicas=distribution.replicas, workers=distribution.workers,
+        config.update(distribute=distribution.kind, replicas=distribution.replicas, workers=distribution.workers,
                       global_batch_size=distribution.global_batch(options.batch_size))
     config.pop("resume"), config.pop("out")
     if entry.uses_backbone:
