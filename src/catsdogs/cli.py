@@ -106,6 +106,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if predictor.tuned_threshold is not None and args.threshold is None:
         print(f"using the tuned threshold {predictor.threshold:.3f} from {args.run}", file=sys.stderr)
     missing = [str(p) for p in args.paths if not p.exists()]
+    if args.output is not None or args.resume:  # hook: streaming to a file (catsdogs.stream)
+        from catsdogs.stream import stream_predictions
+
+        if args.output is None or args.format != "csv":
+            raise UsageError("--resume needs --output FILE; --output writes CSV")
+        summary = stream_predictions(predictor, [p for p in args.paths if p.exists()], args.output,
+                                     resume=args.resume)
+        print(f"wrote {summary.written} rows to {summary.output} ({summary.skipped} already there, "
+              f"{summary.errors} errors) in {summary.seconds:.1f} s", file=sys.stderr)
+        if missing:
+            raise UsageError(f"no such file: {', '.join(missing)} (the other files were classified)")
+        return
     predictions = predictor.predict_paths(args.paths)
     if args.format == "json":
         print(json.dumps([{**vars(p), "threshold": predictor.threshold} for p in predictions], indent=2))
@@ -315,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.add_argument("--threshold", type=float)
     p.add_argument("--tta", action="store_true")
+    p.add_argument("--output", type=Path, metavar="FILE",
+                   help="write the CSV to FILE as it goes (bounded memory, progress with rate and ETA)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --output FILE")
 
     p = command("explain", cmd_explain, "Grad-CAM heat map of one image, for both classes")
     p.add_argument("run", type=Path)
