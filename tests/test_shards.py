@@ -56,3 +56,15 @@ def test_storage_is_chosen_by_size(monkeypatch, capsys):
     assert choose_storage(10_000, 160, split="train") == "shards"  # 768 MB
     assert "shards" in capsys.readouterr().err
     assert choose_storage(10_000, 160, "memory") == "memory"
+
+
+def test_memory_mapped_features_give_the_same_batches(tmp_path: Path):
+    features = np.random.default_rng(0).normal(size=(37, 5)).astype(np.float32)
+    np.save(tmp_path / "f.npy", features)
+    labels = np.arange(37) % 2
+    from catsdogs.dataset import SplitArrays
+
+    mapped = SplitArrays(np.load(tmp_path / "f.npy", mmap_mode="r"), labels, [], ["a", "b"])
+    memory = SplitArrays(features, labels, [], ["a", "b"])
+    for (xa, ya), (xb, yb) in zip(to_dataset(memory, 8, shuffle=True, seed=2), to_dataset(mapped, 8, shuffle=True, seed=2)):
+        assert np.array_equal(xa.numpy(), xb.numpy()) and np.array_equal(ya.numpy(), yb.numpy())

@@ -115,7 +115,8 @@ def to_dataset(split: SplitArrays, batch_size: int = 32, *, shuffle: bool = Fals
     """
     import tensorflow as tf
 
-    if not isinstance(split.images, np.ndarray):  # sharded on disk: same batches, read from the shards
+    if isinstance(split.images, np.memmap) or not isinstance(split.images, np.ndarray):  # on disk: the same
+        # batches, read from the shards (or a memory-mapped features cache) one batch at a time
         from catsdogs.shards import sharded_dataset
         return sharded_dataset(split.images, split.labels, batch_size, shuffle=shuffle, seed=seed)
     images = tf.constant(split.images)

@@ -202,13 +202,15 @@ def batch_reader(images):
     """A graph function: int64 index vector -> uint8 batch of `images` (an in-memory array or shards)."""
     import tensorflow as tf
 
-    if isinstance(images, np.ndarray):
+    if isinstance(images, np.ndarray) and not isinstance(images, np.memmap):
         table = tf.constant(images)
         return lambda i: tf.gather(table, i)
     shape = tuple(images.shape[1:])
+    take = images.take if isinstance(images, ShardedImages) else (lambda i: np.asarray(images[i]))
+    dtype = tf.as_dtype(images.dtype)
 
     def read(i):
-        batch = tf.numpy_function(images.take, [i], tf.uint8, stateful=False)
+        batch = tf.numpy_function(take, [i], dtype, stateful=False)
         return tf.ensure_shape(batch, (None, *shape))
 
     return read
