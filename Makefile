@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STUDY ?= study
 RUN_ARGS ?=
 
-.PHONY: run test install install-test browser bench clean
+.PHONY: run test test-fast lint install install-test browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ run: install
 
 test: install-test browser
 	$(BIN)/python -m pytest -q
+
+# The quick loop while working: no browser, no pretrained backbones or whole studies (under a minute).
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 bench: install
 	$(BIN)/catsdogs bench

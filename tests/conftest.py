@@ -9,26 +9,46 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dogs-vs-cats-train-5000.zip"
+ZIP_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
+# ../shared beside the checkout, or beside a folder further up (a git worktree under the project)
+SHARED_ZIP = next((parent / ZIP_NAME for parent in Path(__file__).resolve().parents[1:] if (parent / ZIP_NAME).exists()),
+                  Path(__file__).resolve().parents[2] / ZIP_NAME)
 
 
-def make_photo(path: Path, kind: int, index: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> Path:
-    """A synthetic 'photo': class 0 is bright on the left, class 1 bright on the right, with noise."""
-    rng = np.random.default_rng(index * 2 + kind)
+def make_photo(path: Path, kind: int, index: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG",
+               kinds: int = 2) -> Path:
+    """A synthetic 'photo' of class `kind` out of `kinds`: bright in the kind-th vertical band, with noise
+    (two kinds: class 0 bright on the left half, class 1 on the right)."""
+    rng = np.random.default_rng(index * kinds + kind)
     width, height = size
     pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
-    half = slice(0, width // 2) if kind == 0 else slice(width // 2, width)
-    pixels[:, half] = np.clip(pixels[:, half].astype(int) + 180, 0, 255).astype(np.uint8)
+    band = slice(kind * width // kinds, (kind + 1) * width // kinds)
+    pixels[:, band] = np.clip(pixels[:, band].astype(int) + 180, 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format=fmt)
     return path
 
 
-def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, str] = ("Cats", "Dogs")) -> Path:
+def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, ...] = ("Cats", "Dogs")) -> Path:
     for kind, name in enumerate(names):
         for i in range(per_class):
-            make_photo(root / name / f"{i}.jpg", kind, i)
+            make_photo(root / name / f"{i}.jpg", kind, i, kinds=len(names))
     return root
+
+
+SLOW_FILES = {"test_reproduce.py", "test_distribute.py", "test_n_classes.py", "test_fit.py", "test_backbones.py",
+              "test_efficientnet_lite.py", "test_export.py"}
+BROWSER_FILES = {"test_serve_browser.py", "test_report_browser.py"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Markers by file: `browser` (headless Chromium) and `slow` (trains real backbones or whole studies);
+    `make test-fast` leaves both out."""
+    for item in items:
+        if item.path.name in BROWSER_FILES:
+            item.add_marker(pytest.mark.browser)
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -39,7 +59,7 @@ def class_folders(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A prepared DATA: 40 train, 12 validation, 12 test images of two synthetic classes."""
-    from catsdogs.prepare import prepare
+    from catsdogs.preparation import prepare
 
     root = tmp_path_factory.mktemp("tiny")
     source = make_class_folders(root / "source", per_class=32)
@@ -50,7 +70,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data: Path, tmp_path_factory) -> Path:
     """A baseline convnet trained for 2 epochs on `tiny_data` at 48 px."""
-    from catsdogs.train import TrainOptions, train
+    from catsdogs.training import TrainOptions, train
 
     out = tmp_path_factory.mktemp("runs") / "baseline"
     return train(TrainOptions(data=tiny_data, model="baseline", out=out, epochs=2, image_size=48, batch_size=8))

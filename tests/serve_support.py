@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ZIP_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
-# Beside the checkout (../shared/data/...), or beside a folder further up (a git worktree under the project).
-ZIP_CANDIDATES = [parent / ZIP_NAME for parent in Path(__file__).resolve().parents[1:]]
+from conftest import SHARED_ZIP
+
 TINY_IMAGE_SIZE = 48  # the baseline's four conv+pool blocks need at least 48 px
 
 
@@ -28,8 +27,8 @@ def synthetic_jpeg(seed: int, color: tuple[int, int, int], size: int = 64) -> by
 
 def make_tiny_run(root: Path) -> Path:
     """Prepare a 24-photo DATA and train the baseline for one epoch at 48 px; returns RUN."""
-    from catsdogs.prepare import prepare
-    from catsdogs.train import TrainOptions, train
+    from catsdogs.preparation import prepare
+    from catsdogs.training import TrainOptions, train
 
     source = root / "source"
     for name, color in (("cat", (200, 70, 60)), ("dog", (60, 80, 200))):
@@ -53,9 +52,9 @@ def png_bomb(side: int = 30000) -> bytes:
 
 def real_photos(out: Path, names: list[str]) -> list[Path] | None:
     """Extract `train/<name>` photos from the default data zip into `out`; None when the zip is absent."""
-    found = next((path for path in ZIP_CANDIDATES if path.exists()), None)
-    if found is None:
+    if not SHARED_ZIP.exists():
         return None
+    found = SHARED_ZIP
     paths = []
     with zipfile.ZipFile(found) as archive:
         members = set(archive.namelist())

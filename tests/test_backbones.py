@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+
 
 from catsdogs.cli import main
 from catsdogs.dataset import load_split
@@ -22,18 +22,11 @@ from catsdogs.models.backbones import backbones, get_backbone
 from catsdogs.models.finetune import unfreeze_top
 from catsdogs.models.pretrained import find_base
 from catsdogs.models.weights import cache_names, install_weights, keras_cache, shared_weights_dir
-from catsdogs.prepare import prepare
-from catsdogs.train import TrainOptions, train
+from catsdogs.preparation import prepare
+from catsdogs.training import TrainOptions, train
+from conftest import make_photo
 
 SIZE = 32  # MobileNetV2's smallest input: fast enough to train in a test
-
-
-def photo(path: Path, kind: int, index: int) -> None:
-    """Class 0 bright on the left, class 1 bright on the right, with noise."""
-    pixels = np.random.default_rng(index * 2 + kind).integers(0, 60, (40, 48, 3), dtype=np.uint8)
-    pixels[:, (slice(0, 24), slice(24, 48))[kind]] += 180
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format="JPEG")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def source(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")
     for kind, name in enumerate(("cat", "dog")):
         for index in range(20):
-            photo(root / name / f"{index}.jpg", kind, index)
+            make_photo(root / name / f"{index}.jpg", kind, index)
     return root
 
 
@@ -203,7 +196,7 @@ def test_features_cache_is_written_reused_and_invalidated(data: Path, source: Pa
 
 
 def test_features_run_resumes_with_its_optimizer(data: Path, tmp_path: Path, monkeypatch, recwarn):
-    import catsdogs.train as train_module
+    import catsdogs.training as train_module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -254,7 +247,7 @@ def test_unfreeze_counts_layers_and_keeps_batchnorm_frozen():
 
 
 def test_finetune_in_one_run_trains_the_transfer_stage_first_and_resumes(data: Path, tmp_path: Path, monkeypatch):
-    import catsdogs.train as train_module
+    import catsdogs.training as train_module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -287,5 +280,5 @@ def test_finetune_refuses_a_foreign_run_and_options_go_to_the_right_model(data: 
         create_model("finetune", from_run=str(features_run))
     with pytest.raises(UsageError, match="differs"):
         create_model("finetune", from_run=str(transfer_run), backbone="vgg16")
-    with pytest.raises(UsageError, match="--from-run"):
+    with pytest.raises(UsageError, match="does not take from_run"):
         train(options(data, "transfer", tmp_path / "run", model_options={"from_run": str(transfer_run)}))

@@ -31,9 +31,9 @@ def test_cached_and_uncached_predictions_are_identical(tiny_run: Path, tiny_data
     predictor = Predictor(tiny_run)
     cached = load_split(tiny_data, "test", predictor.image_size, cache_dir=tmp_path)
     cached = load_split(tiny_data, "test", predictor.image_size, cache_dir=tmp_path)  # from the cache file
-    from_arrays = predictor.probabilities(cached.images)
+    from_arrays = predictor.probabilities(cached.images)[:, 1]
     from_files = [p.probabilities["dog"] for p in predictor.predict_paths(cached.paths)]
-    one_by_one = [float(predictor.probabilities(load_image(p, predictor.image_size)[None])[0]) for p in cached.paths]
+    one_by_one = [float(predictor.probabilities(load_image(p, predictor.image_size)[None])[0, 1]) for p in cached.paths]
     assert np.allclose(from_arrays, from_files, atol=1e-6) and np.allclose(from_arrays, one_by_one, atol=1e-5)
 
 

@@ -19,7 +19,7 @@ from catsdogs.models import efficientnet_lite as effl  # noqa: E402
 from catsdogs.models.efficientnet_lite import build_efficientnet_lite, default_image_size  # noqa: E402
 from catsdogs.models.torch_checkpoint import read_torch_state_dict  # noqa: E402
 
-PHOTOS_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dogs-vs-cats-train-5000.zip"
+from conftest import SHARED_ZIP as PHOTOS_ZIP  # noqa: E402
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 DOG_CLASSES = range(151, 269)
 CAT_PHOTOS = ["train/cat.1.jpg", "train/cat.2.jpg", "train/cat.7.jpg"]

@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-import catsdogs.evaluate as evaluate_module
+import catsdogs.evaluation as evaluate_module
 from catsdogs.dataset import load_split
-from catsdogs.evaluate import evaluate, tune_run_threshold
+from catsdogs.evaluation import evaluate, tune_run_threshold
 from catsdogs.images import load_image
 from catsdogs.metrics import tune_threshold
 from catsdogs.predict import Predictor
@@ -64,7 +64,7 @@ def test_confusion_matrix_matches_per_file_predictions(tiny_run: Path, tiny_data
     rows = list(csv.DictReader(open(tiny_run / "predictions-test.csv")))
     matrix = np.zeros((2, 2), int)
     for row in rows:  # each file classified on its own, then counted
-        p1 = float(predictor.probabilities(load_image(row["path"], predictor.image_size)[None])[0])
+        p1 = float(predictor.probabilities(load_image(row["path"], predictor.image_size)[None])[0, 1])
         assert abs(p1 - float(row["p_dog"])) < 1e-4, "evaluation order must follow the files"
         assert row["true_label"] == Path(row["path"]).parent.name
         matrix[predictor.classes.index(row["true_label"]), int(p1 >= metrics["threshold"])] += 1
@@ -83,7 +83,7 @@ def test_threshold_is_tuned_on_validation_only(tiny_run: Path, tiny_data: Path, 
     threshold = tune_run_threshold(tiny_run, tiny_data)
     assert loaded == ["validation"]
     validation = load_split(tiny_data, "validation", SIZE)
-    expected = tune_threshold(validation.labels, Predictor(tiny_run).probabilities(validation.images))
+    expected = tune_threshold(validation.labels, Predictor(tiny_run).probabilities(validation.images)[:, 1])
     assert threshold == pytest.approx(expected)
     saved = json.loads((tiny_run / "threshold.json").read_text())
     assert saved["split"] == "validation" and saved["threshold"] == pytest.approx(threshold)

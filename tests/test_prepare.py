@@ -14,7 +14,7 @@ import pytest
 
 from catsdogs.errors import UsageError
 from catsdogs.images import encode_jpeg
-from catsdogs.prepare import prepare
+from catsdogs.preparation import STUDY_SIZES, prepare
 from catsdogs.sources import normalise_class_name, scan_source
 from conftest import make_class_folders, make_photo
 
@@ -147,19 +147,23 @@ def test_split_is_deterministic_stratified_and_leak_free(class_folders, tmp_path
     assert len(sources) == len(set(sources))
 
 
-def test_real_kaggle_zip_default_split(real_zip, tmp_path):
-    summary = prepare(real_zip, tmp_path / "data")
+def test_real_kaggle_zip_study_and_default_split(real_zip, tmp_path):
+    summary = prepare(real_zip, tmp_path / "data", **STUDY_SIZES)  # what reproduce asks for
     counts = {split: summary.counts[split] for split in summary.counts}
     assert counts == {"train": {"cat": 1500, "dog": 1500}, "validation": {"cat": 500, "dog": 500},
                       "test": {"cat": 500, "dog": 500}}
     rows = manifest(tmp_path / "data")
     assert len({r["source"] for r in rows}) == 5000
     assert summary.rejected == 0
+    default = prepare(real_zip, tmp_path / "default")  # a user's photos: 70/15/15 of each class
+    assert default.counts == {"train": {"cat": 1750, "dog": 1750}, "validation": {"cat": 375, "dog": 375},
+                              "test": {"cat": 375, "dog": 375}}
+    assert default.unused == 0
 
 
 def test_too_few_images_is_a_clear_error(class_folders, tmp_path):
-    with pytest.raises(UsageError, match="class 'cat' has 12 usable images"):
-        prepare(class_folders, tmp_path / "data")  # the default asks for 2500 per class
+    with pytest.raises(UsageError, match="class 'cat' has 12 usable images, but train 1500"):
+        prepare(class_folders, tmp_path / "data", **STUDY_SIZES)  # the study asks for 2500 per class
     assert not (tmp_path / "data").exists()
 
 
@@ -174,16 +178,15 @@ def test_rerun_is_idempotent_and_foreign_data_is_refused(class_folders, tmp_path
         prepare(other, data, train=12, val=6, test=6)
     assert tree_digest(data) == first
     prepare(other, data, train=12, val=6, test=6, force=True)
-    assert json.loads((data / "classes.json").read_text()) == ["bird", "fish"]
+    assert json.loads((data / "classes.json").read_text()) == ["birds", "fish"]  # names as given (not cat/dog)
 
 
-def test_not_a_two_class_source(tmp_path):
-    make_class_folders(tmp_path / "three", per_class=3, names=("a", "b"))
-    make_class_folders(tmp_path / "three", per_class=3, names=("c", "d"))
-    with pytest.raises(UsageError, match="expected exactly 2 classes, found 4"):
-        scan_source(tmp_path / "three")
+def test_not_a_classifier_source(tmp_path):
+    make_class_folders(tmp_path / "one", per_class=3, names=("a", "a"))
+    with pytest.raises(UsageError, match="found 1 class .a.; a classifier needs at least 2"):
+        scan_source(tmp_path / "one")
     with pytest.raises(UsageError, match="no such file"):
         scan_source(tmp_path / "missing")
     (tmp_path / "notzip.zip").write_text("hello")
-    with pytest.raises(UsageError, match="folder or a .zip"):
+    with pytest.raises(UsageError, match="a folder, a .zip archive or a .csv"):
         scan_source(tmp_path / "notzip.zip")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import catsdogs.reproduce as reproduce_module
-from catsdogs.reproduce import STUDY, reproduce
+import catsdogs.study as reproduce_module
+from catsdogs.study import STUDY, reproduce
 from conftest import make_class_folders
 
 

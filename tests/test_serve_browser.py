@@ -51,10 +51,8 @@ def test_page_classifies_an_uploaded_photo(tmp_path):
                 assert f"{100 * p:.1f}%" in shown
             images = card.find_elements(By.TAG_NAME, "img")
             assert all(driver.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images)
-            if app.state.info.explain_available:  # the Grad-CAM overlay, beside the photo
-                assert len(images) == 2 and images[1].get_attribute("src").startswith("data:image/png;base64,")
-            else:
-                assert len(images) == 1
+            # the Grad-CAM overlay, beside the photo
+            assert len(images) == 2 and images[1].get_attribute("src").startswith("data:image/png;base64,")
 
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not severe, severe

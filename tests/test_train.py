@@ -16,10 +16,10 @@ import pytest
 
 from catsdogs.dataset import load_split
 from catsdogs.errors import UsageError
-from catsdogs.evaluate import evaluate
+from catsdogs.evaluation import evaluate
 from catsdogs.models import create_model
 from catsdogs.precision import resolve_precision
-from catsdogs.train import TrainOptions, train
+from catsdogs.training import TrainOptions, train
 
 
 def test_baseline_is_the_studys_convnet():
@@ -125,7 +125,7 @@ def test_bench_counts_the_convnets_flops():
 
 
 def test_one_cycle_schedule_warms_up_then_decays_to_zero():
-    from catsdogs.train import one_cycle_optimizer
+    from catsdogs.training import one_cycle_optimizer
 
     optimizer = one_cycle_optimizer(1e-3, total_steps=100)
     rates = []
@@ -154,9 +154,9 @@ def test_one_cycle_run_trains_with_adamw_and_records_it(tiny_data: Path, tmp_pat
 
 
 def test_one_cycle_is_refused_where_it_does_not_apply(tiny_data: Path, tmp_path: Path):
-    with pytest.raises(UsageError, match="--schedule one-cycle works with baseline, augmented, transfer"):
+    with pytest.raises(UsageError, match="schedule one-cycle works with baseline, augmented, transfer"):
         train(TrainOptions(data=tiny_data, model="features", backbone="mobilenetv2", out=tmp_path / "run",
                            schedule="one-cycle"))
-    with pytest.raises(UsageError, match="--schedule must be one of"):
+    with pytest.raises(UsageError, match="schedule must be one of"):
         train(TrainOptions(data=tiny_data, model="baseline", out=tmp_path / "run", schedule="linear"))
     assert not (tmp_path / "run").exists()

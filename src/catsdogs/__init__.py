@@ -1,12 +1,14 @@
-"""catsdogs: a folder of two kinds of photos -> a trained, evaluated, explainable classifier.
+"""catsdogs: a folder of photos (two kinds or more) -> a trained, evaluated, explainable classifier.
 
-The notebook API, step by step (each name is imported on first use, so `import catsdogs` stays fast)::
+The notebook API (each name is imported on first use, so `import catsdogs` stays fast)::
 
-    from catsdogs import prepare, train, TrainOptions, evaluate, Predictor, save_explanation
-    prepare("train.zip", "data")
-    run = train(TrainOptions(data="data", model="baseline", out="runs/baseline", epochs=30))
-    evaluate(run)                                  # RUN/metrics.json, plots, gallery, Grad-CAM examples
-    Predictor(run).predict_paths(["my_cat.jpg"])   # labels and probabilities
+    import catsdogs
+    run = catsdogs.fit("my_photos/", "runs/mine")            # prepare, pick a backbone, evaluate, report
+    run = catsdogs.train(data="data", model="baseline", out="runs/baseline", epochs=30, overwrite=True)
+    run.evaluate("test")                                     # metrics dict (and RUN/metrics.json, plots)
+    run.predict(["my_cat.jpg"])                              # [Prediction(path, label, probabilities, error)]
+    run.interpret().confusion_matrix()                       # matplotlib figures, inline in Jupyter
+    catsdogs.Run("runs/baseline")                            # open a run folder again
 """
 
 from __future__ import annotations
@@ -16,20 +18,23 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _API = {
-    "prepare": "catsdogs.prepare",
+    "fit": "catsdogs.fitting",
+    "Run": "catsdogs.runs",
+    "list_models": "catsdogs.models",
+    "prepare": "catsdogs.preparation",
     "load_split": "catsdogs.dataset",
     "to_dataset": "catsdogs.dataset",
     "create_model": "catsdogs.models",
     "MODELS": "catsdogs.models",
-    "TrainOptions": "catsdogs.train",
-    "train": "catsdogs.train",
-    "evaluate": "catsdogs.evaluate",
-    "tune_run_threshold": "catsdogs.evaluate",
+    "TrainOptions": "catsdogs.training",
+    "train": "catsdogs.training",
+    "evaluate": "catsdogs.evaluation",
+    "tune_run_threshold": "catsdogs.evaluation",
     "Predictor": "catsdogs.predict",
     "gradcam": "catsdogs.explain",
     "save_explanation": "catsdogs.explain",
     "write_report": "catsdogs.report",
-    "reproduce": "catsdogs.reproduce",
+    "reproduce": "catsdogs.study",
     "export_model": "catsdogs.export",
     "create_app": "catsdogs.serve",
 }

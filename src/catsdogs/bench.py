@@ -18,7 +18,7 @@ import numpy as np
 
 from catsdogs.dataset import load_split, to_dataset
 from catsdogs.precision import keras_precision, resolve_precision
-from catsdogs.prepare import manifest_sha256
+from catsdogs.preparation import manifest_sha256
 
 
 @dataclass
@@ -195,7 +195,7 @@ def bench(data: Path | None, source: Path | None, **options) -> dict:
     """Run the benchmark on DATA, or on a temporary DATA prepared from SOURCE."""
     if data is not None:
         return run_bench(Path(data), **options)
-    from catsdogs.prepare import prepare
+    from catsdogs.preparation import prepare
 
     with tempfile.TemporaryDirectory(prefix="catsdogs-bench-") as folder:
         print(prepare(source, Path(folder) / "data").line(), file=sys.stderr)

@@ -6,12 +6,14 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.models import list_models
 
 DEFAULT_SOURCE_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
@@ -39,6 +41,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def split_size(text: str) -> int | float:
+    from catsdogs.preparation import parse_split_size
+
+    try:
+        return parse_split_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -49,7 +60,7 @@ def non_negative_int(text: str) -> int:
 # ---- commands -------------------------------------------------------------------------------------
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from catsdogs.prepare import prepare
+    from catsdogs.preparation import prepare
 
     source = args.source or default_source()
     summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
@@ -57,8 +68,21 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(summary.line())
 
 
+def cmd_fit(args: argparse.Namespace) -> None:
+    from catsdogs.fitting import fit
+
+    source = args.source if args.source or args.data else default_source()
+    class_weight = None if args.class_weight == "none" else args.class_weight
+    run = fit(source, args.out, data=args.data, backbones=args.backbone, train_size=args.train,
+              val_size=args.val, test_size=args.test, seed=args.seed, class_weight=class_weight,
+              overwrite=args.overwrite)
+    metrics = run.metrics
+    print(f"fitted {run}: {run.config['fit']['chosen']} features, test accuracy {metrics['accuracy']:.4f} "
+          f"({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    from catsdogs.train import TrainOptions, train
+    from catsdogs.training import TrainOptions, train
 
     from catsdogs.models import model_entry
 
@@ -72,8 +96,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     options = TrainOptions(data=args.data, model=args.model, out=args.out, epochs=args.epochs,
                            backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                            seed=args.seed, precision=args.precision, learning_rate=args.learning_rate,
-                           schedule=args.schedule, monitor=args.monitor, patience=args.patience, cache_dir=args.cache_dir, resume=args.resume,
-                           model_options=model_options, distribute=args.distribute)
+                           schedule=args.schedule, monitor=args.monitor, patience=args.patience,
+                           class_weight=args.class_weight, cache_dir=args.cache_dir, resume=args.resume,
+                           overwrite=args.overwrite, model_options=model_options, distribute=args.distribute)
     run = train(options)
     from catsdogs.runs import read_config
 
@@ -83,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from catsdogs.evaluate import evaluate, tune_run_threshold
+    from catsdogs.evaluation import evaluate, tune_run_threshold
     from catsdogs.metrics import format_metrics_table
 
     if args.tune_threshold:
@@ -120,7 +145,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     predictions = predictor.predict_paths(args.paths)
     if args.format == "json":
-        print(json.dumps([{**vars(p), "threshold": predictor.threshold} for p in predictions], indent=2))
+        threshold = predictor.threshold if len(predictor.classes) == 2 else None
+        print(json.dumps([{**vars(p), "threshold": threshold} for p in predictions], indent=2))
     else:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["path", "label", *(f"p_{name}" for name in predictor.classes), "error"])
@@ -143,10 +169,17 @@ def cmd_explain(args: argparse.Namespace) -> None:
     except ImageError as error:
         raise UsageError(f"{args.image}: {error}") from None
     out = args.out or Path(f"{args.image.stem}-gradcam.png")
+    target = None
+    if args.target is not None:
+        if args.target not in predictor.classes:
+            raise UsageError(f"--target {args.target!r} is not a class of the run ({', '.join(predictor.classes)})")
+        target = predictor.classes.index(args.target)
     save_explanation(predictor.model, image, predictor.classes, out, layer=args.layer,
-                     threshold=predictor.threshold)
-    p1 = float(predictor.probabilities(image[None])[0])
-    print(f"{args.image}: {predictor.label_of(p1)} (p_{predictor.classes[1]}={p1:.3f}); Grad-CAM saved to {out}")
+                     threshold=predictor.threshold, target=target)
+    probabilities = predictor.probabilities(image[None])[0]
+    label = predictor.label_of(probabilities)
+    print(f"{args.image}: {label} (p_{label}={probabilities[predictor.classes.index(label)]:.3f}); "
+          f"Grad-CAM saved to {out} (evidence for {args.target or label})")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -238,7 +271,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from catsdogs.reproduce import reproduce
+    from catsdogs.study import reproduce
 
     source = args.source or default_source()
     reproduce(source, args.out, quick=args.quick, precision=args.precision, backbone=args.backbone)
@@ -270,17 +303,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, nargs="?", help="Kaggle train.zip, PetImages, or one folder per class "
                    "(default: ../shared/data/dogs-vs-cats-train-5000.zip)")
     p.add_argument("--out", type=Path, required=True, metavar="DATA")
-    p.add_argument("--train", type=non_negative_int, help="training images in total (default 3000)")
-    p.add_argument("--val", type=non_negative_int, help="validation images in total (default 1000)")
-    p.add_argument("--test", type=non_negative_int, help="test images in total (default 1000)")
+    p.add_argument("--train", type=split_size, metavar="N", help="training photos: a count in total (3000) or a "
+                   "fraction of each class (0.7 or 70%%); default: what validation and test leave")
+    p.add_argument("--val", type=split_size, metavar="N", help="validation photos (default 15%% of each class)")
+    p.add_argument("--test", type=split_size, metavar="N", help="test photos (default 15%% of each class)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--force", action="store_true", help="replace a DATA made from another source")
 
     p.set_defaults(needs_tensorflow=False)
 
+    p = command("fit", cmd_fit, "one command from a folder of photos to the best classifier: prepare, train, "
+                "evaluate, report")
+    p.add_argument("source", type=Path, nargs="?", help="a folder, .zip or .csv of photos in any layout prepare "
+                   "reads (default: ../shared/data/dogs-vs-cats-train-5000.zip)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN")
+    p.add_argument("--data", type=Path, help="an already prepared DATA (default: prepare SOURCE into RUN/data)")
+    p.add_argument("--backbone", action="append", metavar="B", help="a candidate backbone (repeat for several; "
+                   "default: efficientnet_lite2 and mobilenetv2, the best on validation is kept)")
+    p.add_argument("--train", type=split_size, metavar="N", help="as in prepare (default: the rest)")
+    p.add_argument("--val", type=split_size, metavar="N", help="as in prepare (default 15%% of each class)")
+    p.add_argument("--test", type=split_size, metavar="N", help="as in prepare (default 15%% of each class)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--class-weight", choices=["auto", "balanced", "none"], default="auto",
+                   help="auto (default): balanced when the largest class has 1.5x the photos of the smallest")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished RUN")
+
     p = command("train", cmd_train, "train one experiment into RUN")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--model", required=True, help="baseline, augmented, features, transfer, finetune")
+    p.add_argument("--model", required=True, choices=list_models(), metavar="MODEL",
+                   help=f"one of {', '.join(list_models())}")
     p.add_argument("--backbone", help="pretrained base for features/transfer/finetune: a keras.applications name "
                    "lower-cased (mobilenetv2 [default], vgg16, efficientnetb0, resnet50...) or efficientnet_lite0/1/2")
     p.add_argument("--weights", metavar="imagenet|none|PATH",
@@ -306,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path,
                    help="keep decoded images (and the features model's features) here for the next runs")
     p.add_argument("--resume", action="store_true", help="continue an interrupted RUN")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
+    p.add_argument("--class-weight", choices=["balanced"],
+                   help="balanced: weight each class by n / (classes x its count), for unbalanced classes")
     p.add_argument("--distribute", choices=["mirrored", "multi-worker"],
                    help="mirrored: the local GPUs (or CPU devices); multi-worker: the hosts TF_CONFIG names "
                         "(picked automatically when TF_CONFIG names several workers); --batch-size is per replica")
@@ -336,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path)
     p.add_argument("--out", type=Path, metavar="PNG", help="default: IMAGE-gradcam.png in this folder")
     p.add_argument("--layer", help="conv layer to explain (default: the last one, found automatically)")
+    p.add_argument("--target", metavar="CLASS", help="the class to explain (default: the predicted one)")
     p = command("serve", cmd_serve, "web page and REST API classifying uploaded photos with RUN")
     p.add_argument("run", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -395,8 +450,26 @@ def import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+def in_flags(error: CatsdogsError, parser: argparse.ArgumentParser, command: str) -> str:
+    """The library's message in the command line's words: the parameter at fault, and any on/off option
+    named in it, become their flags (`epochs must be >= 1` -> `--epochs must be >= 1`)."""
+    message = str(error)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {action.dest: action.option_strings[-1] for action in subparsers.choices[command]._actions
+             if action.option_strings and action.option_strings[-1].startswith("--")}
+    switches = {dest for dest, flag in flags.items()
+                if isinstance(subparsers.choices[command]._option_string_actions[flag], argparse._StoreTrueAction)}
+    for name in {getattr(error, "parameter", None), *switches} & set(flags):
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # usage errors (2) and --help/--version (0), already printed by argparse
+        return int(exit.code or 0)
     try:
         if not args.debug and getattr(args, "needs_tensorflow", True):
             import_tensorflow_quietly()
@@ -404,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     except CatsdogsError as error:
         if args.debug:
             raise
-        print(f"catsdogs {args.command}: error: {error}", file=sys.stderr)
+        print(f"catsdogs {args.command}: error: {in_flags(error, parser, args.command)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"catsdogs {args.command}: interrupted", file=sys.stderr)

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from catsdogs.errors import UsageError
+from catsdogs.files import atomic_path
 from catsdogs.images import load_image
-from catsdogs.prepare import SPLITS, manifest_sha256
+from catsdogs.preparation import SPLITS, manifest_sha256
 from catsdogs.progress import Progress
 
 
@@ -85,9 +86,8 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
     progress.close()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(".partial.npy")
-        np.save(partial, images)
-        partial.replace(cache_file)
+        with atomic_path(cache_file) as partial:
+            np.save(partial, images)
     return SplitArrays(images, labels, paths, classes)
 
 

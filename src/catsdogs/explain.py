@@ -1,8 +1,9 @@
-"""Grad-CAM heat maps for the project's two-class sigmoid Keras models.
+"""Grad-CAM heat maps for the project's Keras models, for any class.
 
-The model maps a raw 0-255 RGB batch to ``p1 = P(classes[1])``. Grad-CAM weights each channel of
-a 4D feature map by the spatial mean of d(score)/d(feature) and keeps the positive part of the
-weighted sum. The score is the sigmoid's *logit* ``z`` (class 1) or ``-z`` (class 0): the gradient
+The model maps a raw 0-255 RGB batch to ``p1 = P(classes[1])`` (two classes, one sigmoid) or a softmax
+over N classes. Grad-CAM weights each channel of a 4D feature map by the spatial mean of
+d(score)/d(feature) and keeps the positive part of the weighted sum. The score is the class's logit:
+for a sigmoid ``z`` (class 1) or ``-z`` (class 0), for a softmax the class's pre-softmax value: the gradient
 of ``p1`` is ``p1 (1 - p1)`` times the logit's, the same map after normalisation, except that it
 vanishes once ``p1`` saturates (exactly 0 or 1 in float32, and already near 0.996 in bfloat16).
 
@@ -23,7 +24,8 @@ import numpy as np
 
 from catsdogs.errors import CatsdogsError, UsageError
 
-__all__ = ["GradCam", "find_last_conv_layer", "gradcam", "overlay", "save_explanation"]
+__all__ = ["GradCam", "explanation_figure", "explanations", "find_last_conv_layer", "gradcam", "overlay",
+           "save_explanation"]
 
 # Layers that may output 4D tensors but are not feature maps worth explaining.
 _SKIPPED_MODULES = (".preprocessing.", ".regularization.", ".pooling.")
@@ -31,14 +33,15 @@ _SKIPPED_MODULES = (".preprocessing.", ".regularization.", ".pooling.")
 
 @dataclass(frozen=True)
 class GradCam:
-    """A Grad-CAM result: ``heatmap`` (h x w float32 in [0, 1], feature-map resolution),
-    ``p1`` (the model's probability of class 1), ``layer`` (path of the explained layer) and
-    ``target`` (the class the map argues for)."""
+    """A Grad-CAM result: ``heatmap`` (h x w float32 in [0, 1], feature-map resolution), ``p1`` (two classes:
+    the model's probability of class 1; more: the probability of ``target``), ``layer`` (path of the
+    explained layer), ``target`` (the class the map argues for) and every class's ``probabilities``."""
 
     heatmap: np.ndarray
     p1: float
     layer: str
     target: int = 1
+    probabilities: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- graph helpers
@@ -244,65 +247,87 @@ def _require_tensorflow():
     return tf
 
 
-def _forward(model: keras.Model, image: np.ndarray, layer: str | None):
-    """(feature map, d logit / d feature map, p1, layer path), all float32 numpy."""
+def _forward(model: keras.Model, image: np.ndarray, layer: str | None, targets: Sequence[int] | None):
+    """(feature map, {target: d score / d feature map}, class probabilities, layer path), float32 numpy.
+
+    `targets` None: the predicted class (the most probable one; p1 >= 0.5 for a sigmoid).
+    """
     tf = _require_tensorflow()
     path = _resolve(model, layer) if layer else find_last_conv_layer(model).split("/")
     lower, upper = _split(model, path)
     feature = tf.cast(lower(_batch(model, image)), tf.float32)
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(persistent=True) as tape:
         tape.watch(feature)
         output = upper(feature)
-        # Keras' TF sigmoid keeps its input on the output tensor (used by from_logits losses).
-        logit = getattr(output, "_keras_logits", None)
+        # Keras' TF sigmoid and softmax keep their input on the output tensor (used by from_logits losses).
+        logits = getattr(output, "_keras_logits", None)
         prob = tf.cast(output, tf.float32)
-        if logit is None:  # not a Keras sigmoid: recover the logit (flat once p1 saturates)
+        units = int(prob.shape[-1])
+        if logits is None:  # not a Keras activation: recover the logits (flat once p saturates)
             clipped = tf.clip_by_value(prob, 1e-7, 1 - 1e-7)
-            logit = tf.math.log(clipped) - tf.math.log1p(-clipped)
-        logit = tf.reduce_sum(tf.cast(logit, tf.float32))
-    grads = tape.gradient(logit, feature)
-    if grads is None:
-        raise CatsdogsError(f"the model's output does not depend on layer '{'/'.join(path)}'")
-    p1 = float(np.asarray(prob).reshape(-1)[0])
-    return np.asarray(feature)[0], np.asarray(grads)[0], p1, "/".join(path)
+            logits = tf.math.log(clipped) - (tf.math.log1p(-clipped) if units == 1 else 0.0)
+        logits = tf.reshape(tf.cast(logits, tf.float32), (-1,))
+        probabilities = np.asarray(prob).reshape(-1)
+        if units == 1:
+            probabilities = np.array([1.0 - probabilities[0], probabilities[0]], dtype=np.float32)
+        if targets is None:
+            targets = [int(probabilities[1] >= 0.5) if units == 1 else int(np.argmax(probabilities))]
+        for target in targets:
+            _check_target(target, len(probabilities))
+        # a sigmoid's one logit argues for class 1, its negation for class 0
+        scores = {t: (logits[0] if t == 1 else -logits[0]) if units == 1 else logits[t] for t in targets}
+    grads = {}
+    for target, score in scores.items():
+        grad = tape.gradient(score, feature)
+        if grad is None:
+            raise CatsdogsError(f"the model's output does not depend on layer '{'/'.join(path)}'")
+        grads[target] = np.asarray(grad)[0]
+    del tape
+    return np.asarray(feature)[0], grads, probabilities, "/".join(path)
 
 
-def _cam(feature: np.ndarray, grads: np.ndarray, sign: float) -> np.ndarray:
+def _cam(feature: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Positive part of the gradient-weighted channel sum, scaled to [0, 1]."""
-    weights = sign * grads.mean(axis=(0, 1), dtype=np.float64)
+    weights = grads.mean(axis=(0, 1), dtype=np.float64)
     cam = np.maximum(feature.astype(np.float64) @ weights, 0.0)
     cam = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0)
     top = cam.max(initial=0.0)
     return (cam / top if top > 0 else np.zeros_like(cam)).astype(np.float32)
 
 
-def _check_target(target: int) -> float:
-    """The score's sign for class ``target`` (+1 for class 1, -1 for class 0)."""
-    if target not in (0, 1):
-        raise UsageError(f"target must be 0 or 1, got {target!r}")
-    return 1.0 if target == 1 else -1.0
+def _check_target(target: int, num_classes: int) -> int:
+    """`target` as a class index of a model with `num_classes` classes; UsageError otherwise."""
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < num_classes:
+        raise UsageError(f"target must be a class index from 0 to {num_classes - 1}, got {target!r}", "target")
+    return int(target)
 
 
 def gradcam(
-    model: keras.Model, image: np.ndarray, layer: str | None = None, target: int = 1
+    model: keras.Model, image: np.ndarray, layer: str | None = None, target: int | None = None
 ) -> GradCam:
-    """Grad-CAM of ``image`` (H x W x 3, raw 0-255 RGB at the model's input size).
+    """Grad-CAM of ``image`` (H x W x 3, raw 0-255 RGB at the model's input size) for class ``target``.
 
-    ``target=1`` explains class 1 (gradient of the sigmoid's logit), ``target=0`` class 0 (the
-    same gradient negated). ``layer`` defaults to ``find_last_conv_layer(model)``. An all-zero
+    ``target`` defaults to the predicted class. The score is the class's logit (for a sigmoid: its logit
+    for class 1, negated for class 0). ``layer`` defaults to ``find_last_conv_layer(model)``. An all-zero
     heatmap means no location argued for ``target``. Needs the TensorFlow backend.
     """
-    sign = _check_target(target)
-    feature, grads, p1, path = _forward(model, image, layer)
-    return GradCam(heatmap=_cam(feature, grads, sign), p1=p1, layer=path, target=target)
+    feature, grads, probabilities, path = _forward(model, image, layer, None if target is None else [target])
+    (chosen, grad), = grads.items()
+    return GradCam(_cam(feature, grad), float(probabilities[-1] if len(probabilities) == 2 else probabilities[chosen]),
+                   path, chosen, probabilities)
 
 
-def _both(model: keras.Model, image: np.ndarray, layer: str | None) -> tuple[GradCam, GradCam]:
-    """The class-0 and class-1 maps from one forward and backward pass."""
-    feature, grads, p1, path = _forward(model, image, layer)
-    return tuple(  # type: ignore[return-value]
-        GradCam(_cam(feature, grads, _check_target(t)), p1, path, t) for t in (0, 1)
-    )
+def explanations(model: keras.Model, image: np.ndarray, layer: str | None = None,
+                 targets: Sequence[int] | None = None) -> list[GradCam]:
+    """Grad-CAM maps of several classes (default: every class, at most 2 + the 2 most probable) from one
+    forward pass, most probable class first."""
+    _, _, probabilities, _ = _forward(model, image, layer, [])
+    if targets is None:
+        targets = list(np.argsort(-probabilities)[:2])
+    feature, grads, probabilities, path = _forward(model, image, layer, [int(t) for t in targets])
+    p1 = float(probabilities[-1] if len(probabilities) == 2 else 0.0)
+    return [GradCam(_cam(feature, grads[t]), p1 if len(probabilities) == 2 else float(probabilities[t]), path, t,
+                    probabilities) for t in grads]
 
 
 # --------------------------------------------------------------------------- pictures
@@ -337,49 +362,54 @@ def overlay(
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def save_explanation(
-    model: keras.Model,
-    image: np.ndarray,
-    classes: list[str],
-    out_png: Path,
-    layer: str | None = None,
-    threshold: float = 0.5,
-) -> Path:
-    """Write a three-panel PNG: the photo, the predicted class's Grad-CAM and the other class's.
-
-    ``classes`` are the two class names in index order (``classes[1]`` is the sigmoid's class);
-    the predicted class is ``classes[1]`` when ``p1 >= threshold``. Returns ``out_png``.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def explanation_figure(model: keras.Model, image: np.ndarray, classes: Sequence[str], layer: str | None = None,
+                       threshold: float = 0.5, target: int | None = None):
+    """A matplotlib Figure: the photo, then the Grad-CAM of the predicted class (or ``target``) and of the
+    next most probable class. ``classes`` are the class names in index order; for two classes the
+    predicted class is ``classes[1]`` when ``p1 >= threshold``."""
     from matplotlib.figure import Figure
 
-    if len(classes) != 2:
-        raise UsageError(f"expected two class names, got {len(classes)}: {classes}")
     photo = np.asarray(image)
     if photo.ndim == 4 and photo.shape[0] == 1:
         photo = photo[0]
-    maps = _both(model, photo, layer)
-    p1 = maps[1].p1
-    probs = (1.0 - p1, p1)
-    predicted = int(p1 >= threshold)
+    _, _, probabilities, _ = _forward(model, photo, layer, [])
+    if len(classes) != len(probabilities):
+        raise UsageError(f"classes has {len(classes)} names but the model has {len(probabilities)} classes", "classes")
+    if target is None:
+        target = int(probabilities[1] >= threshold) if len(classes) == 2 else int(np.argmax(probabilities))
+    _check_target(target, len(classes))
+    runner_up = int(next(i for i in np.argsort(-probabilities) if i != target))
+    maps = explanations(model, photo, layer, [target, runner_up])
     picture = np.clip(photo, 0, 255).astype(np.uint8)
 
     fig = Figure(figsize=(12, 4.4), dpi=100)
-    FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
-    panels = [
-        (picture, f"photo: {classes[predicted]} ({probs[predicted]:.1%})"),
-        (overlay(picture, maps[predicted].heatmap), f"evidence for {classes[predicted]} "
-         f"(p={probs[predicted]:.3f})"),
-        (overlay(picture, maps[1 - predicted].heatmap), f"evidence for {classes[1 - predicted]} "
-         f"(p={probs[1 - predicted]:.3f})"),
-    ]
+    panels = [(picture, f"photo: {classes[target]} ({probabilities[target]:.1%})")]
+    panels += [(overlay(picture, cam.heatmap), f"evidence for {classes[cam.target]} "
+                f"(p={probabilities[cam.target]:.3f})") for cam in maps]
     for ax, (pixels, title) in zip(axes, panels):
         ax.imshow(pixels)
         ax.set_title(title, fontsize=11)
         ax.axis("off")
-    fig.suptitle(f"Grad-CAM at layer {maps[1].layer}", fontsize=10)
+    fig.suptitle(f"Grad-CAM at layer {maps[0].layer}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
+    return fig
+
+
+def save_explanation(
+    model: keras.Model,
+    image: np.ndarray,
+    classes: Sequence[str],
+    out_png: Path,
+    layer: str | None = None,
+    threshold: float = 0.5,
+    target: int | None = None,
+) -> Path:
+    """Write `explanation_figure` as a PNG; returns ``out_png``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = explanation_figure(model, image, classes, layer, threshold, target)
+    FigureCanvasAgg(fig)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from catsdogs.images import ImageError, load_image
+from catsdogs.errors import UsageError
+from catsdogs.images import ImageError, load_image, resize
 from catsdogs.runs import load_run_model, read_run_classes, read_threshold
 from catsdogs.sources import iter_image_files
 
@@ -24,49 +25,85 @@ class Prediction:
 
 
 def compiled_forward(model):
-    """A function uint8/float batch -> p1 array that runs the model as one compiled graph (TF backend),
-    much faster than `model.predict` for the small batches of interactive use."""
+    """A function uint8/float batch -> raw model output (n x units) that runs the model as one compiled
+    graph (TF backend), much faster than `model.predict` for the small batches of interactive use."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        return lambda batch: model.predict(np.asarray(batch, np.float32), verbose=0)[:, 0]
+        return lambda batch: np.asarray(model.predict(np.asarray(batch, np.float32), verbose=0))
     import tensorflow as tf
 
     signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
     graph = tf.function(lambda batch: model(batch, training=False), input_signature=signature)
-    return lambda batch: graph(tf.constant(np.asarray(batch, np.float32))).numpy()[:, 0]
+    return lambda batch: graph(tf.constant(np.asarray(batch, np.float32))).numpy()
+
+
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """Model outputs -> n x N class probabilities: one sigmoid unit p becomes [1 - p, p]; a softmax stays."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if outputs.ndim == 1:
+        outputs = outputs[:, None]
+    return np.concatenate([1 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs
 
 
 class Predictor:
-    """A loaded RUN, ready to classify raw uint8 RGB images (resized to the model's input size)."""
+    """A loaded RUN, ready to classify raw uint8 RGB images (resized to the model's input size).
 
-    def __init__(self, run: Path, *, threshold: float | None = None, tta: bool = False, batch_size: int = 64):
+    Two classes: the label is classes[1] when p(classes[1]) >= the threshold (tuned on validation, else 0.5).
+    More: the most probable class.
+    """
+
+    def __init__(self, run: Path, *, threshold: float | None = None, tta: bool = False, batch_size: int = 64,
+                 model=None):
         self.run = Path(run)
-        self.model = load_run_model(self.run)
+        self.model = model if model is not None else load_run_model(self.run)
         self.classes = read_run_classes(self.run)
-        self.tuned_threshold = read_threshold(self.run)
+        self.tuned_threshold = read_threshold(self.run) if len(self.classes) == 2 else None
+        if threshold is not None and len(self.classes) != 2:
+            raise UsageError(f"threshold needs 2 classes; this run has {len(self.classes)} (the predicted class "
+                             "is the most probable one)", "threshold")
         self.threshold = threshold if threshold is not None else (self.tuned_threshold or 0.5)
         self.image_size = int(self.model.input_shape[1])
         self.tta, self.batch_size = tta, batch_size
         self.forward = compiled_forward(self.model)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """p(classes[1]) for a batch of uint8 images (N x S x S x 3); with TTA, averaged with the mirror."""
+        """n x N class probabilities of uint8 images (n x S x S x 3); with TTA, averaged with the mirror."""
         if len(images) == 0:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
         chunks = range(0, len(images), self.batch_size)
-        p1 = np.concatenate([self.forward(images[i:i + self.batch_size]) for i in chunks])
+        outputs = np.concatenate([self.forward(images[i:i + self.batch_size]) for i in chunks])
         if self.tta:
             mirrored = np.concatenate([self.forward(images[i:i + self.batch_size, :, ::-1]) for i in chunks])
-            p1 = (p1 + mirrored) / 2
-        return p1.astype(np.float32)
+            outputs = (outputs + mirrored) / 2
+        return class_probabilities(outputs)
 
-    def label_of(self, p1: float) -> str:
-        return self.classes[int(p1 >= self.threshold)]
+    def predicted_index(self, probabilities: np.ndarray) -> np.ndarray:
+        """The predicted class index of each row of class probabilities."""
+        probabilities = np.atleast_2d(probabilities)
+        if len(self.classes) == 2:
+            return (probabilities[:, 1] >= self.threshold).astype(np.int64)
+        return np.argmax(probabilities, axis=1)
 
-    def as_prediction(self, path: str, p1: float) -> Prediction:
-        probabilities = {self.classes[0]: float(1 - p1), self.classes[1]: float(p1)}
-        return Prediction(path, self.label_of(p1), probabilities)
+    def label_of(self, probabilities: np.ndarray) -> str:
+        """The predicted label of one image's class probabilities."""
+        return self.classes[int(self.predicted_index(probabilities)[0])]
+
+    def as_prediction(self, path: str, probabilities: np.ndarray) -> Prediction:
+        named = {name: float(p) for name, p in zip(self.classes, probabilities)}
+        return Prediction(path, self.label_of(probabilities), named)
+
+    def predict_images(self, images: np.ndarray, names: Iterable[str] | None = None) -> list[Prediction]:
+        """Classify an array of images (n x H x W x 3, or one H x W x 3), resized to the model's size."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise UsageError(f"images must be an array n x H x W x 3 (RGB), got shape {images.shape}", "images")
+        if images.shape[1:3] != (self.image_size, self.image_size):
+            images = np.stack([resize(np.asarray(image, np.uint8), self.image_size) for image in images])
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        return [self.as_prediction(name, row) for name, row in zip(names, self.probabilities(images))]
 
     def predict_paths(self, paths: Iterable[Path]) -> Iterator[Prediction]:
         """Classify files (folders expanded recursively) in order; unreadable files get an `error` row."""
@@ -83,6 +120,6 @@ class Predictor:
 
     def _flush(self, pending: list[tuple[str, np.ndarray | str]]) -> Iterator[Prediction]:
         images = [item for _, item in pending if not isinstance(item, str)]
-        p1 = iter(self.probabilities(np.stack(images)) if images else [])
+        rows = iter(self.probabilities(np.stack(images)) if images else [])
         for path, item in pending:
-            yield Prediction(path, "error", error=item) if isinstance(item, str) else self.as_prediction(path, float(next(p1)))
+            yield Prediction(path, "error", error=item) if isinstance(item, str) else self.as_prediction(path, next(rows))

@@ -1,7 +1,8 @@
-"""A RUN folder: the files one experiment writes and how to read them back."""
+"""A RUN folder: the files one experiment writes, how to read them back, and the `Run` object over them."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from catsdogs.errors import UsageError
+from catsdogs.files import write_text_atomic
 
 CONFIG, CLASSES, MODEL, HISTORY, CURVES = "config.json", "classes.json", "model.keras", "history.csv", "curves.png"
 METRICS, THRESHOLD, CHECKPOINT_DIR = "metrics.json", "threshold.json", "checkpoint"
@@ -16,9 +18,7 @@ METRICS, THRESHOLD, CHECKPOINT_DIR = "metrics.json", "threshold.json", "checkpoi
 
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically (a temporary file renamed into place)."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -29,7 +29,7 @@ def read_config(run: Path) -> dict:
     """The run's config.json; a UsageError when RUN is not a catsdogs run."""
     path = Path(run) / CONFIG
     if not path.exists():
-        raise UsageError(f"{run}: not a catsdogs run (no {CONFIG})")
+        raise UsageError(f"{run}: not a catsdogs run (no {CONFIG})", "run")
     return read_json(path)
 
 
@@ -50,7 +50,7 @@ def load_run_model(run: Path):
     path = Path(run) / MODEL
     if not path.exists():
         read_config(run)
-        raise UsageError(f"{run}: no {MODEL} yet (training has not finished an epoch)")
+        raise UsageError(f"{run}: no {MODEL} yet (training has not finished an epoch)", "run")
     return keras.models.load_model(path, safe_mode=True)
 
 
@@ -64,3 +64,208 @@ def library_versions() -> dict[str, str]:
 
     return {"catsdogs": __version__, "keras": keras.__version__, "tensorflow": tensorflow.__version__,
             "numpy": numpy.__version__, "python": platform.python_version(), "backend": keras.backend.backend()}
+
+
+class Run:
+    """A RUN folder as an object, like fastai's `Learner`: `Run("runs/x")` opens one; `train` and `fit` return
+    one. The model is loaded once, on first use. It is also a path (`run / "config.json"`, `Path(run)`).
+
+        run = catsdogs.Run("runs/baseline")
+        run.metrics["accuracy"]; run.evaluate("test"); run.predict(["cat.jpg"]); run.interpret().confusion_matrix()
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        read_config(self.path)  # UsageError when PATH is not a run
+        self._model = None
+        self._predictor = None
+
+    # ---- a path ----------------------------------------------------------------------------------
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (Run, Path)) and Path(self).resolve() == Path(other).resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
+
+    def __repr__(self) -> str:
+        accuracy = (self.metrics or {}).get("accuracy")
+        scored = f", {self.metrics.get('split', 'test')} accuracy {accuracy:.4f}" if accuracy is not None else ""
+        return f"Run({str(self.path)!r}: {self.model_name}, {len(self.classes)} classes, {self.status}{scored})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = [("model", self.recipe), ("classes", ", ".join(self.classes)), ("status", self.status),
+                ("epochs", self.epochs_text)]
+        rows += [(key, f"{self.metrics[key]:.4f}") for key in ("accuracy", "balanced_accuracy", "log_loss")
+                 if self.metrics and isinstance(self.metrics.get(key), float)]
+        cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<table><caption>{html.escape(str(self.path))}</caption>{cells}</table>"
+
+    # ---- what the folder holds (read fresh each time: training or evaluation may have changed it) -------
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def config(self) -> dict:
+        return read_config(self.path)
+
+    @property
+    def classes(self) -> list[str]:
+        path = self.path / CLASSES
+        return [str(c) for c in read_json(path)] if path.exists() else list(self.config.get("classes", []))
+
+    @property
+    def history(self) -> list[dict]:
+        """history.csv as a list of dicts, one per epoch (epoch 0-based)."""
+        return read_history_csv(self.path / HISTORY)
+
+    @property
+    def metrics(self) -> dict | None:
+        """metrics.json (the last `evaluate`), or None before any."""
+        path = self.path / METRICS
+        return read_json(path) if path.exists() else None
+
+    @property
+    def threshold(self) -> float | None:
+        """The threshold tuned on validation (two classes), else the one the metrics were computed at."""
+        tuned = read_threshold(self.path)
+        return tuned if tuned is not None else (self.metrics or {}).get("threshold")
+
+    @property
+    def status(self) -> str:
+        return str(self.config.get("status", "unknown"))
+
+    @property
+    def model_name(self) -> str:
+        """The registry name of the model this run trained (`baseline`, `features`, ...)."""
+        return str(self.config.get("model") or "")
+
+    @property
+    def recipe(self) -> str:
+        """The model's name, with its learning-rate schedule when not the model's own."""
+        schedule = self.config.get("schedule", "constant")
+        return self.model_name if schedule == "constant" else f"{self.model_name} ({schedule})"
+
+    @property
+    def final_train_acc(self) -> float | None:
+        history = self.history
+        return history[-1].get("accuracy") if history else None
+
+    @property
+    def best_val_acc(self) -> float | None:
+        values = [row["val_accuracy"] for row in self.history if isinstance(row.get("val_accuracy"), float)]
+        return max(values) if values else None
+
+    @property
+    def epochs_text(self) -> str:
+        """Epochs trained, with the requested number when training stopped early."""
+        requested, trained = self.config.get("epochs"), len(self.history)
+        if not trained:
+            return "" if requested is None else str(requested)
+        return f"{trained} of {requested}" if requested not in (None, trained) else str(trained)
+
+    @property
+    def test_metrics(self) -> dict | None:
+        """metrics.json when it was computed on the test split."""
+        metrics = self.metrics
+        return metrics if metrics and metrics.get("split", "test") == "test" else None
+
+    # ---- the model -------------------------------------------------------------------------------
+    @property
+    def model(self):
+        """The trained Keras model (RUN/model.keras), loaded once."""
+        if self._model is None:
+            self._model = load_run_model(self.path)
+        return self._model
+
+    def predictor(self, *, threshold: float | None = None, tta: bool = False):
+        """A `Predictor` over this run's model (shared while the settings stay the same)."""
+        from catsdogs.predict import Predictor
+
+        cached = self._predictor
+        if cached is None or cached.tta != tta or (threshold is not None and cached.threshold != threshold):
+            cached = Predictor(self.path, threshold=threshold, tta=tta, model=self.model)
+            if threshold is None and not tta:
+                self._predictor = cached
+        return cached
+
+    def evaluate(self, split: str = "test", *, data: str | os.PathLike | None = None, tta: bool = False,
+                 cache_dir: str | os.PathLike | None = None, explain: bool = True) -> dict:
+        """Metrics on a split of the run's DATA (written to RUN/metrics.json, plots/, explain/); returns them."""
+        from catsdogs.evaluation import evaluate
+
+        return evaluate(self.path, data, split, tta=tta, cache_dir=cache_dir, explain=explain,
+                        predictor=self.predictor(tta=tta))
+
+    def predict(self, items, *, tta: bool = False) -> list:
+        """Classify image files and folders (a path or a list of them), or an array of RGB images
+        (n x H x W x 3, or one H x W x 3): a list of `Prediction` (path, label, probabilities, error)."""
+        import numpy as np
+
+        predictor = self.predictor(tta=tta)
+        if isinstance(items, np.ndarray):
+            return predictor.predict_images(items)
+        paths = [items] if isinstance(items, (str, os.PathLike)) else list(items)
+        missing = [str(p) for p in paths if not Path(p).exists()]
+        if missing:
+            raise UsageError(f"no such file: {', '.join(missing)}", "items")
+        return list(predictor.predict_paths(paths))
+
+    def explain(self, image, *, target: str | int | None = None, layer: str | None = None):
+        """The Grad-CAM overlay (H x W x 3 uint8) of an image path or array for a class (name or index;
+        default: the predicted one)."""
+        import numpy as np
+
+        from catsdogs.explain import gradcam, overlay
+        from catsdogs.images import load_image, resize
+
+        predictor = self.predictor()
+        pixels = load_image(image, predictor.image_size) if isinstance(image, (str, os.PathLike)) \
+            else resize(np.asarray(image, np.uint8), predictor.image_size)
+        if isinstance(target, str):
+            if target not in predictor.classes:
+                raise UsageError(f"target {target!r} is not a class of the run ({', '.join(predictor.classes)})",
+                                 "target")
+            target = predictor.classes.index(target)
+        if target is None:
+            target = int(predictor.predicted_index(predictor.probabilities(pixels[None]))[0])
+        return overlay(pixels, gradcam(self.model, pixels, layer=layer, target=target).heatmap)
+
+    def interpret(self, split: str = "test", *, data: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None):
+        """An `Interpretation` of the run on a split: methods that return matplotlib figures (curves, confusion
+        matrix, most wrong, ROC, reliability), shown inline in Jupyter."""
+        from catsdogs.evaluation import split_probabilities
+        from catsdogs.interpret import Interpretation
+
+        predictor = self.predictor()
+        data = Path(data or self.config["data"])
+        labels, probabilities, paths, _ = split_probabilities(predictor, data, split, cache_dir)
+        return Interpretation(labels, probabilities, predictor.classes, paths=[str(p) for p in paths],
+                              history=self.history, threshold=predictor.threshold)
+
+
+def read_history_csv(path: Path) -> list[dict]:
+    """A history.csv as a list of dicts: epoch an int, numbers as floats, other text kept."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: _number(k, v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def _number(key: str, value: str):
+    try:
+        return int(value) if key == "epoch" else float(value)
+    except ValueError:
+        return value

@@ -9,7 +9,6 @@ Every error is JSON `{"error": "..."}`. The model is loaded once; a lock seriali
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import socket
 import threading
@@ -33,7 +32,7 @@ from catsdogs import __version__
 from catsdogs.images import ImageError, decode_image, resize
 from catsdogs.predict import Predictor
 from catsdogs.runs import METRICS, read_config, read_json
-from catsdogs.serve_page import PAGE, PAGE_HEADERS
+from catsdogs.serve_page import PAGE_HEADERS, page_html
 from catsdogs.upload_limit import UploadLimit
 
 DEFAULT_MAX_UPLOAD_MB = 10
@@ -56,9 +55,10 @@ class GradCamOut(BaseModel):
 
 class PredictionOut(BaseModel):
     filename: str
-    label: str = Field(description="classes[1] when p(classes[1]) >= threshold, else classes[0]")
+    label: str = Field(description="two classes: classes[1] when p(classes[1]) >= threshold, else classes[0]; "
+                       "more: the most probable class")
     probabilities: dict[str, float] = Field(description="each class's probability; they sum to 1")
-    threshold: float = Field(description="decision threshold on p(classes[1])")
+    threshold: float | None = Field(description="decision threshold on p(classes[1]) (two classes; else null)")
     gradcam: GradCamOut | None = Field(None, description="only with ?explain=true")
 
 
@@ -78,7 +78,6 @@ class ModelOut(BaseModel):
     tuned_threshold: float | None
     tta: bool
     metrics: dict[str, Any] | None = Field(description="RUN/metrics.json (from `catsdogs evaluate`) when present")
-    explain_available: bool = Field(description="whether ?explain=true is supported")
     max_upload_bytes: int
     max_files: int
     version: str
@@ -113,7 +112,6 @@ class Engine:
         self.predictor = predictor
         self._model_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
-        self.explain_available = importlib.util.find_spec("catsdogs.explain") is not None
 
     def decode(self, filename: str, data: bytes) -> Photo:
         """Decode one upload into the model's input (and a small copy for overlays); HTTPException if bad."""
@@ -125,7 +123,7 @@ class Engine:
             return Photo(filename, resize(pixels, self.predictor.image_size), _shrink(pixels, OVERLAY_SIDE))
 
     def probabilities(self, photos: list[Photo]) -> np.ndarray:
-        """p(classes[1]) for each photo, through the predictor's compiled forward pass (TTA included)."""
+        """Class probabilities (n x N) of the photos, through the predictor's compiled forward pass (TTA included)."""
         batch = np.stack([photo.model_input for photo in photos])
         with self._model_lock:
             return self.predictor.probabilities(batch)
@@ -179,7 +177,7 @@ def _model_info(engine: Engine, threshold_argument: float | None, max_upload_byt
                     keras_name=predictor.model.name, backbone=config.get("backbone"), classes=predictor.classes,
                     input_size=predictor.image_size, threshold=predictor.threshold, threshold_origin=origin,
                     tuned_threshold=predictor.tuned_threshold, tta=predictor.tta, metrics=metrics,
-                    explain_available=engine.explain_available, max_upload_bytes=max_upload_bytes,
+                    max_upload_bytes=max_upload_bytes,
                     max_files=MAX_FILES, version=__version__)
 
 
@@ -204,7 +202,7 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+        return HTMLResponse(page_html(), headers=PAGE_HEADERS)
 
     @app.get("/healthz", response_model=HealthOut, summary="liveness check")
     async def healthz() -> HealthOut:
@@ -222,22 +220,21 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
         engine: Engine = request.app.state.engine
         if len(file) > MAX_FILES:
             raise HTTPException(400, f"too many files: {len(file)} (limit {MAX_FILES} a request)")
-        if explain and not engine.explain_available:
-            raise HTTPException(501, "Grad-CAM is not available: catsdogs.explain is not installed")
         photos = []
         for index, upload in enumerate(file):
             name = upload.filename or f"file {index + 1}"
             photos.append(await run_in_threadpool(engine.decode, name, await upload.read()))
-        p1 = await run_in_threadpool(engine.probabilities, photos)
+        probabilities = await run_in_threadpool(engine.probabilities, photos)
         predictor = engine.predictor
         results = []
-        for photo, p in zip(photos, p1):
-            prediction = predictor.as_prediction(photo.filename, float(p))
+        for photo, row in zip(photos, probabilities):
+            prediction = predictor.as_prediction(photo.filename, row)
             cam = None
             if explain:
                 cam = await run_in_threadpool(_explain, engine, photo, predictor.classes.index(prediction.label))
             results.append(PredictionOut(filename=photo.filename, label=prediction.label,
-                                         probabilities=prediction.probabilities, threshold=predictor.threshold,
+                                         probabilities=prediction.probabilities,
+                                         threshold=predictor.threshold if len(predictor.classes) == 2 else None,
                                          gradcam=cam))
         return PredictResponse(predictions=results)
 

@@ -1,13 +1,17 @@
-"""Find the photos and their classes in a SOURCE: a folder or a .zip, in one of three layouts.
+"""Find the photos, their classes and any given splits in a SOURCE: a folder, a .zip or a .csv.
 
 - Kaggle: one flat folder of `cat.N.jpg` / `dog.N.jpg` (class = the name before the first dot);
 - PetImages: `PetImages/Cat/N.jpg`, `PetImages/Dog/N.jpg`;
-- any folder with one subfolder per class.
+- one subfolder per class (two or more);
+- a pre-split tree: `train/`, `val|valid|validation/`, `test/`, each with one subfolder per class;
+- a CSV of `path,label` (optionally `split`), as the SOURCE itself or inside the folder or zip.
 Nothing is extracted to disk: files are read one at a time, from the folder or from the zip.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import posixpath
 import zipfile
@@ -24,11 +28,12 @@ MAX_ENTRY_BYTES = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One candidate photo: where it is (relative to SOURCE), its class, and how to read it."""
+    """One candidate photo: where it is (relative to SOURCE), its class, its given split, and how to read it."""
 
     relpath: str
     class_name: str
     read: Callable[[], bytes] = field(compare=False, repr=False)
+    split: str | None = None  # "train", "validation" or "test" when SOURCE is a pre-split tree or CSV
 
 
 @dataclass
@@ -37,16 +42,40 @@ class SourceScan:
 
     files: list[SourceFile]
     refused: list[tuple[str, str]]  # (relpath, reason)
-    layout: str
+    layout: str  # kaggle, petimages, folders, presplit or csv
     classes: list[str]
+
+    @property
+    def given_splits(self) -> list[str]:
+        """The splits SOURCE itself defines (pre-split trees and CSVs with a split column), in split order."""
+        found = {f.split for f in self.files if f.split}
+        return [split for split in SPLIT_NAMES if split in found]
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
+                 "validation": "validation", "test": "test", "testing": "test"}
+CAT_DOG_NAMES = {"cat": "cat", "cats": "cat", "dog": "dog", "dogs": "dog"}
+CSV_PATH_COLUMNS, CSV_LABEL_COLUMNS = ("path", "file", "filename", "image"), ("label", "class")
 
 
 def normalise_class_name(name: str) -> str:
-    """`Cat`, `cats`, `CATS` -> `cat`; leaves names like `glass` or `bus` alone."""
-    lowered = name.strip().lower()
-    if len(lowered) > 3 and lowered.endswith("s") and not lowered.endswith(("ss", "us", "is")):
-        return lowered[:-1]
-    return lowered
+    """`Cat`, `cats`, `DOGS` -> `cat`, `dog`; every other name is kept as given (`Ants` stays `Ants`)."""
+    stripped = name.strip()
+    return CAT_DOG_NAMES.get(stripped.lower(), stripped)
+
+
+def normalised_classes(names: set[str]) -> dict[str, str]:
+    """Given name -> class name; cat/dog names are normalised only when that merges no two given names."""
+    mapping = {name: normalise_class_name(name) for name in names}
+    if len(set(mapping.values())) < len(mapping):
+        return {name: name.strip() for name in names}
+    return mapping
+
+
+def split_alias(name: str) -> str | None:
+    """`val`, `valid`, `Validation` -> "validation"; None when `name` is not a split's name."""
+    return SPLIT_ALIASES.get(name.strip().lower())
 
 
 def _unsafe_zip_name(name: str) -> bool:
@@ -58,7 +87,7 @@ def _list_zip(path: Path) -> tuple[dict[str, Callable[[], bytes]], list[tuple[st
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
-        raise UsageError(f"{path}: not a readable zip archive ({error})") from None
+        raise UsageError(f"{path}: not a readable zip archive ({error})", "source") from None
     readers: dict[str, Callable[[], bytes]] = {}
     refused: list[tuple[str, str]] = []
     for info in archive.infolist():
@@ -99,56 +128,151 @@ def _is_hidden(relpath: str) -> bool:
 
 
 def scan_source(source: Path) -> SourceScan:
-    """List SOURCE's photos with their classes; raise UsageError when it is not a two-class source."""
+    """List SOURCE's photos with their classes (and given splits); UsageError when it has fewer than 2 classes."""
     source = Path(source)
     if not source.exists():
-        raise UsageError(f"{source}: no such file or folder")
+        raise UsageError(f"{source}: no such file or folder", "source")
     if source.is_dir():
         readers, refused = _list_folder(source), []
     elif zipfile.is_zipfile(source):
         readers, refused = _list_zip(source)
+    elif source.suffix.lower() == ".csv":
+        readers, refused = {source.name: source.read_bytes}, []
+        readers.update(_csv_file_readers(source))
     else:
-        raise UsageError(f"{source}: expected a folder or a .zip archive")
+        raise UsageError(f"{source}: expected a folder, a .zip archive or a .csv of path,label", "source")
 
-    candidates: dict[str, Callable[[], bytes]] = {}
-    for relpath in sorted(readers):
-        if _is_hidden(relpath):
-            continue
-        if PurePosixPath(relpath).suffix.lower() in IMAGE_SUFFIXES:
-            candidates[relpath] = readers[relpath]
-        else:
-            refused.append((relpath, "not an image file (by its extension)"))
-    if not candidates:
-        raise UsageError(f"{source}: no image files found")
+    labels_csv = _find_labels_csv(readers)
+    if labels_csv is not None:
+        layout = "csv"
+        labelled, splits, csv_refused = _read_labels_csv(labels_csv, readers)
+        refused += csv_refused
+        candidates = {p: readers[p] for p in labelled}
+        refused += [(p, "not listed in " + labels_csv) for p in readers
+                    if p not in labelled and p != labels_csv and not _is_hidden(p)]
+    else:
+        candidates = {}
+        for relpath in sorted(readers):
+            if _is_hidden(relpath):
+                continue
+            if PurePosixPath(relpath).suffix.lower() in IMAGE_SUFFIXES:
+                candidates[relpath] = readers[relpath]
+            else:
+                refused.append((relpath, "not an image file (by its extension)"))
+        if not candidates:
+            raise UsageError(f"{source}: no image files found", "source")
+        layout, labelled, splits, outside = _assign_classes(list(candidates))
+        refused += outside
 
-    layout, labelled, outside = _assign_classes(list(candidates))
-    refused += [(relpath, "outside the class folders") for relpath in outside]
-    classes = sorted({name for name in labelled.values()})
-    if len(classes) != 2:
-        shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
-        raise UsageError(f"{source}: expected exactly 2 classes, found {len(classes)} ({shown}); "
-                         "use Kaggle's cat.N.jpg names or one subfolder per class")
-    files = [SourceFile(relpath, labelled[relpath], candidates[relpath]) for relpath in sorted(labelled)]
+    names = normalised_classes(set(labelled.values()))
+    classes = sorted(set(names.values()))
+    if len(classes) < 2:
+        raise UsageError(f"{source}: found {len(classes)} class ({', '.join(classes) or 'none'}); a classifier "
+                         "needs at least 2: one subfolder per class, Kaggle's cat.N.jpg names, train/val/test "
+                         "folders of class folders, or a CSV of path,label", "source")
+    files = [SourceFile(relpath, names[labelled[relpath]], candidates[relpath], splits.get(relpath))
+             for relpath in sorted(labelled)]
     return SourceScan(files=files, refused=sorted(refused), layout=layout, classes=classes)
 
 
-def _assign_classes(relpaths: list[str]) -> tuple[str, dict[str, str], list[str]]:
-    """Decide the layout from where the images are, and give each image its class."""
+def _assign_classes(relpaths: list[str]) -> tuple[str, dict[str, str], dict[str, str], list[tuple[str, str]]]:
+    """Decide the layout from where the images are: (layout, class of each image, given split of each
+    image, refused (relpath, reason)). A folder whose subfolders are split names is never read as classes."""
     parents = [posixpath.dirname(p) for p in relpaths]
     common = posixpath.commonpath(parents) if all(parents) else ""
-    if all(parent == common for parent in parents):
-        labelled = {p: normalise_class_name(posixpath.basename(p).split(".")[0]) for p in relpaths}
-        return "kaggle", labelled, []
+    if all(parent == common for parent in parents):  # one flat folder: Kaggle's cat.N.jpg names, or one class
+        if all(posixpath.basename(p).count(".") >= 2 for p in relpaths):
+            return "kaggle", {p: posixpath.basename(p).split(".")[0] for p in relpaths}, {}, []
+        return "folders", {p: posixpath.basename(common) or "." for p in relpaths}, {}, []
     prefix = f"{common}/" if common else ""
-    labelled, outside = {}, []
+    tops = {p[len(prefix):].split("/")[0] for p in relpaths if "/" in p[len(prefix):]}
+    common_split = split_alias(posixpath.basename(common)) if common else None
+    presplit = any(split_alias(top) for top in tops)
+    labelled, splits, refused = {}, {}, []
     for relpath in relpaths:
-        rest = relpath[len(prefix):]
-        if "/" in rest:
-            labelled[relpath] = normalise_class_name(rest.split("/")[0])
+        parts = relpath[len(prefix):].split("/")
+        if presplit:
+            if len(parts) < 3 or not split_alias(parts[0]):
+                where = "inside a class folder" if split_alias(parts[0]) else "in a train/val/test folder"
+                refused.append((relpath, f"not {where} (pre-split layout)"))
+                continue
+            splits[relpath], labelled[relpath] = split_alias(parts[0]), parts[1]
+        elif len(parts) >= 2:
+            labelled[relpath] = parts[0]
+            if common_split:
+                splits[relpath] = common_split
         else:
-            outside.append(relpath)
+            refused.append((relpath, "outside the class folders"))
+    if presplit:
+        return "presplit", labelled, splits, refused
     layout = "petimages" if common.lower().endswith("petimages") else "folders"
-    return layout, labelled, outside
+    return layout, labelled, splits, refused
+
+
+def _csv_file_readers(csv_path: Path) -> dict[str, Callable[[], bytes]]:
+    """Readers of the files a CSV SOURCE names, relative to the CSV's folder (absolute paths kept as given)."""
+    readers: dict[str, Callable[[], bytes]] = {}
+    for row in _csv_rows(csv_path.read_bytes(), csv_path.name):
+        path = Path(row["path"])
+        full = path if path.is_absolute() else csv_path.parent / path
+        if full.is_file():
+            readers[posixpath.normpath(row["path"])] = full.read_bytes
+    return readers
+
+
+def _csv_rows(data: bytes, name: str) -> list[dict[str, str]]:
+    """The rows of a labels CSV as {path, label[, split]}; UsageError when its columns are not found."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: not a UTF-8 text CSV", "source") from None
+    reader = csv.DictReader(io.StringIO(text))
+    columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+    path_column = next((columns[c] for c in CSV_PATH_COLUMNS if c in columns), None)
+    label_column = next((columns[c] for c in CSV_LABEL_COLUMNS if c in columns), None)
+    if path_column is None or label_column is None:
+        raise UsageError(f"{name}: a labels CSV needs a header with path and label columns, got "
+                         f"{', '.join(reader.fieldnames or []) or 'no header'}", "source")
+    split_column = columns.get("split")
+    return [{"path": (row[path_column] or "").strip(), "label": (row[label_column] or "").strip(),
+             "split": (row[split_column] or "").strip() if split_column else ""} for row in reader]
+
+
+def _find_labels_csv(readers: dict[str, Callable[[], bytes]]) -> str | None:
+    """The top-most .csv in SOURCE whose header has path and label columns, if any."""
+    for relpath in sorted((p for p in readers if p.lower().endswith(".csv") and not _is_hidden(p)),
+                          key=lambda p: (p.count("/"), p)):
+        header = readers[relpath]()[:4096].decode("utf-8-sig", errors="replace").splitlines()[:1]
+        names = {c.strip().lower() for c in next(csv.reader(header), [])}
+        if names & set(CSV_PATH_COLUMNS) and names & set(CSV_LABEL_COLUMNS):
+            return relpath
+    return None
+
+
+def _read_labels_csv(labels_csv: str, readers: dict[str, Callable[[], bytes]]
+                     ) -> tuple[dict[str, str], dict[str, str], list[tuple[str, str]]]:
+    """(class of each listed photo, given split of each, refused rows) from a labels CSV inside SOURCE."""
+    folder = posixpath.dirname(labels_csv)
+    labelled, splits, refused = {}, {}, []
+    for number, row in enumerate(_csv_rows(readers[labels_csv](), labels_csv), start=2):
+        where = f"{labels_csv} line {number}"
+        path = row["path"]
+        relpath = path if path.startswith("/") else posixpath.normpath(posixpath.join(folder, path))
+        if not path or not row["label"]:
+            refused.append((where, "empty path or label"))
+        elif "/" in row["label"] or "\\" in row["label"] or row["label"] in (".", ".."):
+            refused.append((where, f"label {row['label']!r} cannot be a folder name"))
+        elif relpath not in readers:
+            refused.append((path, f"listed in {labels_csv} but not found"))
+        elif row["split"] and not split_alias(row["split"]):
+            refused.append((where, f"unknown split {row['split']!r} (train, val or test)"))
+        elif relpath in labelled and labelled[relpath] != row["label"]:
+            refused.append((path, f"listed twice with different labels in {labels_csv}"))
+        else:
+            labelled[relpath] = row["label"]
+            if row["split"]:
+                splits[relpath] = split_alias(row["split"])
+    return labelled, splits, refused
 
 
 def iter_image_files(paths: list[Path]) -> Iterator[Path]:

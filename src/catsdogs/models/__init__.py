@@ -9,7 +9,7 @@ from importlib import import_module
 from catsdogs.errors import UsageError
 
 
-DEFAULT_TRAINER = "catsdogs.train:fit_images"
+DEFAULT_TRAINER = "catsdogs.training:fit_images"
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,17 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
+def list_models() -> list[str]:
+    """The names `create_model` and `catsdogs train --model` take, in the study's order."""
+    return list(MODELS)
+
+
 def model_entry(name: str) -> ModelEntry:
     """The registry entry for `name`, or a UsageError listing the known models."""
     try:
         return MODELS[name]
     except KeyError:
-        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}", "model") from None
 
 
 def create_model(name: str, *, image_size: int | None = None, **options):

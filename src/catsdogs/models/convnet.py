@@ -6,6 +6,7 @@ import keras
 from keras import layers
 
 from catsdogs.errors import UsageError
+from catsdogs.models.heads import classification_loss, probability_output
 from catsdogs.precision import jit_compile_setting
 
 STUDY_IMAGE_SIZE = 150
@@ -25,8 +26,9 @@ def augmentation(seed: int | None = None) -> keras.Sequential:
 
 def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, dropout: float = 0.0,
                   learning_rate: float = 1e-4, seed: int | None = None, name: str = "baseline",
-                  jit_compile: bool | str | None = None) -> keras.Model:
-    """Conv2D 32/64/128/128 + MaxPooling, Flatten, Dense 512 relu, Dense 1 sigmoid; RMSprop, BCE.
+                  num_classes: int = 2, jit_compile: bool | str | None = None) -> keras.Model:
+    """Conv2D 32/64/128/128 + MaxPooling, Flatten, Dense 512 relu, then Dense 1 sigmoid (two classes) or
+    Dense N softmax; RMSprop, cross-entropy.
 
     Input: raw RGB 0-255 images; the scaling to [0, 1] happens inside the model. `jit_compile=None`
     picks what is fastest here (see `jit_compile_setting`); "auto" is plain Keras' default.
@@ -43,10 +45,9 @@ def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, 
     if dropout:
         x = layers.Dropout(dropout, seed=seed, name="dropout")(x)
     x = layers.Dense(512, activation="relu", name="dense")(x)
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
-    model = keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, probability_output(x, num_classes), name=name)
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
-                  loss="binary_crossentropy", metrics=["accuracy"],
+                  loss=classification_loss(model), metrics=["accuracy"],
                   jit_compile=jit_compile_setting() if jit_compile is None else jit_compile)
     return model
 

@@ -30,13 +30,12 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import tempfile
-import uuid
 from collections import OrderedDict
 
 import numpy as np
 
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.files import atomic_path
 
 __all__ = [
     "VARIANTS",
@@ -243,20 +242,15 @@ def build_efficientnet_lite(
 
 
 def _keras_models_dir() -> str:
-    """``$KERAS_HOME/models`` (default ``~/.keras/models``), created if needed.
+    """Keras' weights cache (`catsdogs.models.weights.keras_models_dir`), created if needed."""
+    from catsdogs.models.weights import keras_models_dir
 
-    Like Keras, falls back to ``/tmp/.keras/models`` when that place is not writable.
-    """
-    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    for root in (os.path.expanduser(base), os.path.join(tempfile.gettempdir(), ".keras")):
-        path = os.path.join(root, "models")
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(path, os.W_OK):
-            return path
-    raise CatsdogsError(f"cannot create a Keras cache directory under {base} or {tempfile.gettempdir()}")
+    path = keras_models_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CatsdogsError(f"cannot create the Keras cache directory {path}: {error.strerror or error}") from None
+    return str(path)
 
 
 def _cache_name(variant: int, include_top: bool) -> str:
@@ -337,21 +331,6 @@ def _assign(model, weights: dict[str, list[np.ndarray]], where: str) -> None:
         layer.set_weights([np.asarray(v, dtype=np.float32) for v in values])
 
 
-def _atomic_save_weights(model, path: str) -> None:
-    # A unique name in the same directory (so os.replace is atomic), created by Keras itself
-    # so that it gets the usual permissions; Keras insists on the .weights.h5 suffix.
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{uuid.uuid4().hex}.weights.h5")
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _convert_imagenet(variant: int) -> None:
     """Read the package's .pth once and write both cache files (with and without top)."""
     import keras
@@ -371,7 +350,8 @@ def _convert_imagenet(variant: int) -> None:
         for include_top in (True, False):
             model = _build(variant, include_top, (None, None, 3), None, f"efficientnet_lite{variant}")
             _assign(model, weights, where)
-            _atomic_save_weights(model, os.path.join(models_dir, _cache_name(variant, include_top)))
+            with atomic_path(os.path.join(models_dir, _cache_name(variant, include_top))) as partial:
+                model.save_weights(partial, overwrite=True)
             del model
     finally:
         keras.config.set_dtype_policy(policy)

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from catsdogs.dataset import SplitArrays
+from catsdogs.files import atomic_path
 from catsdogs.models.pretrained import find_base
 from catsdogs.precision import jit_compile_setting
 from catsdogs.progress import Progress
@@ -76,11 +77,11 @@ def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path
     if not (path.exists() and labels_path.exists()):
         images = context.split(split)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".partial-{path.name}")
-        features = extract_features(extractor, images.images, context.options.batch_size, split, out=partial)
-        del features  # unmap before the rename
-        np.save(labels_path, images.labels)
-        os.replace(partial, path)
+        with atomic_path(labels_path) as partial:
+            np.save(partial, images.labels)
+        with atomic_path(path) as partial:
+            features = extract_features(extractor, images.images, context.options.batch_size, split, out=partial)
+            del features  # unmapped before the rename
     return SplitArrays(load_features(path), np.load(labels_path), [], context.config["classes"])
 
 

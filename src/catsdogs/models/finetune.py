@@ -57,11 +57,11 @@ def load_transfer_run(run: Path, backbone: str | None, image_size: int | None) -
 
 def build_finetune(image_size: int | None = None, *, backbone: str | None = None, from_run: str | None = None,
                    unfreeze: int | None = None, learning_rate: float | None = None,
-                   weights: str | None = "imagenet", seed: int | None = None) -> keras.Model:
+                   weights: str | None = "imagenet", seed: int | None = None, num_classes: int = 2) -> keras.Model:
     """With `from_run`: that transfer model, ready to fine-tune. Without: a fresh transfer model, which
     `fit_finetune` trains first and then unfreezes (with `unfreeze` and `learning_rate` of TrainOptions)."""
     if from_run is None:
-        return build_transfer(image_size, backbone=backbone, weights=weights, seed=seed)
+        return build_transfer(image_size, backbone=backbone, weights=weights, seed=seed, num_classes=num_classes)
     return start_finetune(load_transfer_run(Path(from_run), backbone, image_size), unfreeze, learning_rate)
 
 

@@ -1,4 +1,5 @@
-"""Classifiers on a frozen ImageNet base (the study's transfer learning): raw RGB 0-255 in, p(classes[1]) out.
+"""Classifiers on a frozen ImageNet base (the study's transfer learning): raw RGB 0-255 in, class probabilities
+out (two classes: p(classes[1]); more: a softmax).
 
 Layout: image -> [augmentation] -> preprocess -> base (named after the backbone, called with
 training=False so BatchNormalization stays in inference mode) -> pool (GlobalAveragePooling) -> head.
@@ -12,6 +13,7 @@ from keras import layers
 from catsdogs.errors import UsageError
 from catsdogs.models.backbones import backbones, get_backbone
 from catsdogs.models.convnet import augmentation
+from catsdogs.models.heads import classification_loss, probability_output
 from catsdogs.precision import jit_compile_setting
 
 TRANSFER_LEARNING_RATE = 1e-3
@@ -21,8 +23,8 @@ FEATURES_UNITS, FEATURES_DROPOUT = 256, 0.5
 
 
 def compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model:
-    """Adam at `learning_rate`, binary cross-entropy, accuracy."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="binary_crossentropy",
+    """Adam at `learning_rate`, the cross-entropy that goes with the model's output, accuracy."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss=classification_loss(model),
                   metrics=["accuracy"], jit_compile=jit_compile_setting())
     return model
 
@@ -40,30 +42,28 @@ def pooled_base(backbone: str | None, image_size: int | None, weights: str | Non
     return inputs, layers.GlobalAveragePooling2D(name="pool")(x)
 
 
-def probability(x, name: str = "probability"):
-    return layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(x)
-
-
 def build_transfer(image_size: int | None = None, *, backbone: str | None = None, weights: str | None = "imagenet",
                    learning_rate: float = TRANSFER_LEARNING_RATE, dropout: float = TRANSFER_DROPOUT,
-                   seed: int | None = None) -> keras.Model:
-    """Augmentation, the frozen base, Dropout, Dense(1): trained end to end on images (only the head learns)."""
+                   seed: int | None = None, num_classes: int = 2) -> keras.Model:
+    """Augmentation, the frozen base, Dropout, the output layer: trained end to end on images (only the head
+    learns)."""
     inputs, pooled = pooled_base(backbone, image_size, weights, augment=True, seed=seed)
-    outputs = probability(layers.Dropout(dropout, seed=seed, name="dropout")(pooled))
+    outputs = probability_output(layers.Dropout(dropout, seed=seed, name="dropout")(pooled), num_classes)
     return compile_classifier(keras.Model(inputs, outputs, name="transfer"), learning_rate)
 
 
 def build_features(image_size: int | None = None, *, backbone: str | None = None, weights: str | None = "imagenet",
                    learning_rate: float = FEATURES_LEARNING_RATE, units: int = FEATURES_UNITS,
-                   dropout: float = FEATURES_DROPOUT, seed: int | None = None) -> keras.Model:
-    """The frozen base, then a `head` model (Dense relu, Dropout, Dense 1) that trains on cached pooled features.
+                   dropout: float = FEATURES_DROPOUT, seed: int | None = None, num_classes: int = 2) -> keras.Model:
+    """The frozen base, then a `head` model (Dense relu, Dropout, output) that trains on cached pooled features.
 
     The whole model maps images to probabilities; `catsdogs.models.features.fit_features` trains only `head`.
     """
     inputs, pooled = pooled_base(backbone, image_size, weights, augment=False, seed=seed)
     features = keras.Input((pooled.shape[-1],), name="features")
     x = layers.Dense(units, activation="relu", name="dense")(features)
-    head = keras.Model(features, probability(layers.Dropout(dropout, seed=seed, name="dropout")(x)), name="head")
+    head = keras.Model(features, probability_output(layers.Dropout(dropout, seed=seed, name="dropout")(x), num_classes),
+                       name="head")
     return compile_classifier(keras.Model(inputs, head(pooled), name="features"), learning_rate)
 
 

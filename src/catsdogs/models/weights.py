@@ -35,12 +35,15 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | None:
 
 
 def keras_models_dir() -> Path:
-    """The folder Keras caches downloaded weights in: `$KERAS_HOME/models` as Keras resolved it."""
-    try:
-        from keras.src.backend.config import keras_home  # what Keras itself uses (read at import)
-        home = keras_home()
-    except ImportError:
-        home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    """The folder Keras caches downloaded weights in: `$KERAS_HOME/models` (the variable as set now, else the
+    home Keras resolved at import, which falls back to /tmp/.keras when ~/.keras is not writable)."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        try:
+            from keras.src.backend.config import keras_home  # what Keras itself uses (read at import)
+            home = keras_home()
+        except ImportError:
+            home = os.path.join(os.path.expanduser("~"), ".keras")
     return Path(home).expanduser() / "models"
 
 

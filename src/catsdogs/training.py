@@ -9,49 +9,89 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import keras
+import numpy as np
 
 from catsdogs.dataset import SplitArrays, load_split, read_classes, read_manifest, to_dataset
 from catsdogs.errors import UsageError
+from catsdogs.files import atomic_path, write_text_atomic
 from catsdogs.models import DEFAULT_TRAINER, MODELS, ModelEntry, model_entry
+from catsdogs.models.heads import output_classes
 from catsdogs.precision import keras_precision, resolve_precision
-from catsdogs.prepare import DEFAULT_SEED, manifest_sha256
-from catsdogs.runs import (CHECKPOINT_DIR, CLASSES, CONFIG, CURVES, HISTORY, MODEL, library_versions,
-                           read_json, write_json)
+from catsdogs.preparation import DEFAULT_SEED, manifest_sha256
+from catsdogs.runs import (CHECKPOINT_DIR, CLASSES, CONFIG, CURVES, HISTORY, MODEL, Run, library_versions,
+                           read_history_csv, read_json, write_json)
 
 STATE = "state.json"
-SCHEDULES = ("constant", "one-cycle")
 ONE_CYCLE_PEAK_LEARNING_RATE = 1e-3
+
+
+Precision = Literal["auto", "float32", "bfloat16"]
+Schedule = Literal["constant", "one-cycle"]
+Monitor = Literal["val_loss", "val_accuracy"]
+ClassWeight = Literal["balanced"]
 
 
 @dataclass
 class TrainOptions:
-    """Everything that defines one experiment; saved in RUN/config.json."""
+    """Everything that defines one experiment; saved in RUN/config.json. Checked when made: a bad value
+    raises UsageError (a ValueError) naming the option."""
 
     data: Path
     model: str
     out: Path
-    epochs: int | None = None
+    epochs: int | None = None  # default: the model's own
     backbone: str | None = None
     image_size: int | None = None
     batch_size: int = 32
     seed: int = DEFAULT_SEED
-    precision: str = "auto"
+    precision: Precision = "auto"
     learning_rate: float | None = None  # the model's own by default (one-cycle: the peak, default 1e-3)
-    schedule: str = "constant"  # the model's own optimizer, or "one-cycle" (see one_cycle_optimizer)
-    monitor: str = "val_loss"
+    schedule: Schedule = "constant"  # the model's own optimizer, or "one-cycle" (see one_cycle_optimizer)
+    monitor: Monitor = "val_loss"
     patience: int | None = None  # stop after this many epochs without improvement (default: the model's)
+    class_weight: ClassWeight | None = None  # "balanced": weight each class by n / (classes x its count)
     cache_dir: Path | None = None
     resume: bool = False
+    overwrite: bool = False  # replace an existing RUN (a notebook cell run again)
     model_options: dict = field(default_factory=dict)
     distribute: str | None = None  # "mirrored" | "multi-worker" (catsdogs.distribute); batch_size is per replica
 
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
+        model_entry(self.model)
+        for name in ("epochs", "image_size", "batch_size", "patience"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"{name} must be an int >= 1, got {value!r}", name)
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UsageError(f"learning_rate must be > 0, got {self.learning_rate!r}", "learning_rate")
+        for name, kind in (("precision", Precision), ("schedule", Schedule), ("monitor", Monitor),
+                           ("class_weight", ClassWeight)):
+            value = getattr(self, name)
+            if value is not None and value not in get_args(kind):
+                raise UsageError(f"{name} must be one of {', '.join(get_args(kind))}, got {value!r}", name)
+        if self.distribute is not None and self.distribute not in ("mirrored", "multi-worker"):
+            raise UsageError(f"distribute must be one of mirrored, multi-worker, got {self.distribute!r}",
+                             "distribute")
+        if self.resume and self.overwrite:
+            raise UsageError("resume and overwrite exclude each other", "overwrite")
 
-def train(options: TrainOptions) -> Path:
-    """Train, keeping the best model on validation as RUN/model.keras; returns RUN."""
+
+def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
+    """Train one experiment, keeping the best model on validation as RUN/model.keras; returns the Run.
+
+    Either `train(TrainOptions(...))` or `train(data=..., model=..., out=..., **options)`.
+    """
+    if options is None:
+        options = TrainOptions(**kwargs)
+    elif kwargs:
+        options = replace(options, **kwargs)
     from catsdogs.distribute import Distribution
 
     distribution = Distribution(options.distribute)  # hook: catsdogs.distribute (no-op without it)
@@ -59,16 +99,16 @@ def train(options: TrainOptions) -> Path:
     entry = model_entry(options.model)
     if not distribution.is_chief and not options.resume:
         shutil.rmtree(run, ignore_errors=True)  # a worker's own scratch RUN from an earlier run
+    if options.overwrite:
+        _clear_run_folder(run)
     state = _check_run_folder(run, options.resume)
     epochs = options.epochs or entry.default_epochs
-    if epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {epochs}")
     _check_schedule(entry, options)
     classes = read_classes(options.data)
     train_images = len(read_manifest(options.data, "train"))
     precision = resolve_precision(options.precision, bf16_friendly=_bf16_friendly(entry, options))
     builder = entry.load_builder()
-    builder_options = _builder_options(entry, builder, options)
+    builder_options = _builder_options(entry, builder, options, len(classes))
 
     keras.utils.set_random_seed(options.seed)
     with keras_precision(precision), distribution.scope():
@@ -79,6 +119,9 @@ def train(options: TrainOptions) -> Path:
             steps = math.ceil(train_images / distribution.global_batch(options.batch_size)) * epochs
             model.compile(optimizer=one_cycle_optimizer(options.learning_rate or ONE_CYCLE_PEAK_LEARNING_RATE, steps),
                           loss=model.loss, metrics=["accuracy"], jit_compile=model.jit_compile)
+    if output_classes(model) != len(classes):
+        raise UsageError(f"the model tells apart {output_classes(model)} classes, but {options.data} has "
+                         f"{len(classes)} ({', '.join(classes)})", "data")
     image_size = int(model.input_shape[1])
 
     config = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
@@ -90,7 +133,7 @@ def train(options: TrainOptions) -> Path:
     if distribution.strategy:
         config.update(distribute=distribution.kind, replicas=distribution.replicas, workers=distribution.workers,
                       global_batch_size=distribution.global_batch(options.batch_size))
-    config.pop("resume"), config.pop("out")
+    config.pop("resume"), config.pop("out"), config.pop("overwrite")
     if entry.uses_backbone:
         from catsdogs.models.pretrained import find_base
         config["backbone"] = find_base(model).name
@@ -105,7 +148,7 @@ def train(options: TrainOptions) -> Path:
     with keras_precision(precision), distribution.scope():
         entry.load_trainer()(model, context)
     _finish(run, config, checkpoint)
-    return run
+    return Run(run)
 
 
 def one_cycle_optimizer(peak_learning_rate: float, total_steps: int,
@@ -120,11 +163,10 @@ def one_cycle_optimizer(peak_learning_rate: float, total_steps: int,
 
 
 def _check_schedule(entry: ModelEntry, options: TrainOptions) -> None:
-    if options.schedule not in SCHEDULES:
-        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {options.schedule!r}")
     if options.schedule != "constant" and entry.trainer != DEFAULT_TRAINER:
         trained_on_images = ", ".join(name for name, e in MODELS.items() if e.trainer == DEFAULT_TRAINER)
-        raise UsageError(f"--schedule {options.schedule} works with {trained_on_images}, not --model {options.model}")
+        raise UsageError(f"schedule {options.schedule} works with {trained_on_images}, not model {options.model}",
+                         "schedule")
 
 
 def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:
@@ -139,9 +181,9 @@ def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:
     return get_backbone(backbone).bf16_friendly
 
 
-def _builder_options(entry: ModelEntry, builder, options: TrainOptions) -> dict:
+def _builder_options(entry: ModelEntry, builder, options: TrainOptions, num_classes: int) -> dict:
     """The builder's keyword arguments; a UsageError naming options the model does not take."""
-    builder_options = dict(options.model_options, seed=options.seed)
+    builder_options = dict(options.model_options, seed=options.seed, num_classes=num_classes)
     if options.learning_rate and options.schedule == "constant":  # one-cycle: the peak, see train()
         builder_options["learning_rate"] = options.learning_rate
     if entry.uses_backbone:
@@ -150,8 +192,7 @@ def _builder_options(entry: ModelEntry, builder, options: TrainOptions) -> dict:
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         unknown = sorted(set(builder_options) - set(parameters))
         if unknown:
-            flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
-            raise UsageError(f"--model {options.model} does not take {flags}")
+            raise UsageError(f"model {options.model} does not take {', '.join(unknown)}", unknown[0])
     return builder_options
 
 
@@ -192,7 +233,14 @@ class FitContext:
         chief = self.distribution is None or self.distribution.is_chief
         model.fit(self.dataset(train, shuffle=True, seed=self.options.seed + start),
                   validation_data=self.dataset(validation), epochs=epochs, initial_epoch=start,
-                  callbacks=[self.checkpoint], shuffle=False, verbose=(1 if os.isatty(2) else 2) if chief else 0)
+                  callbacks=[self.checkpoint], shuffle=False, verbose=(1 if os.isatty(2) else 2) if chief else 0,
+                  class_weight=class_weights(train.labels, len(train.classes)) if self.options.class_weight else None)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """scikit-learn's "balanced" weights: n / (classes x count of the class); absent classes get 1."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    return {c: float(len(labels) / (num_classes * n)) if n else 1.0 for c, n in enumerate(counts)}
 
 
 def fit_images(model, context: FitContext) -> None:
@@ -200,18 +248,28 @@ def fit_images(model, context: FitContext) -> None:
     context.fit(model, context.split("train"), context.split("validation"))
 
 
+def _clear_run_folder(run: Path) -> None:
+    """Remove a previous RUN (overwrite=True); refuse to delete a folder that is not a catsdogs run."""
+    if not run.exists() or not any(run.iterdir()):
+        return
+    if not (run / CONFIG).exists():
+        raise UsageError(f"out {run} exists and is not a catsdogs run; overwrite only replaces runs", "out")
+    shutil.rmtree(run)
+
+
 def _check_run_folder(run: Path, resume: bool) -> dict | None:
     """Refuse to overwrite an existing RUN; with resume, return the saved training state."""
     state_file = run / CHECKPOINT_DIR / STATE
     if resume:
         if (run / CONFIG).exists() and read_json(run / CONFIG).get("status") == "complete":
-            raise UsageError(f"{run} is already complete; train into a new --out to train again")
+            raise UsageError(f"{run} is already complete; train into a new out to train again", "resume")
         if not state_file.exists():
-            raise UsageError(f"{run}: nothing to resume (no finished epoch saved)")
+            raise UsageError(f"{run}: nothing to resume (no finished epoch saved)", "resume")
         return read_json(state_file)
     if run.exists() and any(run.iterdir()):
-        hint = " (interrupted: continue with --resume)" if state_file.exists() else ""
-        raise UsageError(f"--out {run} already exists and is not empty{hint}; choose another --out")
+        hint = " (interrupted: continue with resume)" if state_file.exists() else ""
+        raise UsageError(f"out {run} already exists and is not empty{hint}; choose another out, or overwrite",
+                         "out")
     return None
 
 
@@ -226,7 +284,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.best = state["best"] if state else None
         self.best_epoch = state["best_epoch"] if state else None
         self.elapsed = state["elapsed"] if state else 0.0
-        self.rows = _read_history(run / HISTORY, upto=state["epoch"]) if state else []
+        self.rows = [row for row in read_history_csv(run / HISTORY) if row["epoch"] <= state["epoch"]] if state else []
         self.higher_is_better = "acc" in monitor or "auc" in monitor
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
@@ -239,7 +297,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         _write_history(self.run / HISTORY, self.rows)
         value = logs.get(self.monitor)
         if value is None:
-            raise UsageError(f"--monitor {self.monitor} is not a logged metric ({', '.join(logs)})")
+            raise UsageError(f"monitor {self.monitor} is not a logged metric ({', '.join(logs)})", "monitor")
         model = self.saved_model or self.model
         if self.best is None or (value > self.best if self.higher_is_better else value < self.best):
             self.best, self.best_epoch = value, epoch
@@ -259,9 +317,8 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 
 def _save_model(model, path: Path) -> None:
-    partial = path.with_name(f".partial-{path.name}")
-    model.save(partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        model.save(partial)
 
 
 HISTORY_FIELDS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
@@ -273,23 +330,12 @@ def _write_history(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(buffer.getvalue())
-    os.replace(partial, path)
-
-
-def _read_history(path: Path, upto: int | None = None) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as handle:
-        rows = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(handle)]
-    return [row for row in rows if upto is None or row["epoch"] <= upto]
+    write_text_atomic(path, buffer.getvalue())
 
 
 def read_history(run: Path) -> list[dict]:
     """A run's history.csv as a list of dicts (epoch is 0-based)."""
-    return _read_history(Path(run) / HISTORY)
+    return read_history_csv(Path(run) / HISTORY)
 
 
 def _finish(run: Path, config: dict, checkpoint) -> None:

@@ -23,12 +23,12 @@ EXPLAIN_EXAMPLES = 4
 
 
 def split_probabilities(predictor: Predictor, data: Path, split: str, cache_dir: Path | None = None):
-    """(labels, p1, paths, images) of a split; refuses DATA whose classes differ from the run's."""
+    """(labels, n x N class probabilities, paths, images) of a split; refuses DATA whose classes differ."""
     arrays = load_split(data, split, predictor.image_size, cache_dir=cache_dir)
     if arrays.classes != predictor.classes:
-        raise UsageError(f"DATA classes {arrays.classes} differ from the run's {predictor.classes}")
+        raise UsageError(f"DATA classes {arrays.classes} differ from the run's {predictor.classes}", "data")
     if len(arrays.labels) == 0:
-        raise UsageError(f"the {split} split of {data} is empty")
+        raise UsageError(f"the {split} split of {data} is empty", "split")
     return arrays.labels, predictor.probabilities(arrays.images), arrays.paths, arrays.images
 
 
@@ -38,52 +38,64 @@ def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accur
     run = Path(run)
     data = Path(data or read_config(run)["data"])
     predictor = Predictor(run, threshold=0.5, tta=tta)
-    labels, p1, _, _ = split_probabilities(predictor, data, TUNING_SPLIT, cache_dir)
-    threshold = tune_threshold(labels, p1, metric=metric)
+    if len(predictor.classes) != 2:
+        raise UsageError(f"threshold tuning needs 2 classes; this run has {len(predictor.classes)} (the predicted "
+                         "class is the most probable one)", "tune_threshold")
+    labels, probabilities, _, _ = split_probabilities(predictor, data, TUNING_SPLIT, cache_dir)
+    threshold = tune_threshold(labels, probabilities[:, 1], metric=metric)
     write_json(run / THRESHOLD, {"threshold": threshold, "metric": metric, "split": TUNING_SPLIT,
                                  "n": int(len(labels)), "tta": tta})
     return threshold
 
 
 def evaluate(run: Path, data: Path | None = None, split: str = "test", *, tta: bool = False,
-             threshold: float | None = None, cache_dir: Path | None = None, explain: bool = True) -> dict:
+             threshold: float | None = None, cache_dir: Path | None = None, explain: bool = True,
+             predictor: Predictor | None = None) -> dict:
     """Compute and save RUN/metrics.json, RUN/predictions-<split>.csv, RUN/plots/ and RUN/explain/."""
     run = Path(run)
     data = Path(data or read_config(run)["data"])
-    predictor = Predictor(run, threshold=threshold, tta=tta)
-    labels, p1, paths, images = split_probabilities(predictor, data, split, cache_dir)
+    if predictor is None or predictor.tta != tta or (threshold is not None and predictor.threshold != threshold):
+        predictor = Predictor(run, threshold=threshold, tta=tta, model=predictor.model if predictor else None)
+    labels, probabilities, paths, images = split_probabilities(predictor, data, split, cache_dir)
+    p1 = probabilities[:, 1] if len(predictor.classes) == 2 else probabilities
     metrics = compute_metrics(labels, p1, predictor.classes, threshold=predictor.threshold)
     origin = "argument" if threshold is not None else ("tuned on validation" if predictor.tuned_threshold
                                                        is not None else "default")
     metrics.update(split=split, tta=tta, data=str(data), threshold_origin=origin)
     write_json(run / METRICS, metrics)
-    _write_predictions(run / f"predictions-{split}.csv", paths, labels, p1, predictor.classes)
+    _write_predictions(run / f"predictions-{split}.csv", paths, labels, probabilities, predictor)
     save_evaluation_plots(labels, p1, predictor.classes, predictor.threshold, run / "plots")
     wrong = most_wrong([str(p) for p in paths], labels, p1, n=16, threshold=predictor.threshold)
     if wrong:
         save_gallery(wrong, predictor.classes, run / "plots" / GALLERY_PNG)
     if explain:
-        _explain_examples(predictor, run / "explain", labels, p1, images, paths)
+        _explain_examples(predictor, run / "explain", labels, probabilities, images, paths)
     return metrics
 
 
-def _explain_examples(predictor: Predictor, out: Path, labels: np.ndarray, p1: np.ndarray,
+def _explain_examples(predictor: Predictor, out: Path, labels: np.ndarray, probabilities: np.ndarray,
                       images: np.ndarray, paths: list[Path]) -> None:
     """Grad-CAM of the two most confident right answers and the two most confident mistakes."""
     from catsdogs.explain import save_explanation
 
-    confidence_wrong = np.abs(p1 - labels)
-    order = np.argsort(confidence_wrong)
+    confidence_wrong = 1 - probabilities[np.arange(len(labels)), labels]
+    order = np.argsort(confidence_wrong, kind="stable")
     picks = list(order[: EXPLAIN_EXAMPLES // 2]) + list(order[::-1][: EXPLAIN_EXAMPLES // 2])
+    predicted = predictor.predicted_index(probabilities)
     out.mkdir(parents=True, exist_ok=True)
     for rank, index in enumerate(picks):
-        kind = "right" if confidence_wrong[index] < 0.5 else "wrong"
+        kind = "right" if predicted[index] == labels[index] else "wrong"
         save_explanation(predictor.model, images[index], predictor.classes,
                          out / f"{rank}-{kind}-{Path(paths[index]).stem}.png", threshold=predictor.threshold)
 
 
-def _write_predictions(path: Path, paths: list[Path], labels: np.ndarray, p1: np.ndarray, classes: list[str]) -> None:
+def _write_predictions(path: Path, paths: list[Path], labels: np.ndarray, probabilities: np.ndarray,
+                       predictor: Predictor) -> None:
+    """RUN/predictions-<split>.csv: path, true and predicted label, each class's probability."""
+    classes = predictor.classes
+    predicted = predictor.predicted_index(probabilities)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "true_label", f"p_{classes[1]}"])
-        writer.writerows([str(p), classes[y], f"{q:.6f}"] for p, y, q in zip(paths, labels, p1))
+        writer.writerow(["path", "true_label", "label", *(f"p_{name}" for name in classes)])
+        writer.writerows([str(p), classes[y], classes[q], *(f"{v:.6f}" for v in row)]
+                         for p, y, q, row in zip(paths, labels, predicted, probabilities))

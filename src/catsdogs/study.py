@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from catsdogs.evaluate import evaluate
-from catsdogs.prepare import prepare
+from catsdogs.evaluation import evaluate
+from catsdogs.preparation import STUDY_SIZES, prepare
 from catsdogs.report import PUBLISHED, write_report, write_results_markdown
 from catsdogs.runs import CHECKPOINT_DIR, CONFIG, METRICS, read_json
-from catsdogs.train import TrainOptions, train
+from catsdogs.training import TrainOptions, train
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def _prepared(source: Path, data: Path, quick: bool) -> None:
         say(f"data already prepared in {data}")
         return
     say(f"preparing {source} -> {data}")
-    print(prepare(source, data, **(QUICK_SPLIT if quick else {})).line(), file=sys.stderr)
+    print(prepare(source, data, **(QUICK_SPLIT if quick else STUDY_SIZES)).line(), file=sys.stderr)
 
 
 def _run_experiment(experiment: Experiment, data: Path, runs: Path, cache: Path, *, quick: bool,

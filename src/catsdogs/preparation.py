@@ -1,0 +1,308 @@
+"""`catsdogs prepare`: check every photo of a SOURCE, de-duplicate, split, and write DATA.
+
+DATA/{train,validation,test}/{class}/*.jpg, manifest.csv, rejected.csv (files that cannot be used, and why),
+unused.csv (usable photos left out by the requested sizes), classes.json and prepare.json (where DATA came
+from, which splits SOURCE gave and which were carved). SOURCE is only ever read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from catsdogs.errors import UsageError
+from catsdogs.images import ImageError, decode_image, encode_jpeg
+from catsdogs.progress import Progress
+from catsdogs.sources import SPLIT_NAMES, SourceFile, scan_source
+
+SPLITS = SPLIT_NAMES
+SPLIT_PARAMETERS = {"train": "train", "validation": "val", "test": "test"}  # prepare()'s argument of each split
+DEFAULT_FRACTIONS = {"validation": 0.15, "test": 0.15}  # a user's own photos: 70/15/15 per class
+STUDY_SIZES = {"train": 3000, "val": 1000, "test": 1000}  # the study's 1500/500/500 per class (reproduce)
+DEFAULT_SEED = 1337
+MANIFEST_FIELDS = ["path", "class", "split", "sha256", "width", "height", "source"]
+OWN_FILES = ("manifest.csv", "rejected.csv", "unused.csv", "classes.json", "prepare.json")
+WORK_DIR = ".incomplete"
+
+SplitSize = int | float | None  # a count (total over the classes), a fraction (of each class) or the default
+
+
+@dataclass(frozen=True)
+class CheckedPhoto:
+    """A photo that decoded: its bytes as they will be stored in DATA."""
+
+    source: SourceFile
+    sha256: str
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass
+class PrepareSummary:
+    """What `prepare` did, for the one-line summary and for callers."""
+
+    data_dir: Path
+    layout: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # split -> class -> n
+    scanned: int
+    rejected: int
+    duplicates: int
+    unused: int
+    given_splits: list[str] = field(default_factory=list)
+    carved_splits: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        splits = ", ".join(f"{split} {sum(self.counts[split].values())}" for split in SPLITS)
+        shown = ", ".join(self.classes[:6]) + (", ..." if len(self.classes) > 6 else "")
+        origin = ""
+        if self.given_splits:
+            origin = f"; given: {', '.join(self.given_splits)}"
+            origin += f", carved from train: {', '.join(self.carved_splits)}" if self.carved_splits else ""
+        return (f"prepared {self.data_dir}: {splits} ({len(self.classes)} classes: {shown}; {self.layout} layout"
+                f"{origin}); scanned {self.scanned}, rejected {self.rejected}, duplicates {self.duplicates}, "
+                f"unused {self.unused}")
+
+
+def parse_split_size(text: str) -> int | float:
+    """A split size as typed: `700` (a count), `0.7` or `70%` (a fraction of each class)."""
+    text = text.strip()
+    try:
+        if text.endswith("%"):
+            return float(text[:-1]) / 100
+        return int(text) if text.isdigit() else float(text)
+    except ValueError:
+        raise ValueError(f"expected a count (700) or a fraction (0.7 or 70%), got {text!r}") from None
+
+
+def check_split_size(parameter: str, value: SplitSize) -> SplitSize:
+    """A count >= 0 or a fraction in (0, 1); UsageError naming `parameter` otherwise."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    raise UsageError(f"{parameter} must be a count (an int >= 0) or a fraction in (0, 1), got {value!r}", parameter)
+
+
+def _evenly(total: int, classes: list[str]) -> dict[str, int]:
+    base, extra = divmod(total, len(classes))
+    return {name: base + (i < extra) for i, name in enumerate(classes)}
+
+
+def plan_split(available: dict[str, int], sizes: dict[str, SplitSize], carve: list[str]) -> dict[str, dict[str, int]]:
+    """Per-class counts of train and of each split in `carve`, taken from `available` photos of each class.
+
+    A count is a total shared out evenly over the classes (any remainder to the first ones); a fraction is
+    taken from each class (at least one photo); the default for validation and test is 15% of each class,
+    for train the rest. UsageError when a class is too small for what is asked.
+    """
+    classes = sorted(available)
+    plan: dict[str, dict[str, int]] = {}
+    for split in (*carve, "train"):
+        size = sizes.get(split)
+        if size is None and split != "train":
+            size = DEFAULT_FRACTIONS[split]
+        if isinstance(size, int):
+            plan[split] = _evenly(size, classes)
+        elif isinstance(size, float):
+            plan[split] = {name: max(1, round(size * n)) if n else 0 for name, n in available.items()}
+        else:  # train, by default: the rest
+            plan[split] = {name: n - sum(plan[s][name] for s in carve) for name, n in available.items()}
+    for name, n in available.items():
+        wanted = {split: plan[split][name] for split in SPLITS if split in plan}
+        if sum(wanted.values()) > n or wanted["train"] < 1:
+            asked = " + ".join(f"{split} {count}" for split, count in wanted.items())
+            if all(isinstance(sizes.get(split), int) for split in plan):
+                raise UsageError(f"class '{name}' has {n} usable images, but {asked} were requested; lower "
+                                 f"{'/'.join(SPLIT_PARAMETERS[s] for s in wanted)}", "train")
+            raise UsageError(f"class '{name}' has {n} usable images: too few to split into {asked} "
+                             f"(add photos, or lower val/test)", "train")
+    return plan
+
+
+def _check(source_file: SourceFile) -> CheckedPhoto | tuple[str, str]:
+    """Read and fully decode one file; return the photo, or (relpath, reason) when it is unusable."""
+    try:
+        data = source_file.read()
+    except OSError as error:
+        return source_file.relpath, f"cannot read: {error}"
+    try:
+        decoded = decode_image(data)
+    except ImageError as error:
+        return source_file.relpath, str(error)
+    keep_bytes = decoded.original_format == "JPEG" and not decoded.converted
+    jpeg = data if keep_bytes else encode_jpeg(decoded.pixels)
+    height, width = decoded.pixels.shape[:2]
+    return CheckedPhoto(source_file, hashlib.sha256(data).hexdigest(), jpeg, width, height)
+
+
+def _source_identity(source: Path) -> dict:
+    stat = source.stat()
+    return {"source": str(source.resolve()), "size": stat.st_size if source.is_file() else None}
+
+
+def _guard_data_dir(source: Path, data_dir: Path, force: bool) -> None:
+    """Refuse to write into SOURCE, or over a DATA that came from somewhere else (unless force)."""
+    source_abs, data_abs = source.resolve(), data_dir.resolve()
+    if source_abs.is_dir() and (data_abs == source_abs or source_abs in data_abs.parents):
+        raise UsageError(f"--out {data_dir} is inside SOURCE {source}; choose a folder outside it")
+    if data_abs in source_abs.parents or data_abs == source_abs:
+        raise UsageError(f"SOURCE {source} is inside --out {data_dir}; choose another --out")
+    if not data_dir.exists():
+        return
+    if not data_dir.is_dir():
+        raise UsageError(f"--out {data_dir} exists and is not a folder")
+    contents = [p for p in data_dir.iterdir() if p.name != WORK_DIR]
+    if not contents or force:
+        return
+    record = data_dir / "prepare.json"
+    previous = json.loads(record.read_text()).get("source") if record.exists() else None
+    if previous != str(source_abs):
+        where = f"from {previous}" if previous else "not made by catsdogs prepare"
+        raise UsageError(f"--out {data_dir} is not empty and was {where}; use --force to replace it")
+
+
+def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,
+            test: SplitSize = None, seed: int = DEFAULT_SEED, force: bool = False,
+            workers: int = 2) -> PrepareSummary:
+    """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout.
+
+    `train`, `val`, `test`: a count (total over the classes), a fraction of each class, or None (validation
+    and test 15% of each class, train the rest). Splits given by SOURCE (a pre-split tree, a CSV with a split
+    column) are kept; missing ones are carved from train, stratified and seeded.
+    """
+    source, data_dir = Path(source), Path(data_dir)
+    sizes = {split: check_split_size(SPLIT_PARAMETERS[split], value)
+             for split, value in zip(SPLITS, (train, val, test))}
+    scan = scan_source(source)
+    given = scan.given_splits
+    for split in given:
+        if split != "train" and sizes[split] is not None:
+            parameter = SPLIT_PARAMETERS[split]
+            raise UsageError(f"{parameter}: SOURCE gives its own {split} split; leave {parameter} out", parameter)
+    _guard_data_dir(source, data_dir, force)
+
+    progress = Progress("checking photos", total=len(scan.files))
+    photos: list[CheckedPhoto] = []
+    rejected = list(scan.refused)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(_check, scan.files, chunksize=16):
+            progress.update()
+            if isinstance(result, CheckedPhoto):
+                photos.append(result)
+            else:
+                rejected.append(result)
+    progress.close()
+
+    unique, duplicates = _deduplicate(photos)
+    rejected += duplicates
+    carve = [split for split in SPLITS[1:] if split not in given]
+    assignment, unused = _split(unique, scan.classes, sizes, carve, seed)
+    counts = {split: {name: sum(1 for p, s in assignment if s == split and p.source.class_name == name)
+                      for name in scan.classes} for split in SPLITS}
+    record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve if given else [],
+              "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts}
+    _write(data_dir, source, scan.classes, assignment, sorted(rejected), unused, record)
+    return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused),
+                          len(rejected) - len(duplicates), len(duplicates), len(unused), given, record["carved_splits"])
+
+
+def _deduplicate(photos: list[CheckedPhoto]) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:
+    """Keep the first photo (by path) of each sha256; the others are listed as duplicates."""
+    first: dict[str, CheckedPhoto] = {}
+    duplicates = []
+    for photo in sorted(photos, key=lambda p: p.source.relpath):
+        kept = first.setdefault(photo.sha256, photo)
+        if kept is not photo:
+            duplicates.append((photo.source.relpath, f"duplicate of {kept.source.relpath}"))
+    return list(first.values()), duplicates
+
+
+def _split(photos: list[CheckedPhoto], classes: list[str], sizes: dict[str, SplitSize], carve: list[str],
+           seed: int) -> tuple[list[tuple[CheckedPhoto, str]], list[CheckedPhoto]]:
+    """Stratified, seeded split: photos keep a split SOURCE gives them (other than train); the others (the
+    pool) are shuffled class by class and cut into `carve` and train. Returns the assignment and the unused."""
+    assignment = [(p, p.source.split) for p in photos if p.source.split not in (None, "train")]
+    pool = {name: sorted((p for p in photos if p.source.class_name == name and p.source.split in (None, "train")),
+                         key=lambda p: p.sha256) for name in classes}
+    plan = plan_split({name: len(members) for name, members in pool.items()}, sizes, carve)
+    unused: list[CheckedPhoto] = []
+    for name, members in pool.items():
+        random.Random(f"{seed}:{name}").shuffle(members)
+        start = 0
+        for split in SPLITS:  # train first, then validation and test: the study's cuts, unchanged
+            if split in plan:
+                assignment += [(photo, split) for photo in members[start:start + plan[split][name]]]
+                start += plan[split][name]
+        unused += members[start:]
+    return assignment, unused
+
+
+def _target_name(photo: CheckedPhoto, taken: set[str]) -> str:
+    stem = PurePosixPath(photo.source.relpath).stem
+    name = f"{stem}.jpg"
+    if name in taken:
+        name = f"{stem}-{photo.sha256[:10]}.jpg"
+    taken.add(name)
+    return name
+
+
+def _write(data_dir: Path, source: Path, classes: list[str], assignment: list[tuple[CheckedPhoto, str]],
+           rejected: list[tuple[str, str]], unused: list[CheckedPhoto], record: dict) -> None:
+    """Write everything into DATA/.incomplete, then move it into place (an interrupted run loses nothing)."""
+    work = data_dir / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rows = []
+    taken: dict[tuple[str, str], set[str]] = {}
+    for photo, split in sorted(assignment, key=lambda item: (SPLITS.index(item[1]), item[0].source.class_name,
+                                                             item[0].source.relpath)):
+        name = photo.source.class_name
+        filename = _target_name(photo, taken.setdefault((split, name), set()))
+        relpath = f"{split}/{name}/{filename}"
+        (work / split / name).mkdir(parents=True, exist_ok=True)
+        (work / relpath).write_bytes(photo.jpeg)
+        rows.append([relpath, name, split, photo.sha256, photo.width, photo.height, photo.source.relpath])
+    _write_csv(work / "manifest.csv", MANIFEST_FIELDS, rows)
+    _write_csv(work / "rejected.csv", ["source", "reason"], [list(r) for r in rejected])
+    _write_csv(work / "unused.csv", ["source", "class", "sha256"],
+               [[p.source.relpath, p.source.class_name, p.sha256] for p in sorted(unused, key=lambda p: p.source.relpath)])
+    (work / "classes.json").write_text(json.dumps(classes) + "\n")
+    (work / "prepare.json").write_text(json.dumps({**_source_identity(source), **record}, indent=2) + "\n")
+
+    for name in (*SPLITS, *OWN_FILES):
+        target = data_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    for name in (*SPLITS, *OWN_FILES[:-1]):
+        if (work / name).exists():
+            (work / name).rename(data_dir / name)
+    (work / "prepare.json").rename(data_dir / "prepare.json")  # last: marks DATA complete
+    work.rmdir()
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())
+
+
+def manifest_sha256(data_dir: Path) -> str:
+    """The hash that identifies a prepared DATA (used by runs and caches)."""
+    path = Path(data_dir) / "manifest.csv"
+    if not path.exists():
+        raise UsageError(f"{data_dir}: not a prepared DATA folder (no manifest.csv); run catsdogs prepare first",
+                         "data")
+    return hashlib.sha256(path.read_bytes()).hexdigest()

