@@ -136,12 +136,18 @@ def wait_all(processes: list[subprocess.Popen], tmp_path: Path) -> None:
         assert process.returncode == 0, (tmp_path / f"worker{index}.log").read_text()[-3000:]
 
 
-def test_two_workers_train_one_run_written_by_the_chief(tiny_data: Path, tmp_path: Path):
+def test_two_workers_train_one_run_written_by_the_chief_from_shards(tiny_data: Path, tmp_path: Path):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     run = tmp_path / "run"
     # no --distribute: TF_CONFIG with two workers picks multi-worker
-    wait_all(start_workers(train_command(tiny_data, run, "--epochs", "2", "--batch-size", "4"), tmp_path,
-                           workers), tmp_path)
+    command = train_command(tiny_data, run, "--epochs", "2", "--batch-size", "4")
+    processes = []
+    for index in range(2):  # the training images from shards (over a tiny in-memory budget)
+        log = open(tmp_path / f"worker{index}.log", "a")
+        processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(
+            tmp_path, TF_CONFIG=tf_config(workers, index), CATSDOGS_IN_MEMORY_MB="0.05")))
+    wait_all(processes, tmp_path)
+    assert "memory-mapped shards" in (tmp_path / "worker0.log").read_text()
     config = json.loads((run / "config.json").read_text())
     assert config["distribute"] == "multi-worker"
     assert config["workers"] == 2 and config["replicas"] == 2 and config["global_batch_size"] == 8
@@ -180,3 +186,20 @@ def test_killed_workers_restart_and_the_run_continues(tiny_data: Path, tmp_path:
     epochs = [int(r["epoch"]) for r in csv.DictReader(open(run / "history.csv"))]
     assert epochs == list(range(done + 2)), "history must continue where the killed workers stopped"
     assert json.loads((run / "config.json").read_text())["status"] == "complete"
+
+
+def test_fit_on_two_workers(tmp_path: Path):
+    from catsdogs.models.weights import shared_weights_dir
+    from conftest import make_class_folders
+
+    if shared_weights_dir() is None:
+        pytest.skip("MobileNetV2's offline weights (../shared/weights/keras) are absent")
+    photos = make_class_folders(tmp_path / "photos", per_class=12)
+    out = tmp_path / "fitted"
+    command = [sys.executable, "-m", "catsdogs.cli", "fit", str(photos), "--out", str(out),
+               "--backbone", "mobilenetv2", "--distribute", "multi-worker"]
+    wait_all(start_workers(command, tmp_path, [f"127.0.0.1:{port}" for port in free_ports(2)]), tmp_path)
+    assert json.loads((out / "fit.json").read_text())["status"] == "complete"
+    config = json.loads((out / "config.json").read_text())
+    assert config["distribute"] == "multi-worker" and config["replicas"] == 2
+    assert list(tmp_path.glob("catsdogs-worker1-*/fitted/fit.json"))  # the other worker fitted in its own folder

@@ -171,10 +171,11 @@ class Distribution:
         """Where this process writes its RUN: `out` on the chief; a per-worker temporary folder elsewhere
         (stable across restarts of the same worker, so it can resume)."""
         out = Path(out)
-        if self.is_chief:
-            return out
+        prefix = f"catsdogs-worker{self.worker_index}-"
+        if self.is_chief or any(parent.name.startswith(prefix) for parent in out.resolve().parents):
+            return out  # the chief, or already inside this worker's folder (a run of `fit`)
         key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
-        return Path(tempfile.gettempdir()) / f"catsdogs-worker{self.worker_index}-{key}" / out.name
+        return Path(tempfile.gettempdir()) / f"{prefix}{key}" / out.name
 
     def describe(self) -> str:
         if not self.strategy:
@@ -203,7 +204,9 @@ class Distribution:
             if shuffle:
                 indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
             # every worker draws the same global batches; replica k of R takes rows k, k + R, ...
-            batches = indices.batch(global_batch, drop_remainder=shuffle)
+            # training drops the last incomplete global batch (every replica gets full batches), unless the
+            # split is smaller than one global batch
+            batches = indices.batch(global_batch, drop_remainder=shuffle and count >= global_batch)
             mine = batches.flat_map(lambda i: tf.data.Dataset.range(first, first + local).map(
                 lambda k: tf.strided_slice(i, [k], [tf.shape(i, out_type=tf.int64)[0]], [replicas])))
             options = tf.data.Options()

@@ -60,14 +60,27 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
     shape = (len(images), extractor.output_shape[-1])
     features = (np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape) if out is not None
                 else np.zeros(shape, np.float32))
+    forward = _local_forward(extractor)
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
-        features[start:start + len(batch)] = keras.ops.convert_to_numpy(extractor.predict_on_batch(batch))
+        features[start:start + len(batch)] = keras.ops.convert_to_numpy(forward(batch))
         progress.update(len(batch))
     progress.close()
     if out is not None:
         features.flush()
     return features
+
+
+def _local_forward(extractor: keras.Model):
+    """`predict_on_batch`, except under a tf.distribute strategy (catsdogs.distribute): there Keras would run
+    the batch on every replica and gather every worker's outputs; each worker extracts its own features."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy():
+            graph = tf.function(lambda batch: extractor(batch, training=False))
+            return lambda batch: graph(tf.constant(batch))
+    return extractor.predict_on_batch
 
 
 def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path) -> SplitArrays:
