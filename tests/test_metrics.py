@@ -90,9 +90,9 @@ def test_accepts_column_vector_probabilities():
         ([0, 1], [0.2, float("nan")], {}, "NaN"),
         ([0, 2], [0.2, 0.3], {}, "only 0 and 1.*2"),
         (["cat", "dog"], [0.2, 0.3], {}, "only 0 and 1"),
-        ([0, 1], [[0.2, 0.8], [0.3, 0.7]], {}, r"p1 must be 1-D.*\(2, 2\)"),
-        ([0, 1], [0.2, 0.3], {"classes": ["a", "b", "c"]}, "two distinct names"),
-        ([0, 1], [0.2, 0.3], {"classes": ["a", "a"]}, "two distinct names"),
+        ([0, 1], [[[0.2]], [[0.3]]], {}, r"p1 must be 1-D.*\(2, 1, 1\)"),
+        ([0, 1], [0.2, 0.3], {"classes": ["a", "b", "c"]}, "2 distinct names"),
+        ([0, 1], [0.2, 0.3], {"classes": ["a", "a"]}, "2 distinct names"),
         ([0, 1], [0.2, 0.3], {"threshold": 1.5}, r"threshold must be in \[0, 1\]"),
     ],
 )
@@ -156,3 +156,42 @@ def test_format_metrics_table():
     assert lines[header + 2].split() == ["cat", "1", "2"]
     assert lines[header + 3].split() == ["dog", "0", "1"]
     assert any(line.split()[:2] == ["macro", "avg"] for line in lines)
+
+
+@pytest.mark.parametrize("n_classes", [3, 5])
+def test_multiclass_metrics_match_scikit_learn(n_classes):
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(n_classes)
+    y = np.tile(np.arange(n_classes), 12)
+    logits = rng.normal(size=(len(y), n_classes))
+    logits[np.arange(len(y)), y] += 1.5
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    names = [f"c{i}" for i in range(n_classes)]
+    m = compute_metrics(y, p, names)
+    pred = p.argmax(axis=1)
+    assert m["threshold"] is None and m["classes"] == names
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["macro"]["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["weighted"]["precision"] == pytest.approx(skm.precision_score(y, pred, average="weighted"))
+    assert m["per_class"]["c1"]["recall"] == pytest.approx(skm.recall_score(y, pred, average=None)[1])
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
+    assert m["roc_auc_per_class"]["c0"] == pytest.approx(skm.roc_auc_score(y == 0, p[:, 0]))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p))
+    assert m["top_k_accuracy"]["2"] == pytest.approx(skm.top_k_accuracy_score(y, p, k=2))
+    assert ("5" in m["top_k_accuracy"]) is (n_classes > 5)
+    assert m["confusion_matrix"]["matrix"] == skm.confusion_matrix(y, pred).tolist()
+    assert m["brier"] == pytest.approx(np.mean(np.sum((p - np.eye(n_classes)[y]) ** 2, axis=1)))
+    table = format_metrics_table(m)
+    assert "weighted avg" in table and "threshold" not in table
+
+
+def test_multiclass_inputs_are_checked():
+    p = np.full((3, 3), 1 / 3)
+    with pytest.raises(UsageError, match="must sum to 1"):
+        compute_metrics([0, 1, 2], p * 0.5, ["a", "b", "c"])
+    with pytest.raises(UsageError, match="class indices from 0 to 2"):
+        compute_metrics([0, 1, 3], p, ["a", "b", "c"])
+    with pytest.raises(UsageError, match="3 distinct names"):
+        compute_metrics([0, 1, 2], p, ["a", "b"])

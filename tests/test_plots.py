@@ -14,6 +14,7 @@ from catsdogs.plots import (
     gallery_figure,
     load_thumbnail,
     most_wrong,
+    roc_figure,
     save_curves,
     save_evaluation_plots,
     save_gallery,
@@ -106,7 +107,7 @@ def test_most_wrong_picks_the_most_confident_errors():
     p = [0.99, 0.55, 0.02, 0.4, 0.01, 0.98, 0.8]  # wrong: 0 (off by 0.99), 1 (0.55), 2 (0.98), 3 (0.6), 6 (0.8)
     records = most_wrong(paths, y, p, n=3)
     assert [r["path"] for r in records] == ["img0.jpg", "img2.jpg", "img6.jpg"]
-    assert records[1] == {"path": "img2.jpg", "label": 1, "p1": 0.02}
+    assert records[1] == {"path": "img2.jpg", "label": 1, "predicted": 0, "p1": 0.02, "p_true": 0.02}
     assert [r["path"] for r in most_wrong(paths, y, p)] == ["img0.jpg", "img2.jpg", "img6.jpg", "img3.jpg", "img1.jpg"]
     assert [r["path"] for r in most_wrong(paths, y, p, threshold=0.6)] == ["img0.jpg", "img2.jpg", "img6.jpg", "img3.jpg"]
     assert most_wrong(paths[:2], [0, 1], [0.1, 0.9]) == []
@@ -150,3 +151,21 @@ def test_gallery_png_and_captions(tmp_path):
 
 def test_empty_gallery_is_still_a_png(tmp_path):
     assert png_size(save_gallery([], CLASSES, tmp_path / "g.png"))
+
+
+@pytest.mark.parametrize("n_classes", [3, 40])
+def test_multiclass_figures(n_classes, tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.tile(np.arange(n_classes), 3)
+    p = rng.dirichlet(np.ones(n_classes), len(y))
+    names = [f"class {i}" for i in range(n_classes)]
+    written = save_evaluation_plots(y, p, names, 0.5, tmp_path)
+    assert all(path.stat().st_size > 0 for path in written.values())
+    image = confusion_matrix_figure(y, p, names).axes[0].get_images()[0]
+    assert image.get_array().shape == (n_classes, n_classes)
+    texts = confusion_matrix_figure(y, p, names).axes[0].texts
+    assert len(texts) == (n_classes ** 2 if n_classes <= 15 else 0)  # counts only where they stay readable
+    assert len(roc_figure(y, p, names).axes[0].lines) == 1 + min(n_classes, 10)
+    records = most_wrong([f"{i}.jpg" for i in range(len(y))], y, p, n=5)
+    assert all(r["predicted"] != r["label"] for r in records)
+    assert [r["p_true"] for r in records] == sorted(r["p_true"] for r in records)

@@ -16,7 +16,7 @@ from catsdogs.errors import UsageError
 from catsdogs.metrics import compute_metrics, tune_threshold
 from catsdogs.plots import GALLERY_PNG, most_wrong, save_evaluation_plots, save_gallery
 from catsdogs.predict import Predictor
-from catsdogs.runs import METRICS, THRESHOLD, read_config, write_json
+from catsdogs.runs import METRICS, THRESHOLD, read_config, read_run_classes, write_json
 
 TUNING_SPLIT = "validation"
 EXPLAIN_EXAMPLES = 4
@@ -37,10 +37,11 @@ def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accur
     """Choose the threshold that maximises `metric` on the VALIDATION split and save RUN/threshold.json."""
     run = Path(run)
     data = Path(data or read_config(run)["data"])
+    classes = read_run_classes(run)
+    if len(classes) != 2:
+        raise UsageError(f"threshold tuning needs 2 classes; this run has {len(classes)} (the predicted class is "
+                         "the most probable one)", "tune_threshold")
     predictor = Predictor(run, threshold=0.5, tta=tta)
-    if len(predictor.classes) != 2:
-        raise UsageError(f"threshold tuning needs 2 classes; this run has {len(predictor.classes)} (the predicted "
-                         "class is the most probable one)", "tune_threshold")
     labels, probabilities, _, _ = split_probabilities(predictor, data, TUNING_SPLIT, cache_dir)
     threshold = tune_threshold(labels, probabilities[:, 1], metric=metric)
     write_json(run / THRESHOLD, {"threshold": threshold, "metric": metric, "split": TUNING_SPLIT,
@@ -57,15 +58,14 @@ def evaluate(run: Path, data: Path | None = None, split: str = "test", *, tta: b
     if predictor is None or predictor.tta != tta or (threshold is not None and predictor.threshold != threshold):
         predictor = Predictor(run, threshold=threshold, tta=tta, model=predictor.model if predictor else None)
     labels, probabilities, paths, images = split_probabilities(predictor, data, split, cache_dir)
-    p1 = probabilities[:, 1] if len(predictor.classes) == 2 else probabilities
-    metrics = compute_metrics(labels, p1, predictor.classes, threshold=predictor.threshold)
+    metrics = compute_metrics(labels, probabilities, predictor.classes, threshold=predictor.threshold)
     origin = "argument" if threshold is not None else ("tuned on validation" if predictor.tuned_threshold
                                                        is not None else "default")
     metrics.update(split=split, tta=tta, data=str(data), threshold_origin=origin)
     write_json(run / METRICS, metrics)
     _write_predictions(run / f"predictions-{split}.csv", paths, labels, probabilities, predictor)
-    save_evaluation_plots(labels, p1, predictor.classes, predictor.threshold, run / "plots")
-    wrong = most_wrong([str(p) for p in paths], labels, p1, n=16, threshold=predictor.threshold)
+    save_evaluation_plots(labels, probabilities, predictor.classes, predictor.threshold, run / "plots")
+    wrong = most_wrong([str(p) for p in paths], labels, probabilities, n=16, threshold=predictor.threshold)
     if wrong:
         save_gallery(wrong, predictor.classes, run / "plots" / GALLERY_PNG)
     if explain:

@@ -105,6 +105,7 @@ def export_model(
         format=fmt,
         input_signature=input_signature(height, width),
         max_abs_diff=diff,
+        output_signature=output_signature(int(model.outputs[0].shape[-1])),
         float32_rebuild=mixed_diff is not None,
         mixed_precision_diff=mixed_diff,
     )
@@ -161,6 +162,12 @@ def _write_and_verify(
     return diff
 
 
+def output_signature(units: int) -> str:
+    """The output as the CLI prints it: one sigmoid p(class 1), or a softmax over N classes."""
+    meaning = "p(class 1)" if units == 1 else "a softmax over the classes, in classes.json order"
+    return f"{OUTPUT_NAME}: float32[batch,{units}] {meaning}"
+
+
 def input_signature(height: int | None, width: int | None) -> str:
     """Human-readable input of every export, e.g. ``image: float32[batch,150,150,3] raw RGB 0-255``."""
     return f"{INPUT_NAME}: float32[batch,{height or 'height'},{width or 'width'},3] raw RGB 0-255"
@@ -190,9 +197,9 @@ def _input_size(model: Any) -> tuple[int | None, int | None]:
         shapes = [tuple(i.shape) for i in inputs]
         raise UsageError(f"expected a model with one (batch, H, W, 3) image input, got {shapes}")
     outputs = getattr(model, "outputs", None) or []
-    if len(outputs) != 1 or tuple(outputs[0].shape[1:]) != (1,):
+    if len(outputs) != 1 or len(outputs[0].shape) != 2 or not outputs[0].shape[-1]:
         shapes = [tuple(o.shape) for o in outputs]
-        raise UsageError(f"expected a model with one (batch, 1) probability output, got {shapes}")
+        raise UsageError(f"expected a model with one (batch, 1) or (batch, N) probability output, got {shapes}")
     return inputs[0].shape[1], inputs[0].shape[2]
 
 
@@ -349,7 +356,8 @@ def _quiet_logger(name: str) -> Iterator[None]:
 
 
 def load_runner(fmt: str, path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """Load an export with its own runtime; the result maps N x H x W x 3 float32 to N x 1."""
+    """Load an export with its own runtime; the result maps n x H x W x 3 float32 to n x 1 (two classes) or
+    n x N."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return _RUNNERS[fmt](Path(path))

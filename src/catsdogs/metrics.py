@@ -1,7 +1,9 @@
-"""Metrics of a binary classifier from true labels and predicted probabilities (no Keras).
+"""Metrics of a classifier from true labels and predicted probabilities (no Keras), for 2 classes or more.
 
-Conventions: ``classes`` holds the two class names in index order, label 1 is the positive class,
+Conventions: ``classes`` holds the class names in index order. Two classes: label 1 is the positive class,
 ``p1`` is the predicted probability of ``classes[1]`` and the predicted label is ``p1 >= threshold``.
+More: ``probabilities`` is n x N (each row sums to 1) and the predicted label is the most probable class.
+Two-class callers may pass either ``p1`` or the n x 2 ``probabilities``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sklearn import metrics as skm
 from catsdogs.errors import UsageError
 
 TUNING_METRICS = ("accuracy", "f1", "balanced_accuracy")
+MAX_PRINTED_CLASSES = 12
 N_CALIBRATION_BINS = 10
 
 
@@ -51,12 +54,47 @@ def check_binary_inputs(y_true, p1) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.int64), p
 
 
-def check_classes(classes: Sequence[str]) -> list[str]:
-    """The two class names as a list of strings; ``UsageError`` otherwise."""
+def check_classes(classes: Sequence[str], n: int = 2) -> list[str]:
+    """`n` distinct class names as a list of strings; ``UsageError`` otherwise."""
     names = [str(c) for c in classes]
-    if len(names) != 2 or names[0] == names[1]:
-        raise UsageError(f"classes must be two distinct names, got {names}")
+    if len(names) != n or len(set(names)) != n:
+        raise UsageError(f"classes must be {n} distinct names, got {names}", "classes")
     return names
+
+
+def check_multiclass_inputs(y_true, probabilities) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels (0..N-1) and n x N class probabilities (N > 2); return them as int and float arrays."""
+    y = np.asarray(y_true)
+    p = np.asarray(probabilities)
+    if y.ndim != 1:
+        raise UsageError(f"y_true must be 1-D, got an array of shape {y.shape}", "y_true")
+    if p.ndim != 2:
+        raise UsageError(f"probabilities must be n x N, got an array of shape {p.shape}", "probabilities")
+    if len(y) != len(p):
+        raise UsageError(f"y_true and probabilities have inconsistent numbers of samples: [{len(y)}, {len(p)}]",
+                         "probabilities")
+    if len(y) == 0:
+        raise UsageError("y_true and probabilities are empty: need at least one sample", "y_true")
+    p = p.astype(np.float64)
+    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        raise UsageError("probabilities must be finite values in [0, 1]", "probabilities")
+    if not np.allclose(p.sum(axis=1), 1, atol=1e-3):
+        raise UsageError("each row of probabilities must sum to 1 (a softmax)", "probabilities")
+    if not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)) or y.min() < 0 or y.max() >= p.shape[1]:
+        raise UsageError(f"y_true must hold class indices from 0 to {p.shape[1] - 1}", "y_true")
+    return y.astype(np.int64), p
+
+
+def is_multiclass(probabilities) -> bool:
+    """Whether `probabilities` are n x N with N > 2 (else a two-class p1 or n x 2 / n x 1 array)."""
+    shape = np.shape(probabilities)
+    return len(shape) == 2 and shape[1] > 2
+
+
+def positive_probability(probabilities) -> np.ndarray:
+    """p(classes[1]) from a two-class p1, n x 1 or n x 2 array."""
+    p = np.asarray(probabilities)
+    return p[:, 1] if p.ndim == 2 and p.shape[1] == 2 else p
 
 
 def check_threshold(threshold: float) -> float:
@@ -114,7 +152,9 @@ def compute_metrics(y_true, p1, classes: Sequence[str], threshold: float = 0.5) 
     only one class is present), log_loss, brier, ece, confusion_matrix ({labels, matrix}; rows = true
     class, columns = predicted class, in ``classes`` order).
     """
-    y, p = check_binary_inputs(y_true, p1)
+    if is_multiclass(p1):
+        return multiclass_metrics(y_true, p1, classes)
+    y, p = check_binary_inputs(y_true, positive_probability(p1))
     names = check_classes(classes)
     t = check_threshold(threshold)
     pred = predict_labels(p, t)
@@ -143,6 +183,7 @@ def compute_metrics(y_true, p1, classes: Sequence[str], threshold: float = 0.5) 
             "recall": float(np.mean(recall)),
             "f1": float(np.mean(f1)),
         },
+        "weighted": _weighted(precision, recall, f1, support),
         "roc_auc": float(skm.roc_auc_score(y, p)) if both_present else None,
         "log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
         "brier": float(skm.brier_score_loss(y, p, pos_label=1)),
@@ -151,6 +192,54 @@ def compute_metrics(y_true, p1, classes: Sequence[str], threshold: float = 0.5) 
             "labels": names,
             "matrix": skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(),
         },
+    }
+
+
+def _weighted(precision, recall, f1, support) -> dict[str, float]:
+    total = max(int(np.sum(support)), 1)
+    return {name: float(np.sum(values * support) / total)
+            for name, values in (("precision", precision), ("recall", recall), ("f1", f1))}
+
+
+TOP_K = (2, 3, 5)
+
+
+def multiclass_metrics(y_true, probabilities, classes: Sequence[str]) -> dict:
+    """`compute_metrics` for N > 2 classes: the predicted class is the most probable one (no threshold).
+
+    Keys: n, threshold (None), classes, accuracy, balanced_accuracy, per_class, macro, weighted, roc_auc
+    (one-vs-rest macro average; None unless every class is present), roc_auc_per_class, log_loss, brier
+    (multi-class: mean squared distance to the one-hot label), ece (top-label confidence), top_k_accuracy
+    ({k: value} for k in 2, 3, 5 below N), confusion_matrix ({labels, matrix}).
+    """
+    y, p = check_multiclass_inputs(y_true, probabilities)
+    names = check_classes(classes, p.shape[1])
+    labels = list(range(len(names)))
+    pred = np.argmax(p, axis=1)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    present = np.bincount(y, minlength=len(names)) > 0
+    # one class against the rest: defined when the class and some other class are both present
+    per_class_auc = {name: float(skm.roc_auc_score(y == i, p[:, i])) if present[i] and np.any(y != i) else None
+                     for i, name in enumerate(names)}
+    correct = (pred == y).astype(np.int64)
+    return {
+        "n": int(len(y)),
+        "threshold": None,
+        "classes": names,
+        "accuracy": float(np.mean(correct)),
+        "balanced_accuracy": _balanced_accuracy(y, pred),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(names)},
+        "macro": {"precision": float(np.mean(precision)), "recall": float(np.mean(recall)), "f1": float(np.mean(f1))},
+        "weighted": _weighted(precision, recall, f1, support),
+        "roc_auc": float(skm.roc_auc_score(y, p, multi_class="ovr", labels=labels)) if present.all() else None,
+        "roc_auc_per_class": per_class_auc,
+        "log_loss": float(skm.log_loss(y, p, labels=labels)),
+        "brier": float(np.mean(np.sum((p - np.eye(len(names))[y]) ** 2, axis=1))),
+        "ece": expected_calibration_error(correct, p.max(axis=1)),
+        "top_k_accuracy": {str(k): float(skm.top_k_accuracy_score(y, p, k=k, labels=labels))
+                           for k in TOP_K if k < len(names)},
+        "confusion_matrix": {"labels": names, "matrix": skm.confusion_matrix(y, pred, labels=labels).tolist()},
     }
 
 
@@ -203,21 +292,27 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def format_metrics_table(metrics: dict) -> str:
     """A short plain-text table of ``compute_metrics`` output for the terminal."""
     names = metrics["confusion_matrix"]["labels"]
-    width = max(9, *(len(n) for n in names))
+    width = max(12, *(len(n) for n in names))
+    threshold = f"   threshold={metrics['threshold']:.3f}" if metrics.get("threshold") is not None else ""
+    top_k = "".join(f"   top-{k} {_fmt(v)}" for k, v in metrics.get("top_k_accuracy", {}).items())
     lines = [
-        f"accuracy {_fmt(metrics['accuracy'])}   n={metrics['n']}   threshold={metrics['threshold']:.3f}",
+        f"accuracy {_fmt(metrics['accuracy'])}   balanced {_fmt(metrics.get('balanced_accuracy'))}   "
+        f"n={metrics['n']}{threshold}{top_k}",
         f"ROC AUC {_fmt(metrics['roc_auc'])}   log loss {_fmt(metrics['log_loss'])}   "
         f"Brier {_fmt(metrics['brier'])}   ECE {_fmt(metrics['ece'])}",
         "",
         f"{'class':<{width}}  precision  recall      f1  support",
     ]
     rows = [(name, metrics["per_class"][name]) for name in names] + [("macro avg", metrics["macro"])]
+    rows += [("weighted avg", metrics["weighted"])] if "weighted" in metrics else []
     for name, m in rows:
         support = str(m.get("support", metrics["n"]))
         lines.append(
             f"{name:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {support:>7}"
         )
     matrix = metrics["confusion_matrix"]["matrix"]
+    if len(names) > MAX_PRINTED_CLASSES:
+        return "\n".join([*lines, "", f"confusion matrix: {len(names)} classes, see plots/confusion_matrix.png"])
     cell = max(5, *(len(str(v)) for v in [*names, *(v for row in matrix for v in row)]))
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
     lines.append(" " * width + "".join(f"  {n:>{cell}}" for n in names))

@@ -21,8 +21,11 @@ from catsdogs.metrics import (
     calibration_bins,
     check_binary_inputs,
     check_classes,
+    check_multiclass_inputs,
     check_threshold,
     expected_calibration_error,
+    is_multiclass,
+    positive_probability,
     predict_labels,
 )
 
@@ -94,11 +97,94 @@ def save_curves(history: Sequence[dict], out_png: Path, title: str = "") -> Path
 
 
 def _checked(y_true, p1, classes, threshold) -> tuple[np.ndarray, np.ndarray, list[str], float]:
-    return (*check_binary_inputs(y_true, p1), check_classes(classes), check_threshold(threshold))
+    return (*check_binary_inputs(y_true, positive_probability(p1)), check_classes(classes),
+            check_threshold(threshold))
+
+
+def _multiclass(y_true, probabilities, classes) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """(labels, n x N probabilities, class names, predicted labels) of an N > 2 classifier."""
+    y, p = check_multiclass_inputs(y_true, probabilities)
+    return y, p, check_classes(classes, p.shape[1]), np.argmax(p, axis=1)
+
+
+MAX_ANNOTATED_CLASSES, MAX_ROC_CURVES = 15, 10
+
+
+def _multiclass_confusion(y_true, probabilities, classes) -> Figure:
+    """N x N confusion matrix coloured by row share (readable up to ~40 classes; counts up to 15)."""
+    y, p, classes, pred = _multiclass(y_true, probabilities, classes)
+    n = len(classes)
+    matrix = confusion_matrix(y, pred, labels=list(range(n)))
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    side = max(4.8, 0.32 * n + 2.2)
+    fig = Figure(figsize=(side, side * 0.9), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if n <= MAX_ANNOTATED_CLASSES:
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=max(6, 12 - n // 3),
+                    color="white" if share[i, j] > 0.5 else "black")
+    font = max(5, 11 - n // 5)
+    ax.set_xticks(range(n), labels=classes, rotation=90 if n > 6 else 0, fontsize=font)
+    ax.set_yticks(range(n), labels=classes, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion matrix ({n} classes; colour: share of the true class)")
+    return fig
+
+
+def _multiclass_roc(y_true, probabilities, classes) -> Figure:
+    """One-vs-rest ROC curves (at most 10 classes drawn, the worst first) and their macro AUC."""
+    y, p, classes, _ = _multiclass(y_true, probabilities, classes)
+    fig = Figure(figsize=(5.6, 4.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+    curves = [(roc_auc_score(y == i, p[:, i]), i) for i in range(len(classes)) if 0 < np.sum(y == i) < len(y)]
+    for auc, i in sorted(curves)[:MAX_ROC_CURVES]:
+        fpr, tpr, _ = roc_curve(y == i, p[:, i])
+        ax.plot(fpr, tpr, label=f"{classes[i]} (AUC {auc:.3f})")
+    macro = np.mean([auc for auc, _ in curves]) if curves else float("nan")
+    ax.set_title(f"ROC, one class against the rest (macro AUC {macro:.3f})")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    return fig
+
+
+def _multiclass_reliability(y_true, probabilities, classes) -> Figure:
+    """Accuracy against the top class's probability (confidence) in 10 bins, with ECE and bin counts."""
+    y, p, classes, pred = _multiclass(y_true, probabilities, classes)
+    return _reliability(pred == y, p.max(axis=1), "accuracy", "confidence (probability of the predicted class)")
+
+
+def _multiclass_histogram(y_true, probabilities, classes) -> Figure:
+    """Histograms of the probability given to the true class, for right and wrong predictions."""
+    y, p, classes, pred = _multiclass(y_true, probabilities, classes)
+    true_p = p[np.arange(len(y)), y]
+    fig = Figure(figsize=(5.6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    edges = np.linspace(0, 1, 21)
+    for right, colour in ((True, "tab:blue"), (False, "tab:red")):
+        ax.hist(true_p[(pred == y) == right], bins=edges, alpha=0.6, color=colour,
+                label="right" if right else "wrong")
+    ax.set_xlabel("predicted probability of the true class")
+    ax.set_ylabel("images")
+    ax.set_xlim(0, 1)
+    ax.set_title("Probability of the true class")
+    ax.legend()
+    return fig
 
 
 def confusion_matrix_figure(y_true, p1, classes: Sequence[str], threshold: float = 0.5) -> Figure:
-    """Counts and row shares; rows = true class, columns = predicted class, named on the axes."""
+    """Counts and row shares; rows = true class, columns = predicted class, named on the axes.
+
+    ``p1``: two classes, p(classes[1]) (or n x 2 probabilities); more, n x N probabilities.
+    """
+    if is_multiclass(p1):
+        return _multiclass_confusion(y_true, p1, classes)
     y, p, classes, threshold = _checked(y_true, p1, classes, threshold)
     matrix = confusion_matrix(y, predict_labels(p, threshold), labels=[0, 1])
     fig = Figure(figsize=(4.8, 4.2), layout="constrained")
@@ -118,7 +204,9 @@ def confusion_matrix_figure(y_true, p1, classes: Sequence[str], threshold: float
 
 
 def roc_figure(y_true, p1, classes: Sequence[str], threshold: float = 0.5) -> Figure:
-    """ROC curve of ``p1`` with its AUC and the operating point of ``threshold``."""
+    """ROC curve of ``p1`` with its AUC and the operating point of ``threshold`` (N > 2: one-vs-rest)."""
+    if is_multiclass(p1):
+        return _multiclass_roc(y_true, p1, classes)
     y, p, classes, threshold = _checked(y_true, p1, classes, threshold)
     fig = Figure(figsize=(4.8, 4.2), layout="constrained")
     ax = fig.subplots()
@@ -140,8 +228,15 @@ def roc_figure(y_true, p1, classes: Sequence[str], threshold: float = 0.5) -> Fi
 
 
 def reliability_figure(y_true, p1, classes: Sequence[str], threshold: float = 0.5) -> Figure:
-    """Observed fraction of positives against mean ``p1`` in 10 bins, with ECE and bin counts."""
+    """Observed fraction of positives against mean ``p1`` in 10 bins, with ECE and bin counts (N > 2:
+    accuracy against the predicted class's probability)."""
+    if is_multiclass(p1):
+        return _multiclass_reliability(y_true, p1, classes)
     y, p, classes, threshold = _checked(y_true, p1, classes, threshold)
+    return _reliability(y, p, f"observed fraction of {classes[1]}", f"predicted p({classes[1]})")
+
+
+def _reliability(y: np.ndarray, p: np.ndarray, observed: str, predicted: str) -> Figure:
     bins = calibration_bins(y, p)
     filled = bins["counts"] > 0
     ece = expected_calibration_error(y, p)
@@ -149,14 +244,14 @@ def reliability_figure(y_true, p1, classes: Sequence[str], threshold: float = 0.
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     top.plot(bins["mean_p"][filled], bins["frac_pos"][filled], "bo-", label=f"model (ECE = {ece:.3f})")
-    top.set_ylabel(f"observed fraction of {classes[1]}")
+    top.set_ylabel(observed)
     top.set_ylim(0, 1)
     top.set_title("Reliability diagram")
     top.legend(loc="upper left")
     edges = bins["edges"]
     bottom.bar(edges[:-1], bins["counts"], width=np.diff(edges), align="edge", color="lightsteelblue",
                edgecolor="steelblue")
-    bottom.set_xlabel(f"predicted p({classes[1]})")
+    bottom.set_xlabel(predicted)
     bottom.set_ylabel("images")
     bottom.yaxis.get_major_locator().set_params(integer=True)
     bottom.set_xlim(0, 1)
@@ -164,7 +259,10 @@ def reliability_figure(y_true, p1, classes: Sequence[str], threshold: float = 0.
 
 
 def probability_histogram_figure(y_true, p1, classes: Sequence[str], threshold: float = 0.5) -> Figure:
-    """Histograms of ``p1`` for each true class, with the threshold as a vertical line."""
+    """Histograms of ``p1`` for each true class, with the threshold as a vertical line (N > 2: of the true
+    class's probability, for right and wrong predictions)."""
+    if is_multiclass(p1):
+        return _multiclass_histogram(y_true, p1, classes)
     y, p, classes, threshold = _checked(y_true, p1, classes, threshold)
     fig = Figure(figsize=(5.6, 4.2), layout="constrained")
     ax = fig.subplots()
@@ -194,22 +292,31 @@ def save_evaluation_plots(y_true, p1, classes: Sequence[str], threshold: float, 
 
     Returns {key: path} with the file names of ``EVALUATION_PLOTS`` inside ``out_dir``.
     """
-    args = _checked(y_true, p1, classes, threshold)
     out_dir = Path(out_dir)
-    return {key: _save(make(*args), out_dir / EVALUATION_PLOTS[key]) for key, make in _FIGURES.items()}
+    return {key: _save(make(y_true, p1, classes, threshold), out_dir / EVALUATION_PLOTS[key])
+            for key, make in _FIGURES.items()}
 
 
 def most_wrong(paths: Sequence[str | os.PathLike], y_true, p1, n: int = 16, threshold: float = 0.5) -> list[dict]:
-    """The ``n`` misclassified images with the highest |p1 - y_true|, most confident first.
+    """The ``n`` misclassified images that gave their true class the lowest probability, most confident first.
 
-    Each record is {"path": str, "label": true label index, "p1": float}.
+    Each record is {"path": str, "label": true label index, "predicted": predicted index, "p1": probability
+    of classes[1] (two classes) or of the predicted class (more), "p_true": probability of the true class}.
     """
-    y, p = check_binary_inputs(y_true, p1)
+    if is_multiclass(p1):
+        y, p = check_multiclass_inputs(y_true, p1)
+        predicted = np.argmax(p, axis=1)
+        p_true, p_shown = p[np.arange(len(y)), y], p.max(axis=1)
+    else:
+        y, p = check_binary_inputs(y_true, positive_probability(p1))
+        predicted = predict_labels(p, threshold)
+        p_true, p_shown = np.where(y == 1, p, 1 - p), p
     if len(paths) != len(y):
         raise UsageError(f"paths and y_true have inconsistent numbers of samples: [{len(paths)}, {len(y)}]")
-    wrong = np.flatnonzero(predict_labels(p, threshold) != y)
-    order = wrong[np.argsort(-np.abs(p[wrong] - y[wrong]), kind="stable")][: max(n, 0)]
-    return [{"path": str(paths[i]), "label": int(y[i]), "p1": float(p[i])} for i in order]
+    wrong = np.flatnonzero(predicted != y)
+    order = wrong[np.argsort(p_true[wrong], kind="stable")][: max(n, 0)]
+    return [{"path": str(paths[i]), "label": int(y[i]), "predicted": int(predicted[i]), "p1": float(p_shown[i]),
+             "p_true": float(p_true[i])} for i in order]
 
 
 def load_thumbnail(path: str | os.PathLike, thumb: int) -> tuple[np.ndarray, bool]:
@@ -247,7 +354,8 @@ def gallery_figure(records: Sequence[dict], classes: Sequence[str], thumb: int =
         ax.imshow(pixels)
         name = Path(rec["path"]).name
         name = name if len(name) <= 26 else name[:11] + "..." + name[-12:]
-        caption = f"true: {classes[rec['label']]} / p({classes[1]})={rec['p1']:.2f}\n{name}"
+        shown = classes[1] if len(classes) == 2 else classes[rec.get("predicted", rec["label"])]
+        caption = f"true: {classes[rec['label']]} / p({shown})={rec['p1']:.2f}\n{name}"
         ax.set_title(caption if ok else caption + " (unreadable)", fontsize=8)
     return fig
 
