@@ -182,6 +182,14 @@ def test_killed_workers_restart_and_the_run_continues(tiny_data: Path, tmp_path:
             p.kill()
             p.wait()
     done = json.loads(states[0].read_text())["epoch"]
+    other = next(tmp_path.glob("catsdogs-worker1-*/run/checkpoint/state.json"))
+    saved = other.read_text()
+    other.write_text(json.dumps({**json.loads(saved), "epoch": done - 1}))  # as if killed before its save
+    processes = start_workers(command + ["--resume"], tmp_path, workers)
+    for process in processes:
+        assert process.wait(timeout=LIMIT) == 2  # a clear refusal on both, not a hang
+    assert "resume from different epochs" in (tmp_path / "worker0.log").read_text()
+    other.write_text(saved)
     wait_all(start_workers(command + ["--resume", "--epochs", str(done + 2)], tmp_path, workers), tmp_path)
     epochs = [int(r["epoch"]) for r in csv.DictReader(open(run / "history.csv"))]
     assert epochs == list(range(done + 2)), "history must continue where the killed workers stopped"

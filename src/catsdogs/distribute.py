@@ -177,6 +177,20 @@ class Distribution:
         key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"{prefix}{key}" / out.name
 
+    def check_same_start(self, epoch: int) -> None:
+        """Every worker must resume from the same epoch (else the collectives would wait forever): gather
+        each worker's first epoch and fail clearly on a mismatch."""
+        if self.workers < 2:
+            return
+        import tensorflow as tf
+
+        per_replica = self.strategy.run(lambda: tf.constant([epoch], tf.int64))
+        starts = [int(v) for v in self.strategy.gather(per_replica, axis=0).numpy()]
+        if len(set(starts)) > 1:
+            raise UsageError(f"the workers would resume from different epochs ({', '.join(map(str, starts))}, "
+                             "one per replica): a worker was killed while saving. Restart every worker "
+                             "without --resume, or put back a consistent RUN/checkpoint", "resume")
+
     def describe(self) -> str:
         if not self.strategy:
             return "one process"

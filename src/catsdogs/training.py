@@ -143,6 +143,8 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     write_json(run / CLASSES, classes)
 
     checkpoint = RunCheckpoint(run, options.monitor, state, patience=options.patience or entry.default_patience)
+    if distribution.strategy:
+        distribution.check_same_start(state["epoch"] + 1 if state else 0)
     context = FitContext(options, run, epochs, state["epoch"] + 1 if state else 0, image_size, checkpoint, config,
                          distribution=distribution)
     with keras_precision(precision), distribution.scope():
