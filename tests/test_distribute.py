@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs.distribute import ClusterSpec, Distribution, read_tf_config, resolve_distribute
+from catsdogs.distribute import (
+    ClusterSpec,
+    Distribution,
+    read_tf_config,
+    resolve_distribute,
+)
 from catsdogs.errors import UsageError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -197,8 +202,9 @@ def test_killed_workers_restart_and_the_run_continues(tiny_data: Path, tmp_path:
 
 
 def test_fit_on_two_workers(tmp_path: Path):
-    from catsdogs.models.weights import shared_weights_dir
     from conftest import make_class_folders
+
+    from catsdogs.models.weights import shared_weights_dir
 
     if shared_weights_dir() is None:
         pytest.skip("MobileNetV2's offline weights (../shared/weights/keras) are absent")

@@ -156,12 +156,8 @@ def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size
             target = folder / name
             if not (target.exists() and _shard_rows(target) == (len(chunk), image_size)):
                 buffer = np.empty((len(chunk), image_size, image_size, 3), np.uint8)
-
-                def one(i: int) -> None:
-                    buffer[i] = decode(chunk[i], image_size)
-                    progress.update()
-
-                list(pool.map(one, range(len(chunk))))
+                list(pool.map(_decode_into, [(buffer, i, path, image_size, decode, progress)
+                                             for i, path in enumerate(chunk)]))
                 partial = folder / f".partial-{name}"
                 with open(partial, "wb") as handle:
                     np.save(handle, buffer)
@@ -178,6 +174,12 @@ def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size
     partial.write_text(json.dumps(index))
     os.replace(partial, index_file)
     return ShardedImages(folder)
+
+
+def _decode_into(job) -> None:
+    buffer, index, path, image_size, decode, progress = job
+    buffer[index] = decode(path, image_size)
+    progress.update()
 
 
 def _shard_rows(path: Path) -> tuple[int, int] | None:
