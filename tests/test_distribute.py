@@ -180,8 +180,8 @@ def test_killed_workers_restart_and_the_run_continues(tiny_data: Path, tmp_path:
             time.sleep(0.02)
         else:
             pytest.fail("no epoch finished in time")
-        processes[1].send_signal(signal.SIGKILL)  # a worker dies; the cluster goes down with it
-        processes[0].send_signal(signal.SIGKILL)
+        processes[1].send_signal(signal.SIGKILL)  # a worker dies; the cluster goes down with it:
+        assert processes[0].wait(timeout=60) == 1  # the survivor's collectives abort (UNAVAILABLE), exit 1
     finally:
         for p in processes:
             p.kill()
