@@ -32,6 +32,10 @@ run: install
 test: install-test browser
 	$(BIN)/python -m pytest -q
 
+# Lint and import order (ruff, configured in pyproject.toml); CI runs it before the tests.
+lint: install-test
+	$(BIN)/ruff check src tests benchmarks scripts
+
 # The quick loop while working: no browser, no pretrained backbones or whole studies (under a minute).
 test-fast: install-test
 	$(BIN)/python -m pytest -q -m "not slow and not browser"

@@ -89,14 +89,16 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     write_json(run / CONFIG, config)
     write_json(run / CLASSES, classes)
 
-    checkpoint = RunCheckpoint(run, options.monitor, state, patience=options.patience or entry.default_patience)
+    start = state["epoch"] + 1 if state else 0
+    if state:  # epochs logged after the last checkpoint (a kill in between) are trained and logged again
+        _write_history(run / HISTORY, [row for row in read_history_csv(run / HISTORY) if row["epoch"] < start])
     if distribution.strategy:
-        distribution.check_same_start(state["epoch"] + 1 if state else 0)
-    context = FitContext(options, run, epochs, state["epoch"] + 1 if state else 0, image_size, checkpoint, config,
-                         distribution=distribution)
+        distribution.check_same_start(start)
+    context = FitContext(options, run, epochs, start, image_size, options.patience or entry.default_patience,
+                         config=dict(config), distribution=distribution)
     with keras_precision(precision), distribution.scope():
-        entry.load_trainer()(model, context)
-    _finish(run, config, checkpoint)
+        config.update(entry.load_trainer()(model, context) or {})
+    _finish(run, config, options.monitor)
     return Run(run)
 
 
@@ -147,15 +149,16 @@ def _builder_options(entry: ModelEntry, builder, options: TrainOptions, num_clas
 
 @dataclass
 class FitContext:
-    """What a trainer (`ModelEntry.trainer`) works with: the run, its epochs, checkpoint and data."""
+    """What a trainer (`ModelEntry.trainer`) works with: the run, its epochs and data. A trainer returns what
+    it adds to RUN/config.json (or None)."""
 
     options: TrainOptions
     run: Path
     epochs: int
     initial_epoch: int  # the first epoch still to train (> 0 when resuming)
     image_size: int
-    checkpoint: RunCheckpoint
-    config: dict  # RUN/config.json, rewritten when training finishes
+    patience: int | None = None  # early stopping on validation, in epochs
+    config: dict = field(default_factory=dict)  # the run's config (read: classes, manifest hash); not for writing
     splits: dict[str, SplitArrays] = field(default_factory=dict)
     distribution: object = None  # catsdogs.distribute.Distribution
 
@@ -173,16 +176,37 @@ class FitContext:
         return self.splits[name]
 
     def fit(self, model, train: SplitArrays, validation: SplitArrays, *, epochs: int | None = None,
-            initial_epoch: int | None = None) -> None:
-        """`model.fit` from `initial_epoch` up to `epochs` (default: the run's) with the RUN checkpoint."""
+            initial_epoch: int | None = None, saved_model=None, patience: int | None = None,
+            patience_from: int = 0) -> None:
+        """`model.fit` from `initial_epoch` up to `epochs` (default: the run's) with the run's callbacks.
+
+        `saved_model`: what RUN/model.keras holds when `model` is only part of it (the features head).
+        `patience` (default: the run's) counts epochs without improvement from epoch `patience_from` on.
+        """
         epochs = self.epochs if epochs is None else epochs
         start = self.initial_epoch if initial_epoch is None else initial_epoch
-        if start >= epochs or self.checkpoint.out_of_patience(start - 1):
+        stopping = ResumableEarlyStopping(read_history_csv(self.run / HISTORY), monitor=self.options.monitor,
+                                          patience=self.patience if patience is None else patience,
+                                          start_from_epoch=patience_from)
+        if start >= epochs or stopping.exhausted():
             return
+        target = saved_model or model
+        best = best_row(read_history_csv(self.run / HISTORY), self.options.monitor)
+        callbacks = [
+            EpochTimer(),
+            keras.callbacks.CSVLogger(str(self.run / HISTORY), append=True),  # first: a kill after it is redone
+            AtomicModelCheckpoint(self.run / MODEL, target=target, monitor=self.options.monitor,
+                                  mode=monitor_mode(self.options.monitor), save_best_only=True,
+                                  initial_value_threshold=best[self.options.monitor] if best else None),
+            AtomicModelCheckpoint(self.run / CHECKPOINT_DIR / "last.keras", target=target),
+            LastEpoch(self.run / CHECKPOINT_DIR / STATE),  # last: the epoch is complete
+        ]
+        if stopping.patience:
+            callbacks.append(stopping)
         chief = self.distribution is None or self.distribution.is_chief
         model.fit(self.dataset(train, shuffle=True, seed=self.options.seed + start),
                   validation_data=self.dataset(validation), epochs=epochs, initial_epoch=start,
-                  callbacks=[self.checkpoint], shuffle=False, verbose=(1 if os.isatty(2) else 2) if chief else 0,
+                  callbacks=callbacks, shuffle=False, verbose=(1 if os.isatty(2) else 2) if chief else 0,
                   class_weight=class_weights(train.labels, len(train.classes)) if self.options.class_weight else None)
 
 
@@ -222,47 +246,86 @@ def _check_run_folder(run: Path, resume: bool) -> dict | None:
     return None
 
 
-class RunCheckpoint(keras.callbacks.Callback):
-    """After every epoch: save history, the best model on `monitor`, and a resumable checkpoint."""
+def monitor_mode(monitor: str) -> str:
+    """"max" for accuracies and AUCs, "min" for losses."""
+    return "max" if "acc" in monitor or "auc" in monitor else "min"
 
-    def __init__(self, run: Path, monitor: str, state: dict | None, patience: int | None = None) -> None:
-        super().__init__()
-        self.run, self.monitor = run, monitor
-        self.saved_model = None  # the model to save, when not the one being fit (a trainer may set it)
-        self.patience, self.patience_start = patience, 0  # early stopping, counted from patience_start
-        self.best = state["best"] if state else None
-        self.best_epoch = state["best_epoch"] if state else None
-        self.elapsed = state["elapsed"] if state else 0.0
-        self.rows = [row for row in read_history_csv(run / HISTORY) if row["epoch"] <= state["epoch"]] if state else []
-        self.higher_is_better = "acc" in monitor or "auc" in monitor
+
+def best_row(rows: list[dict], monitor: str) -> dict | None:
+    """The history row with the best `monitor` value (the first of equals), or None."""
+    scored = [row for row in rows if isinstance(row.get(monitor), float)]
+    if not scored:
+        return None
+    pick = max if monitor_mode(monitor) == "max" else min
+    return pick(scored, key=lambda row: row[monitor])
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds each epoch's wall time to the logs (`seconds`), for history.csv and the run's wall time."""
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.epoch_started = time.perf_counter()
+        self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        seconds = time.perf_counter() - self.epoch_started
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        self.rows.append({"epoch": epoch, **logs, "seconds": round(seconds, 2)})
-        _write_history(self.run / HISTORY, self.rows)
-        value = logs.get(self.monitor)
-        if value is None:
-            raise UsageError(f"monitor {self.monitor} is not a logged metric ({', '.join(logs)})", "monitor")
-        model = self.saved_model or self.model
-        if self.best is None or (value > self.best if self.higher_is_better else value < self.best):
-            self.best, self.best_epoch = value, epoch
-            _save_model(model, self.run / MODEL)
-        _save_model(model, self.run / CHECKPOINT_DIR / "last.keras")
-        self.elapsed += seconds
-        write_json(self.run / CHECKPOINT_DIR / STATE, {"epoch": epoch, "best": self.best,
-                                                       "best_epoch": self.best_epoch, "elapsed": self.elapsed})
-        if self.out_of_patience(epoch):
-            self.model.stop_training = True
+        if logs is not None:
+            logs["seconds"] = round(time.perf_counter() - self.started, 2)
 
-    def out_of_patience(self, epoch: int) -> bool:
-        """Whether `monitor` has not improved for `patience` epochs by the end of `epoch`."""
-        if not self.patience or self.best_epoch is None:
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras' ModelCheckpoint, written beside its place and renamed (a kill never leaves half a file), saving
+    `target`: the whole image model when a trainer fits only part of it."""
+
+    def __init__(self, filepath: Path, *, target=None, **kwargs) -> None:
+        super().__init__(str(filepath), **kwargs)
+        self.target = target
+
+    def _save_model(self, epoch, batch, logs) -> None:
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            _save_model(self.target or self.model, Path(filepath))
+
+
+class LastEpoch(keras.callbacks.Callback):
+    """Records the last complete epoch (checkpoint/state.json), which `resume` continues after."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        write_json(self.path, {"epoch": epoch})
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping that continues counting from the epochs already in history.csv (after a resume)."""
+
+    def __init__(self, history: list[dict], **kwargs) -> None:
+        super().__init__(mode=monitor_mode(kwargs.get("monitor", "val_loss")), **kwargs)
+        self.history = history
+
+    def on_train_begin(self, logs=None) -> None:
+        super().on_train_begin(logs)
+        self._replay()
+
+    def _replay(self) -> None:
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        self.wait, self.best = 0, None
+        for row in self.history:
+            value = row.get(self.monitor)
+            if row["epoch"] < self.start_from_epoch or not isinstance(value, float):
+                continue
+            if self.best is None or self._is_improvement(value, self.best):
+                self.best, self.wait = value, 0
+            else:
+                self.wait += 1
+
+    def exhausted(self) -> bool:
+        """Whether the epochs already trained ran out of patience (training then has nothing left to do)."""
+        if not self.patience:
             return False
-        return epoch - max(self.best_epoch, self.patience_start - 1) >= self.patience
+        self._replay()
+        return self.wait >= self.patience
 
 
 def _save_model(model, path: Path) -> None:
@@ -270,13 +333,14 @@ def _save_model(model, path: Path) -> None:
         model.save(partial)
 
 
-HISTORY_FIELDS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
-
-
 def _write_history(path: Path, rows: list[dict]) -> None:
-    fields = HISTORY_FIELDS + sorted({k for row in rows for k in row} - set(HISTORY_FIELDS))
+    """Rewrite history.csv with `rows`, in the column order of Keras' CSVLogger (which appends to it)."""
+    if not rows:
+        path.unlink(missing_ok=True)  # CSVLogger writes the header itself
+        return
+    fields = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\r\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
@@ -287,11 +351,15 @@ def read_history(run: Path) -> list[dict]:
     return read_history_csv(Path(run) / HISTORY)
 
 
-def _finish(run: Path, config: dict, checkpoint) -> None:
+def _finish(run: Path, config: dict, monitor: str) -> None:
+    """Curves, and the run's summary in config.json (status complete); the resumable checkpoint goes."""
     from catsdogs.plots import save_curves
 
-    save_curves(checkpoint.rows, run / CURVES, title=f"{run.name}: {config['model']}")
-    config.update(status="complete", best_epoch=checkpoint.best_epoch, epochs_run=len(checkpoint.rows),
-                  wall_time_s=round(checkpoint.elapsed, 1), monitor_best=checkpoint.best)
+    rows = read_history_csv(run / HISTORY)
+    save_curves(rows, run / CURVES, title=f"{run.name}: {config['model']}")
+    best = best_row(rows, monitor)
+    seconds = sum(row.get("seconds", 0.0) for row in rows) + config.get("feature_extraction_s", 0.0)
+    config.update(status="complete", best_epoch=best["epoch"] if best else None, epochs_run=len(rows),
+                  wall_time_s=round(seconds, 1), monitor_best=best[monitor] if best else None)
     write_json(run / CONFIG, config)
     shutil.rmtree(run / CHECKPOINT_DIR, ignore_errors=True)

@@ -106,17 +106,17 @@ def load_features(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r" if path.stat().st_size > in_memory_budget() else None)
 
 
-def fit_features(model: keras.Model, context) -> None:
+def fit_features(model: keras.Model, context) -> dict:
     """Trainer of `features`: extract (or reuse) the features, fit the `head` on them, save the whole model."""
     cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
     extractor = feature_extractor(model)
     started = time.perf_counter()
     train, validation = (cached_features(extractor, context, split, cache_dir) for split in ("train", "validation"))
-    context.checkpoint.elapsed += time.perf_counter() - started  # the run's wall time includes the extraction
+    extraction = time.perf_counter() - started  # the run's wall time includes it
     head = model.get_layer("head")
     # a new model over the head's layers, sharing the whole model's optimizer: saving the whole model then
     # saves the optimizer's state too (compiling `head` itself would file it under the head), so resume works
     trainer = keras.Model(head.input, head.output, name="head_trainer")
     trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=jit_compile_setting())
-    context.checkpoint.saved_model = model
-    context.fit(trainer, train, validation)
+    context.fit(trainer, train, validation, saved_model=model)
+    return {"feature_extraction_s": round(extraction, 1)}

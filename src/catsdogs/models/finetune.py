@@ -72,7 +72,7 @@ def transfer_epochs(options) -> int:
     return 0 if options.model_options.get("from_run") else MODELS["transfer"].default_epochs
 
 
-def fit_finetune(model: keras.Model, context) -> None:
+def fit_finetune(model: keras.Model, context) -> dict:
     """Trainer of `finetune`: [transfer stage,] then fine-tuning with early stopping on validation.
 
     The stage is read from the model (its base is frozen until fine-tuning starts) and the epoch, so
@@ -80,15 +80,12 @@ def fit_finetune(model: keras.Model, context) -> None:
     """
     options = context.options
     first = transfer_epochs(options)
-    context.config.update(transfer_epochs=first, epochs=first + context.epochs)
     train, validation = context.split("train"), context.split("validation")
     if not find_base(model).trainable or context.initial_epoch > first:
         # transfer stage still to finish, or resumed while fine-tuning: Keras loads a nested base that is
         # partly frozen as all trainable, so the freeze is applied again (and Adam's moments restart)
-        patience, context.checkpoint.patience = context.checkpoint.patience, None
-        context.fit(model, train, validation, epochs=first)
-        context.checkpoint.patience = patience
+        context.fit(model, train, validation, epochs=first, patience=0)
         start_finetune(model, options.model_options.get("unfreeze"), options.learning_rate)
-    context.checkpoint.patience_start = first
     context.fit(model, train, validation, epochs=first + context.epochs,
-                initial_epoch=max(context.initial_epoch, first))
+                initial_epoch=max(context.initial_epoch, first), patience_from=first)
+    return {"transfer_epochs": first, "epochs": first + context.epochs}
