@@ -64,8 +64,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     source = args.source or default_source()
     summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
-                      force=args.force)
+                      force=args.force, exclude=args.exclude, dedupe=args.dedupe)
     print(summary.line())
+    print(summary.audit_line())
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from catsdogs.audit import audit
+
+    result = audit(args.data, args.out, backbone=args.backbone, cache_dir=args.cache_dir)
+    print(result.line())
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -297,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=split_size, metavar="N", help="test photos (default 15%% of each class)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--force", action="store_true", help="replace a DATA made from another source")
+    p.add_argument("--exclude", type=Path, metavar="FILE", help="leave out the photos a CSV's path column names: "
+                   "an AUDIT/issues.csv (DATA paths, matched by sha256 through the audited DATA's manifest) or "
+                   "paths inside SOURCE")
+    p.add_argument("--dedupe", choices=["exact", "near"], default="exact", help="exact (default): identical files "
+                   "kept once; near: also one photo of each group of near-duplicates (perceptual hash)")
 
     p.set_defaults(needs_tensorflow=False)
 
@@ -315,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weight", choices=["auto", "balanced", "none"], default="auto",
                    help="auto (default): balanced when the largest class has 1.5x the photos of the smallest")
     p.add_argument("--overwrite", action="store_true", help="replace a finished RUN")
+
+    p = command("audit", cmd_audit, "near-duplicates, likely label errors and outliers of a prepared DATA: "
+                "AUDIT/issues.csv and AUDIT/audit.html")
+    p.add_argument("data", type=Path, metavar="DATA")
+    p.add_argument("--out", type=Path, required=True, metavar="AUDIT")
+    p.add_argument("--backbone", help="embeddings' ImageNet backbone (default mobilenetv2; efficientnet_lite0/1/2, ...)")
+    p.add_argument("--cache-dir", type=Path, help="features and hashes cache (default AUDIT/cache; give fit's "
+                   "RUN/cache to reuse its features)")
 
     p = command("train", cmd_train, "train one experiment into RUN")
     p.add_argument("--data", type=Path, required=True)
