@@ -220,3 +220,19 @@ def test_cli_audit_with_a_backbone(planted, tmp_path, capsys):
     started = json.loads((out / "audit.json").read_text())
     assert main(["audit", str(planted["data"]), "--out", str(out)]) == 0  # second time: from the cache
     assert json.loads((out / "audit.json").read_text())["cached"] and not started["cached"]
+
+
+def test_missing_cleanlab_is_one_line(planted, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_cleanlab(name, *args, **kwargs):
+        if name.startswith("cleanlab"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cleanlab)
+    assert main(["audit", str(planted["data"]), "--out", str(tmp_path / "a")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "pip install 'catsdogs[audit]'" in error

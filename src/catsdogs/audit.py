@@ -302,12 +302,18 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_clas
     return best
 
 
-def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, float, int]]:
-    """(index, 1 - p(given label), suggested class) of cleanlab's likely label errors, most certain first."""
+def require_cleanlab():
+    """cleanlab's find_label_issues, or a one-line CatsdogsError saying how to install it."""
     try:
         from cleanlab.filter import find_label_issues
     except ImportError:
-        raise CatsdogsError("catsdogs audit needs cleanlab: pip install 'catsdogs[audit]'") from None
+        raise CatsdogsError("catsdogs audit needs cleanlab (not installed): pip install 'catsdogs[audit]'") from None
+    return find_label_issues
+
+
+def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, float, int]]:
+    """(index, 1 - p(given label), suggested class) of cleanlab's likely label errors, most certain first."""
+    find_label_issues = require_cleanlab()
     import warnings
 
     with warnings.catch_warnings():
@@ -344,6 +350,7 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
     started = time.perf_counter()
     data_dir = Path(data_dir)
     classes, rows = read_data(data_dir)
+    require_cleanlab()
     if not 0 < cosine <= 1:
         raise UsageError(f"cosine must be in (0, 1], got {cosine}", "cosine")
     out = Path(out_dir) if out_dir is not None else None

@@ -18,7 +18,7 @@ SHOWN = 48  # per kind
 TITLES = {"near_duplicate": "Near-duplicates (pairs across splits first: leakage)",
           "label": "Likely label errors", "outlier": "Outliers and ambiguous photos"}
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:1rem;max-width:1200px;color:#222}
+body{font-family:system-ui,sans-serif;margin:1rem;max-width:1200px;color:#222;overflow-wrap:anywhere}
 h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}
 .grid{display:flex;flex-wrap:wrap;gap:.75rem}
 .card{border:1px solid #ccc;border-radius:6px;padding:.4rem;width:min(340px,100%);box-sizing:border-box;
