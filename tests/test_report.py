@@ -9,7 +9,8 @@ from fake_runs import make_run
 
 from catsdogs.errors import UsageError
 from catsdogs.plots import GALLERY_PNG
-from catsdogs.report import format_duration, load_run, write_report, write_results_markdown
+from catsdogs.report import format_duration, write_report, write_results_markdown
+from catsdogs.runs import Run
 
 PUBLISHED = {"baseline": {"train": 0.85, "val": 0.82, "test": None}}
 NASTY = "x<img src=x onerror=alert(1)>&|y"  # a run name with HTML and a Markdown "|"
@@ -116,7 +117,7 @@ def test_bad_run_folders_are_usage_errors(tmp_path, runs):
         write_results_markdown([], tmp_path / "x.md")
     (tmp_path / "empty" / "config.json").write_text("{not json")
     with pytest.raises(UsageError, match="config.json"):
-        load_run(tmp_path / "empty")
+        Run(tmp_path / "empty")
     assert not (tmp_path / "x.html").exists()
 
 

@@ -260,7 +260,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from catsdogs.report import PUBLISHED, write_report
+    from catsdogs.published import PUBLISHED
+    from catsdogs.report import write_report
 
     out = write_report(args.runs, args.out, title=args.title, published=PUBLISHED)
     print(f"report of {len(args.runs)} run(s) written to {out}")

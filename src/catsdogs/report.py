@@ -14,93 +14,24 @@ import math
 import mimetypes
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from catsdogs import __version__
 from catsdogs.errors import UsageError
 from catsdogs.plots import EVALUATION_PLOTS, GALLERY_PNG, figure_png, gallery_figure, most_wrong
+from catsdogs.runs import Run
 
 DASH = "\u2014"
 MAX_EXPLAIN = 4
 GALLERY_SIZE = 16
-#: Published numbers are read from these keys of ``published[model]``.
+#: Published numbers are read from these keys of ``published[model]`` (see catsdogs.published).
 PUBLISHED_KEYS = ("train", "val", "test")
-PUBLISHED = {  # Deep Learning with Python (Chollet, 1st ed.), the small-data chapter, VGG16 for the last rows
-    "baseline": {"train": 0.85, "val": 0.82, "test": None},
-    "augmented": {"train": 0.84, "val": 0.88, "test": 0.89},
-    "features": {"train": None, "val": 0.90, "test": 0.897},
-    "transfer": {"train": None, "val": 0.96, "test": None},
-    "finetune": {"train": None, "val": 0.97, "test": 0.97},
-}
 
-
-
-@dataclass(frozen=True)
-class Run:
-    """What a report needs from one run folder."""
-
-    path: Path
-    config: dict
-    classes: list[str] | None
-    history: list[dict]
-    metrics: dict | None
-    threshold: float | None
-
-    @property
-    def name(self) -> str:
-        return self.path.resolve().name
-
-    @property
-    def model(self) -> str:
-        return str(self.config.get("model") or "")
-
-    @property
-    def recipe(self) -> str:
-        """The model's name, with its learning-rate schedule when not the model's own."""
-        schedule = self.config.get("schedule", "constant")
-        return self.model if schedule == "constant" else f"{self.model} ({schedule})"
-
-    @property
-    def final_train_acc(self) -> float | None:
-        return self.history[-1].get("accuracy") if self.history else None
-
-    @property
-    def best_val_acc(self) -> float | None:
-        values = [v for row in self.history if _is_number(v := row.get("val_accuracy"))]
-        return max(values) if values else None
-
-    @property
-    def epochs(self) -> str:
-        """Epochs trained, with the requested number when training stopped early."""
-        requested = self.config.get("epochs")
-        if not self.history:
-            return _text(requested)
-        trained = len(self.history)
-        return f"{trained} of {requested}" if requested not in (None, trained) else str(trained)
-
-    @property
-    def test_metrics(self) -> dict | None:
-        """metrics.json when it was computed on the test split."""
-        if self.metrics and self.metrics.get("split", "test") == "test":
-            return self.metrics
-        return None
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
-
-
-def _optional_json(path: Path):
-    return _read_json(path) if path.is_file() else None
 
 
 def _number_or_text(value: str):
@@ -121,33 +52,10 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         raise UsageError(f"cannot read {path}: {exc}") from exc
 
 
-def load_run(run_dir: Path) -> Run:
-    """Read a run folder; ``UsageError`` naming the folder when it has no readable config.json."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"{run_dir}: not a catsdogs run folder (no config.json)")
-    config = _read_json(run_dir / "config.json")
-    if not isinstance(config, dict):
-        raise UsageError(f"{run_dir / 'config.json'}: expected a JSON object")
-    classes = _optional_json(run_dir / "classes.json")
-    metrics = _optional_json(run_dir / "metrics.json")
-    metrics = metrics if isinstance(metrics, dict) else None
-    tuned = _optional_json(run_dir / "threshold.json")
-    threshold = (tuned if isinstance(tuned, dict) else {}).get("threshold", (metrics or {}).get("threshold"))
-    return Run(
-        path=run_dir,
-        config=config,
-        classes=[str(c) for c in classes] if isinstance(classes, list) else None,
-        history=[{k: _number_or_text(v) for k, v in row.items()} for row in _read_csv(run_dir / "history.csv")],
-        metrics=metrics,
-        threshold=float(threshold) if _is_number(threshold) else None,
-    )
-
-
 def _load_runs(run_dirs: Sequence[Path]) -> list[Run]:
     if not run_dirs:
         raise UsageError("no run folders given")
-    return [load_run(Path(d)) for d in run_dirs]
+    return [Run(Path(d)) for d in run_dirs]
 
 
 def _text(value) -> str:
@@ -176,7 +84,7 @@ _COLUMNS: dict[str, Column] = {
     "run": ("run", lambda r: r.name),
     "model": ("model", lambda r: _text(r.recipe)),
     "backbone": ("backbone", lambda r: _text(r.config.get("backbone"))),
-    "epochs": ("epochs", lambda r: r.epochs),
+    "epochs": ("epochs", lambda r: r.epochs_text),
     "wall": ("wall time", lambda r: format_duration(r.config.get("wall_time_s"))),
     "train": ("train acc", lambda r: _num(r.final_train_acc)),
     "val": ("val acc", lambda r: _num(r.best_val_acc)),
@@ -193,7 +101,7 @@ def _columns(keys: Sequence[str], published: dict[str, dict] | None) -> list[Col
     cols = [_COLUMNS[k] for k in keys]
     if published is not None:
         for key in PUBLISHED_KEYS:
-            cols.append((f"published {key}", lambda r, k=key: _num((published.get(r.model) or {}).get(k))))
+            cols.append((f"published {key}", lambda r, k=key: _num((published.get(r.model_name) or {}).get(k))))
     return cols
 
 
@@ -305,7 +213,7 @@ def _config_html(run: Run) -> str:
         ("schedule", _text(c.get("schedule", "constant"))),
         ("backbone", _text(c.get("backbone"))),
         ("image size", _text(c.get("image_size"))),
-        ("epochs", run.epochs),
+        ("epochs", run.epochs_text),
         ("seed", _text(c.get("seed"))),
         ("precision", _text(c.get("precision"))),
         ("wall time", format_duration(c.get("wall_time_s"))),
@@ -367,18 +275,21 @@ def _gallery_html(run: Run) -> str:
     rows = _read_csv(run.path / "predictions-test.csv")
     if not rows or not run.classes:
         return ""
-    p_key = f"p_{run.classes[1]}"
+    keys = [f"p_{name}" for name in run.classes] if len(run.classes) > 2 else [f"p_{run.classes[1]}"]
     label_key = next(k for k in ("true_label", "true", "label") if k in rows[0] or k == "label")
     index = {"0": 0, "1": 1} | {name: i for i, name in enumerate(run.classes)}
-    usable = [(r.get("path") or "", index[r[label_key]], p) for r in rows
-              if r.get(label_key) in index and _is_number(p := _number_or_text(r.get(p_key))) and 0 <= p <= 1]
+    usable = []
+    for row in rows:
+        values = [_number_or_text(row.get(key)) for key in keys]
+        if row.get(label_key) in index and all(_is_number(v) and 0 <= v <= 1 for v in values):
+            usable.append((row.get("path") or "", index[row[label_key]], values if len(values) > 1 else values[0]))
     if not usable:
         return ""
-    paths, labels, p1 = zip(*usable)
+    paths, labels, scores = zip(*usable)
     records = most_wrong(
         [str(_resolve_image(path, run)) for path in paths],
         list(labels),
-        list(p1),
+        list(scores),
         n=GALLERY_SIZE,
         threshold=0.5 if run.threshold is None else run.threshold,
     )

@@ -22,7 +22,11 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; UsageError naming it when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"cannot read {path}: {error}", "run") from None
 
 
 def read_config(run: Path) -> dict:
@@ -30,7 +34,10 @@ def read_config(run: Path) -> dict:
     path = Path(run) / CONFIG
     if not path.exists():
         raise UsageError(f"{run}: not a catsdogs run (no {CONFIG})", "run")
-    return read_json(path)
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: expected a JSON object", "run")
+    return config
 
 
 def read_run_classes(run: Path) -> list[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from catsdogs.evaluation import evaluate
 from catsdogs.preparation import STUDY_SIZES, prepare
-from catsdogs.report import PUBLISHED, write_report, write_results_markdown
+from catsdogs.published import PUBLISHED
+from catsdogs.report import write_report, write_results_markdown
 from catsdogs.runs import CHECKPOINT_DIR, CONFIG, METRICS, read_json
 from catsdogs.training import TrainOptions, train
 
