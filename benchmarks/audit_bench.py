@@ -139,7 +139,7 @@ def score(issues, planted: dict, natural_pairs: set[frozenset]) -> dict:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
-    from catsdogs.audit import audit
+    from catsdogs.auditing import audit
     from catsdogs.preparation import prepare
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from catsdogs.audit import ISSUE_FIELDS, KINDS, audit, read_issues
+from catsdogs.auditing import ISSUE_FIELDS, KINDS, audit, read_issues
 from catsdogs.cli import main
 from catsdogs.near_duplicates import phash
 from catsdogs.preparation import prepare

@@ -4,7 +4,7 @@ from browser import broken_images, chromium_driver, emulate_phone, horizontal_ov
 from test_audit import jpeg, make_source, pixels, read_manifest, write_manifest, add_photo
 from PIL import Image, ImageOps
 
-from catsdogs.audit import audit
+from catsdogs.auditing import audit
 from catsdogs.preparation import prepare
 
 

@@ -70,7 +70,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from catsdogs.audit import audit
+    from catsdogs.auditing import audit
 
     result = audit(args.data, args.out, backbone=args.backbone, cache_dir=args.cache_dir)
     print(result.line())

@@ -343,7 +343,7 @@ def far_fence(values: np.ndarray, factor: float = FAR_FENCE) -> float:
 def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: str | None = None,
           cache_dir: str | Path | None = None, extractor: Extractor | None = None, image_size: int | None = None,
           cosine: float = COSINE, hash_distance: int = HASH_DISTANCE, folds: int = FOLDS, seed: int = 0,
-          html: bool = True, overwrite: bool = True) -> AuditResult:
+          html: bool = True) -> AuditResult:
     """Audit a prepared DATA; write OUT/issues.csv, OUT/audit.html and OUT/audit.json when `out_dir` is given.
 
     `backbone`: the embeddings' ImageNet backbone (default mobilenetv2). `cache_dir`: where features and
