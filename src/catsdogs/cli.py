@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "AUDIT/issues.csv and AUDIT/audit.html")
     p.add_argument("data", type=Path, metavar="DATA")
     p.add_argument("--out", type=Path, required=True, metavar="AUDIT")
-    p.add_argument("--backbone", help="embeddings' ImageNet backbone (default mobilenetv2; efficientnet_lite0/1/2, ...)")
+    p.add_argument("--backbone", help="embeddings' ImageNet backbone (default efficientnet_lite0, else mobilenetv2; "
+                   "any train --backbone name)")
     p.add_argument("--cache-dir", type=Path, help="features and hashes cache (default AUDIT/cache; give fit's "
                    "RUN/cache to reuse its features)")
 
