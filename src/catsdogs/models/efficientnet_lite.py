@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -358,8 +359,9 @@ def _convert_imagenet(variant: int) -> None:
 
 
 def _load_weights(model, path: str, *, cache: bool) -> None:
+    """Load a weights file into `model`, completely or not at all (a damaged cache is converted again)."""
     try:
-        model.load_weights(path)
+        _load_all_weights(model, path)
         return
     except Exception as exc:
         detail = " ".join(str(exc).split())[:300] or type(exc).__name__
@@ -371,8 +373,19 @@ def _load_weights(model, path: str, *, cache: bool) -> None:
         variant = int(os.path.basename(path)[len("efficientnet_lite")])
         _convert_imagenet(variant)
         try:
-            model.load_weights(path)
+            _load_all_weights(model, path)
             return
         except Exception as exc:
             detail = " ".join(str(exc).split())[:300] or type(exc).__name__
     raise CatsdogsError(f"cannot load weights file {path} into {model.name}: {detail}")
+
+
+def _load_all_weights(model, path: str) -> None:
+    """`model.load_weights`, where Keras' warning that some layers keep their fresh initial weights (a file
+    of another architecture) is an error instead."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    partial = [str(w.message) for w in caught if "freshly-initialized" in str(w.message)]
+    if partial:
+        raise ValueError(partial[0].split(":")[0] + ": the file does not hold every layer of the model")
