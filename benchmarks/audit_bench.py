@@ -139,6 +139,10 @@ def score(issues, planted: dict, natural_pairs: set[frozenset]) -> dict:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
+    import os
+
+    if (ROOT.parent / "shared" / "weights" / "keras").is_dir():  # MobileNetV2's offline weights, as the CLI does
+        os.environ.setdefault("CATSDOGS_WEIGHTS", str(ROOT.parent / "shared" / "weights" / "keras"))
     from catsdogs.auditing import audit
     from catsdogs.preparation import prepare
 

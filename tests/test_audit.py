@@ -207,9 +207,9 @@ def test_cli_prepare_prints_the_audit_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_audit_with_a_backbone(planted, tmp_path, capsys):
     """The command end to end with MobileNetV2's offline ImageNet weights (skipped when absent)."""
-    from catsdogs.models.weights import shared_weights_dir
+    from catsdogs.models.weights import offline_weights_dir
 
-    if shared_weights_dir() is None:
+    if offline_weights_dir() is None:
         pytest.skip("shared MobileNetV2 weights not available")
     out = tmp_path / "audit"
     assert main(["audit", str(planted["data"]), "--out", str(out), "--backbone", "mobilenetv2"]) == 0
@@ -218,7 +218,7 @@ def test_cli_audit_with_a_backbone(planted, tmp_path, capsys):
     assert (out / "issues.csv").exists() and (out / "audit.html").exists()
     assert list((out / "cache").glob("features-mobilenetv2-160-*.npz"))
     started = json.loads((out / "audit.json").read_text())
-    assert main(["audit", str(planted["data"]), "--out", str(out)]) == 0  # second time: from the cache
+    assert main(["audit", str(planted["data"]), "--out", str(out), "--backbone", "mobilenetv2"]) == 0  # cached
     assert json.loads((out / "audit.json").read_text())["cached"] and not started["cached"]
 
 

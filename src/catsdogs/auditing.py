@@ -146,16 +146,14 @@ def default_backbone() -> str:
 
 def build_extractor(backbone: str, cache_dir: Path):
     """The `features` model's extractor (image -> pooled features) of `backbone` with ImageNet weights,
-    offline: weights come from Keras' cache under cache_dir/keras and the project's shared weights."""
+    offline: weights come from Keras' cache under cache_dir/keras with $CATSDOGS_WEIGHTS linked in."""
     import keras
 
     from catsdogs.models.features import feature_extractor
     from catsdogs.models.pretrained import build_features
-    from catsdogs.models.weights import install_weights, keras_cache, shared_weights_dir
+    from catsdogs.models.weights import weights_cache
 
-    with keras_cache(Path(cache_dir) / "keras") as models_dir:
-        if shared_weights_dir() is not None:
-            install_weights(None, models_dir)
+    with weights_cache(Path(cache_dir) / "keras"):
         model = build_features(backbone=backbone, num_classes=2)
     keras.utils.set_random_seed(0)
     return feature_extractor(model)
