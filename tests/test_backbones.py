@@ -175,11 +175,11 @@ def test_run_is_an_image_to_probability_model(run_fixture: str, data: Path, tmp_
 
 def test_features_cache_is_written_reused_and_invalidated(data: Path, source: Path, tmp_path: Path, monkeypatch,
                                                           features_run: Path):
-    assert len(list((features_run / "cache").glob("features-mobilenetv2-32-*.npz"))) == 2
+    assert len(list((features_run / "cache").glob("features-mobilenetv2-32-*.npy"))) == 2
     cache = tmp_path / "cache"
     train(options(data, "features", tmp_path / "first", cache_dir=cache))
-    written = sorted(cache.glob("features-*.npz"))
-    assert [p.name.rsplit("-", 1)[1] for p in written] == ["train.npz", "validation.npz"]
+    written = sorted(cache.glob("features-*.npy"))
+    assert sorted(p.name.rsplit("-", 1)[1] for p in written) == ["train.npy", "validation.npy"]
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("features extracted again")
@@ -192,7 +192,7 @@ def test_features_cache_is_written_reused_and_invalidated(data: Path, source: Pa
         train(options(other, "features", tmp_path / "third", cache_dir=cache))
     monkeypatch.undo()
     train(options(other, "features", tmp_path / "fourth", cache_dir=cache))
-    assert len(list(cache.glob("features-*.npz"))) == 4
+    assert len(list(cache.glob("features-*.npy"))) == 4
 
 
 def test_features_run_resumes_with_its_optimizer(data: Path, tmp_path: Path, monkeypatch, recwarn):

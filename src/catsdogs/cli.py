@@ -101,7 +101,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     class_weight = None if args.class_weight == "none" else args.class_weight
     run = fit(source, args.out, data=args.data, backbones=args.backbone, train_size=args.train,
               val_size=args.val, test_size=args.test, seed=args.seed, class_weight=class_weight,
-              overwrite=args.overwrite)
+              overwrite=args.overwrite, distribute=args.distribute)
     metrics = run.metrics
     print(f"fitted {run}: {run.config['fit']['chosen']} features, test accuracy {metrics['accuracy']:.4f} "
           f"({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
@@ -154,6 +154,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if predictor.tuned_threshold is not None and args.threshold is None:
         print(f"using the tuned threshold {predictor.threshold:.3f} from {args.run}", file=sys.stderr)
     missing = [str(p) for p in args.paths if not p.exists()]
+    if args.output is not None or args.resume:  # hook: streaming to a file (catsdogs.stream)
+        from catsdogs.stream import stream_predictions
+
+        if args.output is None or args.format != "csv":
+            raise UsageError("--resume needs --output FILE; --output writes CSV")
+        summary = stream_predictions(predictor, [p for p in args.paths if p.exists()], args.output,
+                                     resume=args.resume)
+        print(f"wrote {summary.written} rows to {summary.output} ({summary.skipped} already there, "
+              f"{summary.errors} errors) in {summary.seconds:.1f} s", file=sys.stderr)
+        if missing:
+            raise UsageError(f"no such file: {', '.join(missing)} (the other files were classified)")
+        return
     predictions = predictor.predict_paths(args.paths)
     if args.format == "json":
         threshold = predictor.threshold if len(predictor.classes) == 2 else None
@@ -344,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weight", choices=["auto", "balanced", "none"], default="auto",
                    help="auto (default): balanced when the largest class has 1.5x the photos of the smallest")
     p.add_argument("--overwrite", action="store_true", help="replace a finished RUN")
+    p.add_argument("--distribute", choices=["mirrored", "multi-worker"],
+                   help="train the candidates as `train --distribute` does (multi-worker: TF_CONFIG)")
 
     p = command("audit", cmd_audit, "near-duplicates, likely label errors and outliers of a prepared DATA: "
                 "AUDIT/issues.csv and AUDIT/audit.html")
@@ -380,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.add_argument("--threshold", type=float)
     p.add_argument("--tta", action="store_true")
+    p.add_argument("--output", type=Path, metavar="FILE",
+                   help="write the CSV to FILE as it goes (bounded memory, progress with rate and ETA)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --output FILE")
 
     p = command("explain", cmd_explain, "Grad-CAM heat map of one image, for both classes")
     p.add_argument("run", type=Path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from catsdogs.progress import Progress
 class SplitArrays:
     """One split in memory, in manifest order (never shuffled): uint8 images, int labels, file paths."""
 
-    images: np.ndarray  # N x S x S x 3, uint8
+    images: np.ndarray  # N x S x S x 3, uint8 (or catsdogs.shards.ShardedImages for big splits)
     labels: np.ndarray  # N, int32 (index into classes)
     paths: list[Path]
     classes: list[str]
@@ -45,13 +46,26 @@ def read_manifest(data_dir: Path, split: str) -> list[dict[str, str]]:
 
 
 def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path | None = None,
-               workers: int = 2) -> SplitArrays:
-    """Decode and resize every image of a split once; with `cache_dir`, reuse the result across runs."""
+               workers: int = 2, storage: str = "auto") -> SplitArrays:
+    """Decode and resize every image of a split once; with `cache_dir`, reuse the result across runs.
+
+    storage: "memory" (one array), "shards" (catsdogs.shards, bounded memory) or "auto": shards when the
+    decoded split is bigger than `shards.in_memory_budget()`, said on stderr.
+    """
     data_dir = Path(data_dir)
     classes = read_classes(data_dir)
     rows = read_manifest(data_dir, split)
     paths = [data_dir / row["path"] for row in rows]
     labels = np.array([classes.index(row["class"]) for row in rows], dtype=np.int32)
+    storage = choose_storage(len(rows), image_size, storage, split)
+    if storage == "shards":
+        from catsdogs import shards
+
+        folder = (Path(cache_dir) / f"images-{manifest_sha256(data_dir)[:16]}-{split}-{image_size}.shards"
+                  if cache_dir is not None else shards.temporary_shard_folder())
+        images = shards.write_shards(paths, image_size, folder, workers=workers, label=f"decoding {split}",
+                                     decode=lambda path, size: load_image(path, size))
+        return SplitArrays(images, labels, paths, classes)
     cache_file = None
     if cache_dir is not None:
         key = manifest_sha256(data_dir)[:16]
@@ -77,6 +91,22 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
     return SplitArrays(images, labels, paths, classes)
 
 
+def choose_storage(count: int, image_size: int, storage: str = "auto", split: str = "") -> str:
+    """"memory" or "shards" for a split of `count` images at `image_size` (see load_split)."""
+    if storage not in ("auto", "memory", "shards"):
+        raise UsageError(f"storage must be auto, memory or shards, got {storage!r}", "storage")
+    if storage != "auto":
+        return storage
+    from catsdogs.shards import decoded_bytes, in_memory_budget
+
+    size, budget = decoded_bytes(count, image_size), in_memory_budget()
+    if size <= budget:
+        return "memory"
+    print(f"{split or 'split'}: {count} images at {image_size} px = {size / 2**30:.1f} GiB decoded, over the "
+          f"{budget / 2**30:.1f} GiB in-memory budget: memory-mapped shards on disk", file=sys.stderr, flush=True)
+    return "shards"
+
+
 def to_dataset(split: SplitArrays, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0):
     """A tf.data pipeline of (float32 0-255 images, float32 labels) batches, prefetched.
 
@@ -85,6 +115,10 @@ def to_dataset(split: SplitArrays, batch_size: int = 32, *, shuffle: bool = Fals
     """
     import tensorflow as tf
 
+    if isinstance(split.images, np.memmap) or not isinstance(split.images, np.ndarray):  # on disk: the same
+        # batches, read from the shards (or a memory-mapped features cache) one batch at a time
+        from catsdogs.shards import sharded_dataset
+        return sharded_dataset(split.images, split.labels, batch_size, shuffle=shuffle, seed=seed)
     images = tf.constant(split.images)
     labels = tf.constant(split.labels.astype(np.float32))
     indices = tf.data.Dataset.range(len(split.labels))

@@ -38,17 +38,26 @@ def say(message: str) -> None:
 def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
         backbones: Sequence[str] | None = None, train_size: SplitSize = None, val_size: SplitSize = None,
         test_size: SplitSize = None, seed: int = DEFAULT_SEED, class_weight: str | None = "auto",
-        cache_dir: str | Path | None = None, overwrite: bool = False, report: bool = True) -> Run:
+        cache_dir: str | Path | None = None, overwrite: bool = False, report: bool = True,
+        distribute: str | None = None) -> Run:
     """Prepare SOURCE, train a classifier on each candidate backbone, keep the best on validation in OUT,
     evaluate it on the test split and write OUT/report.html; returns the Run.
 
     `data`: an already prepared DATA to use instead of preparing SOURCE into OUT/data (SOURCE may then be
     None). `class_weight` "auto": balanced when the largest class has 1.5x the photos of the smallest.
+    `distribute`: as in TrainOptions (multi-worker: every worker runs the same fit; only the chief writes
+    OUT, the others do the whole fit in their own temporary folder).
     """
     from catsdogs.evaluation import evaluate
     from catsdogs.models.weights import weights_cache
 
     out = Path(out)
+    from catsdogs.distribute import Distribution
+
+    distribution = Distribution(distribute)  # hook: catsdogs.distribute
+    if not distribution.is_chief:
+        out = distribution.run_folder(out)
+        shutil.rmtree(out, ignore_errors=True)
     _check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data) if data is not None else out / "data"
@@ -64,7 +73,8 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     results = {}
     with weights_cache(cache / "keras"):
         for backbone in candidates:
-            results[backbone] = _candidate(data_dir, out / "candidates" / backbone, backbone, seed, weights, cache)
+            results[backbone] = _candidate(data_dir, out / "candidates" / backbone, backbone, seed, weights, cache,
+                                           distribution.kind)
     best = max(results, key=lambda name: (results[name]["val_accuracy"], -results[name]["val_loss"]))
     scores = ", ".join(f"{name} {result['val_accuracy']:.4f}" for name, result in results.items())
     say(f"chose {best} on validation accuracy ({scores})")
@@ -122,7 +132,8 @@ def _class_weight(data_dir: Path, class_weight: str | None) -> str | None:
     return "balanced" if max(counts.values()) > UNBALANCED * min(counts.values()) else None
 
 
-def _candidate(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path) -> dict:
+def _candidate(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,
+               distribute: str | None = None) -> dict:
     """Train (or finish, or reuse) the `features` run of one backbone; its validation numbers."""
     status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
     if status != "complete":
@@ -130,7 +141,8 @@ def _candidate(data_dir: Path, run: Path, backbone: str, seed: int, class_weight
         say(f"{backbone}: {'resuming' if resume else 'training'} a head on its features")
         train(TrainOptions(data=data_dir, model="features", out=run, backbone=backbone, epochs=FIT_EPOCHS,
                            patience=FIT_PATIENCE, learning_rate=FIT_LEARNING_RATE, seed=seed,
-                           class_weight=class_weight, cache_dir=cache, resume=resume, overwrite=not resume))
+                           class_weight=class_weight, cache_dir=cache, resume=resume, overwrite=not resume,
+                           distribute=distribute))
     history = Run(run).history
     best = min(history, key=lambda row: row["val_loss"])  # the saved model.keras (monitor val_loss)
     return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),

@@ -25,7 +25,10 @@ class Progress:
 
     def _line(self) -> str:
         total = f"/{self.total}" if self.total is not None else ""
-        return f"{self.label}: {self.done}{total} {self.unit} ({self.rate:.0f} {self.unit}/s)"
+        eta = ""
+        if self.total and 0 < self.done < self.total and self.rate > 0:
+            eta = f", ETA {_duration((self.total - self.done) / self.rate)}"
+        return f"{self.label}: {self.done}{total} {self.unit} ({self.rate:.0f} {self.unit}/s{eta})"
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -40,3 +43,9 @@ class Progress:
             print(" " * 79, end="\r", file=self.stream, flush=True)
         elif self.done:
             print(self._line(), file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

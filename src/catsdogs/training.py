@@ -39,8 +39,13 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
         options = TrainOptions(**kwargs)
     elif kwargs:
         options = replace(options, **kwargs)
-    run = Path(options.out)
+    from catsdogs.distribute import Distribution
+
+    distribution = Distribution(options.distribute)  # hook: catsdogs.distribute (no-op without it)
+    run = distribution.run_folder(options.out)  # the chief writes RUN, other workers a temporary folder
     entry = model_entry(options.model)
+    if not distribution.is_chief and not options.resume:
+        shutil.rmtree(run, ignore_errors=True)  # a worker's own scratch RUN from an earlier run
     if options.overwrite:
         _clear_run_folder(run)
     state = _check_run_folder(run, options.resume)
@@ -53,12 +58,12 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     builder_options = _builder_options(entry, builder, options, len(classes))
 
     keras.utils.set_random_seed(options.seed)
-    with keras_precision(precision):
+    with keras_precision(precision), distribution.scope():
         model = builder(image_size=options.image_size, **builder_options)
         if state:
             model = keras.models.load_model(run / CHECKPOINT_DIR / "last.keras", safe_mode=True)
         elif options.schedule == "one-cycle":
-            steps = math.ceil(train_images / options.batch_size) * epochs
+            steps = math.ceil(train_images / distribution.global_batch(options.batch_size)) * epochs
             model.compile(optimizer=one_cycle_optimizer(options.learning_rate or ONE_CYCLE_PEAK_LEARNING_RATE, steps),
                           loss=model.loss, metrics=["accuracy"], jit_compile=model.jit_compile)
     if output_classes(model) != len(classes):
@@ -72,6 +77,9 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
               "train_images": train_images,
               "validation_images": len(read_manifest(options.data, "validation")),
               "versions": library_versions(), "status": "running"}
+    if distribution.strategy:
+        config.update(distribute=distribution.kind, replicas=distribution.replicas, workers=distribution.workers,
+                      global_batch_size=distribution.global_batch(options.batch_size))
     config.pop("resume"), config.pop("out"), config.pop("overwrite")
     if entry.uses_backbone:
         from catsdogs.models.pretrained import find_base
@@ -82,8 +90,11 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     write_json(run / CLASSES, classes)
 
     checkpoint = RunCheckpoint(run, options.monitor, state, patience=options.patience or entry.default_patience)
-    context = FitContext(options, run, epochs, state["epoch"] + 1 if state else 0, image_size, checkpoint, config)
-    with keras_precision(precision):
+    if distribution.strategy:
+        distribution.check_same_start(state["epoch"] + 1 if state else 0)
+    context = FitContext(options, run, epochs, state["epoch"] + 1 if state else 0, image_size, checkpoint, config,
+                         distribution=distribution)
+    with keras_precision(precision), distribution.scope():
         entry.load_trainer()(model, context)
     _finish(run, config, checkpoint)
     return Run(run)
@@ -146,6 +157,14 @@ class FitContext:
     checkpoint: RunCheckpoint
     config: dict  # RUN/config.json, rewritten when training finishes
     splits: dict[str, SplitArrays] = field(default_factory=dict)
+    distribution: object = None  # catsdogs.distribute.Distribution
+
+    def dataset(self, split: SplitArrays, *, shuffle: bool = False, seed: int = 0):
+        """A split's batches for model.fit: `to_dataset`, or sharded per worker when distributed."""
+        distribution = self.distribution
+        if distribution is None or distribution.strategy is None:
+            return to_dataset(split, self.options.batch_size, shuffle=shuffle, seed=seed)
+        return distribution.dataset(split.images, split.labels, self.options.batch_size, shuffle=shuffle, seed=seed)
 
     def split(self, name: str) -> SplitArrays:
         """A split's images at the model's size, decoded on first use."""
@@ -160,10 +179,10 @@ class FitContext:
         start = self.initial_epoch if initial_epoch is None else initial_epoch
         if start >= epochs or self.checkpoint.out_of_patience(start - 1):
             return
-        batch_size = self.options.batch_size
-        model.fit(to_dataset(train, batch_size, shuffle=True, seed=self.options.seed + start),
-                  validation_data=to_dataset(validation, batch_size), epochs=epochs, initial_epoch=start,
-                  callbacks=[self.checkpoint], shuffle=False, verbose=1 if os.isatty(2) else 2,
+        chief = self.distribution is None or self.distribution.is_chief
+        model.fit(self.dataset(train, shuffle=True, seed=self.options.seed + start),
+                  validation_data=self.dataset(validation), epochs=epochs, initial_epoch=start,
+                  callbacks=[self.checkpoint], shuffle=False, verbose=(1 if os.isatty(2) else 2) if chief else 0,
                   class_weight=class_weights(train.labels, len(train.classes)) if self.options.class_weight else None)
 
 

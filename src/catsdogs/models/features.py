@@ -23,7 +23,7 @@ from catsdogs.models.pretrained import find_base
 from catsdogs.precision import jit_compile_setting
 from catsdogs.progress import Progress
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: features in a .npy (memory-mappable) beside a labels .npy, instead of one .npz
 CACHE_SUBDIR = "cache"  # inside RUN when TrainOptions.cache_dir is None
 
 
@@ -49,33 +49,61 @@ def cache_file(cache_dir: Path, extractor: keras.Model, manifest_sha256: str, sp
                       "weights": weights_fingerprint(extractor), "dtype": base.compute_dtype,
                       "manifest": manifest_sha256, "split": split}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"features-{base.name}-{extractor.input_shape[1]}-{digest}-{split}.npz"
+    return Path(cache_dir) / f"features-{base.name}-{extractor.input_shape[1]}-{digest}-{split}.npy"
 
 
-def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int, label: str) -> np.ndarray:
-    """Pooled float32 features of uint8 images, batch by batch, with progress on stderr."""
+def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int, label: str,
+                     out: Path | None = None) -> np.ndarray:
+    """Pooled float32 features of uint8 images (an array or shards), batch by batch, with progress on
+    stderr; with `out`, written into that .npy as they come (memory: one batch) and returned memory-mapped."""
     progress = Progress(f"extracting {label} features", total=len(images), unit="images")
-    batches = []
+    shape = (len(images), extractor.output_shape[-1])
+    features = (np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape) if out is not None
+                else np.zeros(shape, np.float32))
+    forward = _local_forward(extractor)
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].astype(np.float32)
-        batches.append(keras.ops.convert_to_numpy(extractor.predict_on_batch(batch)).astype(np.float32))
+        batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
+        features[start:start + len(batch)] = keras.ops.convert_to_numpy(forward(batch))
         progress.update(len(batch))
     progress.close()
-    return np.concatenate(batches) if batches else np.zeros((0, extractor.output_shape[-1]), np.float32)
+    if out is not None:
+        features.flush()
+    return features
+
+
+def _local_forward(extractor: keras.Model):
+    """`predict_on_batch`, except under a tf.distribute strategy (catsdogs.distribute): there Keras would run
+    the batch on every replica and gather every worker's outputs; each worker extracts its own features."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy():
+            graph = tf.function(lambda batch: extractor(batch, training=False))
+            return lambda batch: graph(tf.constant(batch))
+    return extractor.predict_on_batch
 
 
 def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path) -> SplitArrays:
     """The features of a split as SplitArrays (features in `images`), from the cache or computed and cached."""
     path = cache_file(cache_dir, extractor, context.config["manifest_sha256"], split)
-    if path.exists():
-        with np.load(path) as saved:
-            return SplitArrays(saved["features"], saved["labels"], [], context.config["classes"])
-    images = context.split(split)
-    features = extract_features(extractor, images.images, context.options.batch_size, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as partial, open(partial, "wb") as handle:
-        np.savez(handle, features=features, labels=images.labels)
-    return SplitArrays(features, images.labels, images.paths, images.classes)
+    labels_path = path.with_name("labels-" + path.name.removeprefix("features-"))
+    if not (path.exists() and labels_path.exists()):
+        images = context.split(split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(labels_path) as partial:
+            np.save(partial, images.labels)
+        with atomic_path(path) as partial:
+            features = extract_features(extractor, images.images, context.options.batch_size, split, out=partial)
+            del features  # unmapped before the rename
+    return SplitArrays(load_features(path), np.load(labels_path), [], context.config["classes"])
+
+
+def load_features(path: Path) -> np.ndarray:
+    """A cached features file: read into memory when it fits the in-memory budget, else memory-mapped
+    (`dataset.to_dataset` then reads batches from the map; catsdogs.shards)."""
+    from catsdogs.shards import in_memory_budget
+
+    return np.load(path, mmap_mode="r" if path.stat().st_size > in_memory_budget() else None)
 
 
 def fit_features(model: keras.Model, context) -> None:

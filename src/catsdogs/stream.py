@@ -1,0 +1,110 @@
+"""`catsdogs predict ... --output FILE [--resume]`: classify any number of files in bounded memory.
+
+Files are listed lazily (sorted walk, the order `predict` always uses), classified batch by batch, and each
+batch's rows are appended to FILE and flushed before the next: memory holds one batch, whatever the count.
+A re-run with `resume` keeps FILE's complete rows and carries on after them (the file order is
+deterministic, so the rows already written are exactly the first ones; a torn last line is dropped).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from catsdogs.errors import UsageError
+from catsdogs.progress import Progress
+from catsdogs.sources import iter_image_files
+
+
+@dataclass
+class StreamSummary:
+    output: Path
+    written: int  # rows written by this call
+    skipped: int  # rows already in FILE (resume)
+    errors: int  # rows with an error
+    seconds: float
+
+
+def csv_header(classes: list[str]) -> list[str]:
+    return ["path", "label", *(f"p_{name}" for name in classes), "error"]
+
+
+def csv_row(prediction, classes: list[str]) -> list[str]:
+    probabilities = [f"{prediction.probabilities[name]:.6f}" if prediction.probabilities else "" for name in classes]
+    return [prediction.path, prediction.label, *probabilities, prediction.error]
+
+
+def _complete_rows(output: Path, header: list[str]) -> tuple[int, str | None]:
+    """Complete data rows in an existing FILE (a torn last line is cut off) and the last row's path."""
+    with open(output, "rb+") as handle:
+        data = handle.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # the last line was cut short by a kill: drop it
+            handle.truncate(end)
+    rows = list(csv.reader(io.StringIO(data[:end].decode("utf-8"))))
+    if rows and rows[0] != header:
+        raise UsageError(f"{output} is not a predict CSV of this run (header {','.join(rows[0])}); "
+                         "choose another --output", "output")
+    return max(0, len(rows) - 1), (rows[-1][0] if len(rows) > 1 else None)
+
+
+def count_files(paths: Iterable[Path]) -> int:
+    return sum(1 for _ in iter_image_files([Path(p) for p in paths]))
+
+
+def stream_predictions(predictor, paths: list[Path], output: Path, *, resume: bool = False,
+                       progress: bool = True) -> StreamSummary:
+    """Classify `paths` (files and folders) into the CSV `output`, appending as it goes."""
+    import time
+
+    output, paths = Path(output), [Path(p) for p in paths]
+    header = csv_header(predictor.classes)
+    skipped, last = 0, None
+    if output.exists() and output.stat().st_size:
+        if not resume:
+            raise UsageError(f"{output} already exists; add --resume to continue it, or choose another --output",
+                             "output")
+        skipped, last = _complete_rows(output, header)
+    total = count_files(paths) if progress else None
+    files: Iterator[Path] = iter_image_files(paths)
+    if skipped:
+        done = list(islice(files, skipped - 1))  # only to check the order: the last one must be `last`
+        check = next(files, None)
+        if check is None or str(check) != last:
+            raise UsageError(f"{output}: its rows are not the first files of these PATHs in order; "
+                             "resume needs the same PATH arguments", "resume")
+        del done
+    started = time.perf_counter()
+    bar = Progress(f"predicting -> {output.name}", total=(total - skipped) if total is not None else None,
+                   unit="images") if progress else None
+    written = errors = 0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        if not skipped:
+            writer.writerow(header)
+        batch: list[list[str]] = []
+        for prediction in predictor.predict_paths(files):
+            batch.append(csv_row(prediction, predictor.classes))
+            errors += bool(prediction.error)
+            if len(batch) >= predictor.batch_size:
+                written += _flush(writer, handle, batch, bar)
+                batch = []
+        written += _flush(writer, handle, batch, bar)
+    if bar:
+        bar.close()
+    return StreamSummary(output, written, skipped, errors, time.perf_counter() - started)
+
+
+def _flush(writer, handle, rows: list[list[str]], bar) -> int:
+    writer.writerows(rows)
+    handle.flush()
+    os.fsync(handle.fileno())
+    if bar:
+        bar.update(len(rows))
+    return len(rows)

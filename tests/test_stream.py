@@ -1,0 +1,60 @@
+"""predict --output FILE [--resume]: rows written as it goes, a re-run continues after the rows there."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from conftest import make_photo
+
+from catsdogs.errors import UsageError
+from catsdogs.predict import Predictor
+from catsdogs.progress import Progress
+from catsdogs.stream import stream_predictions
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    for i in range(11):
+        make_photo(tmp_path / "photos" / f"{i:02d}.jpg", i % 2, i)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+    return tmp_path / "photos"
+
+
+def test_resume_continues_after_the_rows_written(tiny_run: Path, photo_folder: Path, tmp_path: Path):
+    predictor = Predictor(tiny_run, batch_size=4)
+    full = tmp_path / "full.csv"
+    summary = stream_predictions(predictor, [photo_folder], full, progress=False)
+    assert summary.written == 12 and summary.errors == 1 and summary.skipped == 0
+    lines = full.read_text().splitlines()
+    assert lines[0] == "path,label,p_cat,p_dog,error" and len(lines) == 13
+    partial = tmp_path / "partial.csv"
+    partial.write_text("\n".join(lines[:6]) + "\n" + lines[6][:7])  # killed mid-row
+    with pytest.raises(UsageError, match="--resume"):
+        stream_predictions(predictor, [photo_folder], partial, progress=False)
+    resumed = stream_predictions(predictor, [photo_folder], partial, resume=True, progress=False)
+    assert resumed.skipped == 5 and resumed.written == 7
+    assert partial.read_text() == full.read_text()
+    again = stream_predictions(predictor, [photo_folder], partial, resume=True, progress=False)
+    assert again.written == 0 and partial.read_text() == full.read_text()
+
+
+def test_cli_predict_output_and_resume(tiny_run: Path, photo_folder: Path, tmp_path: Path, capsys):
+    from catsdogs.cli import main
+
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(photo_folder), "--output", str(out)]) in (0, None)
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 12 and rows[0]["path"].endswith("00.jpg")
+    assert main(["predict", str(tiny_run), str(photo_folder), "--output", str(out), "--resume"]) in (0, None)
+    assert "0 rows" in capsys.readouterr().err
+
+
+def test_progress_shows_rate_and_eta():
+    import io
+
+    stream = io.StringIO()
+    progress = Progress("predicting", total=100, unit="images", stream=stream, interval=0)
+    progress.update(10)
+    assert "images/s" in stream.getvalue() and "ETA" in stream.getvalue()
