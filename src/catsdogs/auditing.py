@@ -163,6 +163,11 @@ def _manifest_key(data_dir: Path) -> str:
     return hashlib.sha256((Path(data_dir) / "manifest.csv").read_bytes()).hexdigest()
 
 
+def _labels_file(features_file: Path) -> Path:
+    """The labels beside a cached features file (catsdogs.models.features.cached_features' naming)."""
+    return features_file.with_name("labels-" + features_file.name.removeprefix("features-"))
+
+
 def _decode(path: Path, size: int | None, want_hash: bool):
     """(resized pixels or None, hash or None) of one photo; an unreadable photo gives zeros and no hash."""
     try:
@@ -193,9 +198,8 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
             from catsdogs.models.features import cache_file
 
             feature_files[split] = cache_file(cache_dir, model, manifest, split)
-            if feature_files[split].exists():
-                with np.load(feature_files[split]) as saved:
-                    features_by_split[split] = saved["features"]
+            if feature_files[split].exists() and _labels_file(feature_files[split]).exists():
+                features_by_split[split] = np.load(feature_files[split])
     cached = hashes is not None and all(
         split in features_by_split or not any(r["split"] == split for r in rows) for split in SPLIT_ORDER)
     want_hash = hashes is None
@@ -227,11 +231,13 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
     for split in todo:
         features_by_split[split] = np.concatenate(computed[split])
         if split in feature_files:
-            # the `features` model's cache format: its labels too (fit and train read them)
+            # the `features` model's cache format (features .npy, labels .npy beside): fit and train reuse it
             labels = np.array([classes.index(r["class"]) for r in rows if r["split"] == split], np.int32)
             feature_files[split].parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(_labels_file(feature_files[split])) as partial, open(partial, "wb") as handle:
+                np.save(handle, labels)
             with atomic_path(feature_files[split]) as partial, open(partial, "wb") as handle:
-                np.savez(handle, features=features_by_split[split], labels=labels)
+                np.save(handle, features_by_split[split].astype(np.float32))
     if want_hash and hash_file is not None:
         hash_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(hash_file) as partial, open(partial, "wb") as handle:
