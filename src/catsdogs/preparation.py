@@ -243,7 +243,8 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
     counts = {split: {name: sum(1 for p, s in assignment if s == split and p.source.class_name == name)
                       for name in scan.classes} for split in SPLITS}
     record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve if given else [],
-              "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts}
+              "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts,
+              "dedupe": dedupe, "exclude": str(Path(exclude).resolve()) if exclude is not None else None}
     _write(data_dir, source, scan.classes, assignment, sorted(rejected), unused, record)
     leaks = cross_split_pairs(np.stack([p.phash for p, _ in assignment]), [s for _, s in assignment]) if assignment else 0
     return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused),
