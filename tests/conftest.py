@@ -44,7 +44,7 @@ if SHARED_WEIGHTS.is_dir():
 
 SLOW_FILES = {"test_reproduce.py", "test_distribute.py", "test_n_classes.py", "test_fit.py", "test_backbones.py",
               "test_efficientnet_lite.py", "test_export.py"}
-BROWSER_FILES = {"test_serve_browser.py", "test_report_browser.py"}
+BROWSER_FILES = {"test_serve_browser.py", "test_report_browser.py", "test_audit_browser.py"}
 
 
 def pytest_collection_modifyitems(items) -> None:

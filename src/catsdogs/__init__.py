@@ -22,6 +22,7 @@ _API = {
     "Run": "catsdogs.runs",
     "list_models": "catsdogs.models",
     "prepare": "catsdogs.preparation",
+    "audit": "catsdogs.auditing",
     "load_split": "catsdogs.dataset",
     "to_dataset": "catsdogs.dataset",
     "create_model": "catsdogs.models",

@@ -82,8 +82,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     source = args.source or default_source()
     summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
-                      force=args.force)
+                      force=args.force, exclude=args.exclude, dedupe=args.dedupe)
     print(summary.line())
+    print(summary.audit_line())
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from catsdogs.auditing import audit
+
+    result = audit(args.data, args.out, backbone=args.backbone, cache_dir=args.cache_dir)
+    print(result.line())
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -325,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=split_size, metavar="N", help="test photos (default 15%% of each class)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--force", action="store_true", help="replace a DATA made from another source")
+    p.add_argument("--exclude", type=Path, metavar="FILE", help="leave out the photos a CSV's path column names: "
+                   "an AUDIT/issues.csv (DATA paths, matched by sha256 through the audited DATA's manifest) or "
+                   "paths inside SOURCE")
+    p.add_argument("--dedupe", choices=["exact", "near"], default="exact", help="exact (default): identical files "
+                   "kept once; near: also one photo of each group of near-duplicates (perceptual hash)")
 
     p.set_defaults(needs_tensorflow=False)
 
@@ -345,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a finished RUN")
     p.add_argument("--distribute", choices=["mirrored", "multi-worker"],
                    help="train the candidates as `train --distribute` does (multi-worker: TF_CONFIG)")
+
+    p = command("audit", cmd_audit, "near-duplicates, likely label errors and outliers of a prepared DATA: "
+                "AUDIT/issues.csv and AUDIT/audit.html")
+    p.add_argument("data", type=Path, metavar="DATA")
+    p.add_argument("--out", type=Path, required=True, metavar="AUDIT")
+    p.add_argument("--backbone", help="embeddings' ImageNet backbone (default efficientnet_lite0, else mobilenetv2; "
+                   "any train --backbone name)")
+    p.add_argument("--cache-dir", type=Path, help="features and hashes cache (default AUDIT/cache; give fit's "
+                   "RUN/cache to reuse its features)")
 
     p = command("train", cmd_train, "train one experiment into RUN")
     add_option_arguments(p, TrainOptions, required=("data", "model", "out"))

