@@ -34,7 +34,8 @@ def test_fit_writes_an_ordinary_evaluated_run(fitted: catsdogs.Run):
     assert fitted.metrics["split"] == "test" and fitted.metrics["n"] == 4  # 15% of 16 (2) per class, carved
     prepared = json.loads((fitted / "data" / "prepare.json").read_text())
     assert prepared["given_splits"] == ["train", "validation"] and prepared["carved_splits"] == ["test"]
-    assert (fitted / "report.html").stat().st_size > 0
+    report = (fitted / "report.html").read_text()
+    assert "Audit of the photos" in report and (fitted / "audit" / "issues.csv").exists()
     assert json.loads((fitted / "fit.json").read_text())["test_accuracy"] == fitted.metrics["accuracy"]
     assert [p.label for p in fitted.predict(fitted / "data" / "test")] == \
         [p.label for p in catsdogs.Run(fitted.path).predict(fitted / "data" / "test")]

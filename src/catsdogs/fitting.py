@@ -38,13 +38,14 @@ def say(message: str) -> None:
 def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
         backbones: Sequence[str] | None = None, train_size: SplitSize = None, val_size: SplitSize = None,
         test_size: SplitSize = None, seed: int = DEFAULT_SEED, class_weight: str | None = "auto",
-        cache_dir: str | Path | None = None, overwrite: bool = False, report: bool = True,
+        cache_dir: str | Path | None = None, overwrite: bool = False, report: bool = True, audit: bool = True,
         distribute: str | None = None) -> Run:
     """Prepare SOURCE, train a classifier on each candidate backbone, keep the best on validation in OUT,
     evaluate it on the test split and write OUT/report.html; returns the Run.
 
     `data`: an already prepared DATA to use instead of preparing SOURCE into OUT/data (SOURCE may then be
     None). `class_weight` "auto": balanced when the largest class has 1.5x the photos of the smallest.
+    `audit`: run `catsdogs audit` on the photos (OUT/audit/) and put its findings in the report.
     `distribute`: as in TrainOptions (multi-worker: every worker runs the same fit; only the chief writes
     OUT, the others do the whole fit in their own temporary folder).
     """
@@ -92,8 +93,10 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     if report:
         from catsdogs.report import write_report
 
+        audited = _audit(data_dir, out, cache) if audit else None
         write_report([out, *(out / "candidates" / name for name in candidates if name != best)],
-                     out / "report.html", title=f"catsdogs fit: {out.name}")
+                     out / "report.html", title=f"catsdogs fit: {out.name}",
+                     sections=[audit_section(audited)] if audited else [])
     say(f"test accuracy {metrics['accuracy']:.4f} ({metrics['n']} photos); report: {out / 'report.html'}")
     return run
 
@@ -117,7 +120,7 @@ def _prepared(source: Path, data_dir: Path, seed: int, train_size, val_size, tes
         say(f"data already prepared in {data_dir}")
         return
     summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed, force=True)
-    print(summary.line(), file=sys.stderr)
+    print(summary.line(), summary.audit_line(), sep="\n", file=sys.stderr)
 
 
 def _class_weight(data_dir: Path, class_weight: str | None) -> str | None:
@@ -147,3 +150,31 @@ def _candidate(data_dir: Path, run: Path, backbone: str, seed: int, class_weight
     best = min(history, key=lambda row: row["val_loss"])  # the saved model.keras (monitor val_loss)
     return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
             "epoch": int(best["epoch"]) + 1}
+
+
+def _audit(data_dir: Path, out: Path, cache: Path):
+    """`catsdogs audit` of the prepared photos into OUT/audit, or None (with the reason) when it cannot run."""
+    from catsdogs.auditing import audit
+    from catsdogs.errors import CatsdogsError
+
+    try:
+        result = audit(data_dir, out / "audit", cache_dir=cache)
+    except CatsdogsError as error:
+        say(f"audit skipped: {error}")
+        return None
+    say(result.line())
+    return result
+
+
+def audit_section(result, shown: int = 5) -> str:
+    """The audit's summary and its most certain findings of each kind, as an HTML block for the report."""
+    from html import escape
+
+    rows = "".join(f"<tr><td>{escape(i.kind)}</td><td>{escape(i.split)}</td><td>{escape(i.path)}</td>"
+                   f"<td>{i.score:.3f}</td><td>{escape(str(i.detail))}</td></tr>"
+                   for kind in ("near_duplicate", "label", "outlier") for i in result.of_kind(kind)[:shown])
+    table = ("<div class=\"scroll\"><table><thead><tr><th>kind</th><th>split</th><th>photo</th><th>score</th>"
+             f"<th>detail</th></tr></thead><tbody>{rows}</tbody></table></div>") if rows else ""
+    return (f"<h2>Audit of the photos</h2><p>{escape(result.line())}</p>{table}"
+            "<p class=\"muted\">Every finding, with thumbnails: audit/audit.html and audit/issues.csv beside this page.</p>")
+
