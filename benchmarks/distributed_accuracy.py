@@ -108,8 +108,8 @@ def main() -> None:
     results.update(one=summary(one), two=summary(two))
     print(json.dumps(results, indent=2))
     print("| training | val accuracy (best) | test accuracy | test log loss | training s |\n|---|---|---|---|---|")
-    for name, label in (("one", "one process, batch %d" % args.global_batch),
-                        ("two", "two workers, %d x 2" % (args.global_batch // 2))):
+    for name, label in (("one", f"one process, batch {args.global_batch}"),
+                        ("two", f"two workers, {args.global_batch // 2} x 2")):
         r = results[name]
         print(f"| {label} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['test_log_loss']:.4f} | "
               f"{r['train_s']} |")

@@ -1,11 +1,12 @@
 """AUDIT/audit.html in headless Chromium: thumbnails load, pairs side by side, no console errors, fits a phone."""
 
-from browser import broken_images, chromium_driver, emulate_phone, horizontal_overflow, severe_console_entries
-from test_audit import jpeg, make_source, pixels, read_manifest, write_manifest, add_photo
 from PIL import Image, ImageOps
 
 from catsdogs.auditing import audit
 from catsdogs.preparation import prepare
+from test_audit import add_photo, jpeg, make_source, pixels, read_manifest, write_manifest
+
+from browser import broken_images, chromium_driver, emulate_phone, horizontal_overflow, severe_console_entries
 
 
 def test_audit_page_renders_in_chromium(tmp_path):

@@ -12,7 +12,6 @@ import keras
 import numpy as np
 import pytest
 
-
 from catsdogs.cli import main
 from catsdogs.dataset import load_split
 from catsdogs.errors import CatsdogsError, UsageError
@@ -24,6 +23,7 @@ from catsdogs.models.pretrained import find_base
 from catsdogs.models.weights import cache_names, install_weights, keras_cache, offline_weights_dir
 from catsdogs.preparation import prepare
 from catsdogs.training import TrainOptions, train
+
 from conftest import make_photo
 
 SIZE = 32  # MobileNetV2's smallest input: fast enough to train in a test

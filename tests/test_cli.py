@@ -65,7 +65,7 @@ def test_predict_csv_with_an_error_row(tiny_run: Path, tiny_data: Path, tmp_path
     assert rows[0] == ["path", "label", "p_cat", "p_dog", "error"]
     images = sorted(p for p in folder.rglob("*.jpg"))
     assert [r[0] for r in rows[1:-1]] == [str(p) for p in images]
-    for path, label, p_cat, p_dog, error in rows[1:-1]:
+    for _path, label, p_cat, p_dog, error in rows[1:-1]:
         assert label in ("cat", "dog") and not error
         assert abs(float(p_cat) + float(p_dog) - 1) < 1e-5
         assert label == ("dog" if float(p_dog) >= 0.5 else "cat")

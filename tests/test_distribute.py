@@ -130,7 +130,7 @@ def start_workers(command: list[str], tmp_path: Path, workers: list[str]) -> lis
 def wait_all(processes: list[subprocess.Popen], tmp_path: Path) -> None:
     deadline = time.time() + LIMIT
     try:
-        for index, process in enumerate(processes):
+        for process in processes:
             process.wait(timeout=max(1, deadline - time.time()))
     finally:
         for process in processes:
@@ -202,9 +202,9 @@ def test_killed_workers_restart_and_the_run_continues(tiny_data: Path, tmp_path:
 
 
 def test_fit_on_two_workers(tmp_path: Path):
-    from conftest import make_class_folders
-
     from catsdogs.models.weights import offline_weights_dir
+
+    from conftest import make_class_folders
 
     if offline_weights_dir() is None:
         pytest.skip("MobileNetV2's offline weights (../shared/weights/keras) are absent")

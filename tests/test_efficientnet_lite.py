@@ -20,6 +20,7 @@ from catsdogs.models.efficientnet_lite import build_efficientnet_lite, default_i
 from catsdogs.models.torch_checkpoint import read_torch_state_dict  # noqa: E402
 
 from conftest import SHARED_ZIP as PHOTOS_ZIP  # noqa: E402
+
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 DOG_CLASSES = range(151, 269)
 CAT_PHOTOS = ["train/cat.1.jpg", "train/cat.2.jpg", "train/cat.7.jpg"]
@@ -159,7 +160,8 @@ def test_local_weights_file(tmp_path, lite0_top):
     path = tmp_path / "mine.weights.h5"
     lite0_top.save_weights(path)
     model = build_efficientnet_lite(0, include_top=True, weights=str(path))
-    np.testing.assert_array_equal(model.get_layer("predictions").get_weights()[1], lite0_top.get_layer("predictions").get_weights()[1])
+    np.testing.assert_array_equal(model.get_layer("predictions").get_weights()[1],
+                                  lite0_top.get_layer("predictions").get_weights()[1])
     with pytest.raises(CatsdogsError, match="not found"):
         build_efficientnet_lite(0, weights=str(tmp_path / "absent.weights.h5"))
     notop = tmp_path / "notop.weights.h5"

@@ -10,6 +10,7 @@ import pytest
 import catsdogs
 from catsdogs.cli import main
 from catsdogs.errors import UsageError
+
 from conftest import make_photo
 
 pytestmark = pytest.mark.slow

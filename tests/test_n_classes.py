@@ -13,6 +13,7 @@ import pytest
 import catsdogs
 from catsdogs.cli import main
 from catsdogs.models import list_models
+
 from conftest import make_class_folders
 
 pytestmark = pytest.mark.slow

@@ -5,12 +5,13 @@ import json
 import re
 
 import pytest
-from fake_runs import make_run
 
 from catsdogs.errors import UsageError
 from catsdogs.plots import GALLERY_PNG
 from catsdogs.report import format_duration, write_report, write_results_markdown
 from catsdogs.runs import Run
+
+from fake_runs import make_run
 
 PUBLISHED = {"baseline": {"train": 0.85, "val": 0.82, "test": None}}
 NASTY = "x<img src=x onerror=alert(1)>&|y"  # a run name with HTML and a Markdown "|"

@@ -1,5 +1,9 @@
 """The HTML report in headless Chromium: every image loads, no console errors, fits a phone."""
 
+from PIL import Image
+
+from catsdogs.report import write_report
+
 from browser import (
     broken_images,
     chromium_driver,
@@ -9,9 +13,6 @@ from browser import (
     severe_console_entries,
 )
 from fake_runs import make_run
-from PIL import Image
-
-from catsdogs.report import write_report
 
 
 def test_report_renders_in_chromium(tmp_path):

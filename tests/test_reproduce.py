@@ -10,6 +10,7 @@ import pytest
 
 import catsdogs.study as reproduce_module
 from catsdogs.study import STUDY, reproduce
+
 from conftest import make_class_folders
 
 

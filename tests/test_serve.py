@@ -19,10 +19,11 @@ pytest.importorskip("multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
-from serve_support import make_tiny_run, png_bomb, real_photos, synthetic_jpeg  # noqa: E402
 
 from catsdogs import cli  # noqa: E402
 from catsdogs.serve import background_server, create_app  # noqa: E402
+
+from serve_support import make_tiny_run, png_bomb, real_photos, synthetic_jpeg  # noqa: E402
 
 JPEG = "image/jpeg"
 

@@ -12,12 +12,13 @@ pytest.importorskip("multipart")
 pytest.importorskip("uvicorn")
 pytest.importorskip("selenium")
 
-from browser import chromium_driver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from serve_support import make_tiny_run, real_photos  # noqa: E402
 
 from catsdogs.serve import background_server, create_app  # noqa: E402
+
+from browser import chromium_driver  # noqa: E402
+from serve_support import make_tiny_run, real_photos  # noqa: E402
 
 SCREENSHOT = "/tmp/serve-screenshot.png"
 
@@ -47,7 +48,7 @@ def test_page_classifies_an_uploaded_photo(tmp_path):
             label = card.find_element(By.CLASS_NAME, "label").text.strip().lower()
             assert label in ("cat", "dog") and label == expected[name]["label"], name
             shown = card.find_element(By.CLASS_NAME, "bars").text
-            for cls, p in expected[name]["probabilities"].items():
+            for _cls, p in expected[name]["probabilities"].items():
                 assert f"{100 * p:.1f}%" in shown
             images = card.find_elements(By.TAG_NAME, "img")
             assert all(driver.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images)

@@ -6,12 +6,13 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import make_photo
 
 from catsdogs.errors import UsageError
 from catsdogs.predict import Predictor
 from catsdogs.progress import Progress
 from catsdogs.stream import stream_predictions
+
+from conftest import make_photo
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ Three kinds of issue, one row each in AUDIT/issues.csv (`path,split,kind,score,d
   (stratified K-fold over every photo of every split) go to cleanlab's `find_label_issues`; `score` is
   1 - p(given label), `detail` the suggested class.
 - `outlier`: photos far from every other photo in embedding space (mean cosine distance of the L2-normalised
-  features to the k = 10 nearest photos that are not near-duplicates of it, above Tukey's far fence, Q3 + 3 IQR, of that distance over the collection: `detail` "far from every
-  class"), then photos the out-of-fold model finds ambiguous (the two most likely classes within
-  `AMBIGUOUS_MARGIN`: `detail` "ambiguous: a 0.48 / b 0.46").
+  features to the k = 10 nearest photos that are not near-duplicates of it, above Tukey's far fence, Q3 + 3 IQR,
+  of that distance over the collection: `detail` "far from every class"), then photos the out-of-fold model
+  finds ambiguous (the two most likely classes within `AMBIGUOUS_MARGIN`: `detail` "ambiguous: a 0.48 / b 0.46").
 
 Embeddings are the pooled features of a frozen ImageNet backbone, extracted batch by batch and cached in
 `cache_dir` under the same key as the `features` model's cache (backbone, weights, image size, DATA's manifest
@@ -40,7 +40,7 @@ import numpy as np
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.files import atomic_path
 from catsdogs.images import ImageError, decode_image, resize
-from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, groups, phash
+from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
 from catsdogs.progress import Progress
 
 KINDS = ("near_duplicate", "label", "outlier")
@@ -106,7 +106,8 @@ class AuditResult:
         where = f"; {self.out_dir / 'audit.html'}" if self.out_dir else ""
         return (f"audit of {self.data_dir}: {self.photos} photos, {len(self.of_kind('near_duplicate'))} "
                 f"near-duplicate pairs ({self.leaks} across splits), {len(self.of_kind('label'))} likely label "
-                f"errors, {len(self.of_kind('outlier'))} outliers ({self.backbone} embeddings{', cached' if self.cached else ''}, "
+                f"errors, {len(self.of_kind('outlier'))} outliers "
+                f"({self.backbone} embeddings{', cached' if self.cached else ''}, "
                 f"{sum(self.seconds.values()):.0f} s){where}")
 
 
@@ -178,7 +179,8 @@ def _decode(path: Path, size: int | None, want_hash: bool):
 
 
 def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_size: int | None,
-                   cache_dir: Path | None, *, classes: Sequence[str] = (), workers: int = 2, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray, bool]:
+                   cache_dir: Path | None, *, classes: Sequence[str] = (), workers: int = 2,
+                   batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray, bool]:
     """(features (n, D) float32, hashes (n, 2, 8) uint8, whether everything came from the cache), in `rows`
     order. Photos are decoded batch by batch (once for both); only features and hashes stay in memory."""
     manifest = _manifest_key(data_dir)

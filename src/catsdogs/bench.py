@@ -111,7 +111,8 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     plain_test = keras.utils.image_dataset_from_directory(test_folder, image_size=(size, size), batch_size=64,
                                                           label_mode="binary", shuffle=False, verbose=False)
     plain_model.predict(plain_test.take(1), verbose=0)
-    plain_predict = Throughput("plain Keras predict (model.predict, decoding JPEGs)", *_timed(lambda: len(plain_model.predict(plain_test, verbose=0))))
+    plain_predict = Throughput("plain Keras predict (model.predict, decoding JPEGs)",
+                               *_timed(lambda: len(plain_model.predict(plain_test, verbose=0))))
     test = load_split(data, "test", size)
     forward = compiled_forward(ours_model)  # what `catsdogs predict` / evaluate / serve run
     forward(test.images[:64])
@@ -135,7 +136,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     say(f"{'single-image predict latency, warm (median of 20)':<55} {latency_ms:8.1f} ms")
     say(f"{'model forward FLOPs per image':<55} {flops / 1e6:8.0f} MFLOP")
     say(f"{'achieved training FLOP/s (3 x forward)':<55} {achieved:8.0f} GFLOP/s")
-    say(f"{'estimated CPU peak ({} cores x {:.2f} GHz, {})'.format(_cores(), ghz, precision):<55} {peak:8.0f} GFLOP/s"
+    say(f"{f'estimated CPU peak ({_cores()} cores x {ghz:.2f} GHz, {precision})':<55} {peak:8.0f} GFLOP/s"
         f"  ({achieved / peak:.0%} of peak)")
     say(f"predict speedup vs plain Keras: {ours_predict.rate / plain_predict.rate:.1f}x")
     say(f"train speedup vs plain Keras: {ours.rate / plain.rate:.1f}x")

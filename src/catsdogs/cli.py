@@ -14,7 +14,6 @@ from typing import NoReturn
 
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
-from catsdogs.models import list_models
 from catsdogs.options import TrainOptions, add_option_arguments
 
 DEFAULT_SOURCE_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"

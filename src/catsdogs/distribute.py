@@ -201,9 +201,9 @@ class Distribution:
                 label_dtype="float32"):
         """A distributed dataset for `model.fit`: the same global order as a single process would shuffle
         with `seed` in batches of `per_replica_batch x replicas`; each worker reads only its own images."""
-        from catsdogs.shards import batch_reader
-
         import tensorflow as tf
+
+        from catsdogs.shards import batch_reader
 
         strategy, replicas = self.strategy, self.replicas
         global_batch = self.global_batch(per_replica_batch)

@@ -145,7 +145,7 @@ def _verify(
         )
 
 
-def _hash_existing(part: Path, chunk_size: int) -> tuple[int, "hashlib._Hash"]:
+def _hash_existing(part: Path, chunk_size: int) -> tuple[int, hashlib._Hash]:
     """Size and running sha256 of the ``.part`` already on disk (0 and empty when none)."""
     hasher = hashlib.sha256()
     if not part.is_file():
@@ -164,7 +164,7 @@ def _copy_stream(
     mode: str,
     done: int,
     total: int | None,
-    hasher: "hashlib._Hash",
+    hasher: hashlib._Hash,
     chunk_size: int,
     progress: Progress | None,
 ) -> int:

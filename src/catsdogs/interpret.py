@@ -14,8 +14,15 @@ from matplotlib.figure import Figure
 
 from catsdogs.errors import UsageError
 from catsdogs.metrics import check_multiclass_inputs, compute_metrics, is_multiclass, positive_probability
-from catsdogs.plots import (confusion_matrix_figure, curves_figure, gallery_figure, most_wrong,
-                            probability_histogram_figure, reliability_figure, roc_figure)
+from catsdogs.plots import (
+    confusion_matrix_figure,
+    curves_figure,
+    gallery_figure,
+    most_wrong,
+    probability_histogram_figure,
+    reliability_figure,
+    roc_figure,
+)
 from catsdogs.predict import class_probabilities
 
 

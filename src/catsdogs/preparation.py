@@ -23,8 +23,8 @@ from catsdogs.errors import UsageError
 from catsdogs.exclusions import read_exclusions
 from catsdogs.images import ImageError, decode_image, encode_jpeg
 from catsdogs.near_duplicates import cross_split_pairs, drop_near_duplicates, phash
-from catsdogs.progress import Progress
 from catsdogs.options import DEFAULT_SEED
+from catsdogs.progress import Progress
 from catsdogs.sources import SPLIT_NAMES, SourceFile, scan_source
 
 SPLITS = SPLIT_NAMES

@@ -14,7 +14,7 @@ import math
 import mimetypes
 import re
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from catsdogs import __version__
@@ -202,7 +202,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, kind: str = 
         )
 
     body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
-    return f'<div class="scroll"><table class="{kind}"><thead><tr>{cells("th", header)}</tr></thead><tbody>{body}</tbody></table></div>'
+    return (f'<div class="scroll"><table class="{kind}"><thead><tr>{cells("th", header)}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def _config_html(run: Run) -> str:
@@ -329,7 +330,7 @@ def write_report(run_dirs: Sequence[Path], out_html: Path, *, title: str = "cats
     nav = "".join(f'<li><a href="#{a}">{_e(r.name)}</a></li>' for r, a in zip(runs, anchors))
     note = (' <span class="published">Shaded columns: the study\'s published numbers.</span>'
             if published is not None else "")
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>

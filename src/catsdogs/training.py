@@ -23,8 +23,19 @@ from catsdogs.models.heads import output_classes
 from catsdogs.options import TrainOptions
 from catsdogs.precision import keras_precision, resolve_precision
 from catsdogs.preparation import manifest_sha256
-from catsdogs.runs import (CHECKPOINT_DIR, CLASSES, CONFIG, CURVES, HISTORY, MODEL, Run, library_versions,
-                           read_history_csv, read_json, write_json)
+from catsdogs.runs import (
+    CHECKPOINT_DIR,
+    CLASSES,
+    CONFIG,
+    CURVES,
+    HISTORY,
+    MODEL,
+    Run,
+    library_versions,
+    read_history_csv,
+    read_json,
+    write_json,
+)
 
 STATE = "state.json"
 ONE_CYCLE_PEAK_LEARNING_RATE = 1e-3

@@ -8,7 +8,6 @@ from importlib import import_module
 
 from catsdogs.errors import UsageError
 
-
 DEFAULT_TRAINER = "catsdogs.training:fit_images"
 
 

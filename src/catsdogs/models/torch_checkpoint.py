@@ -252,7 +252,7 @@ def _materialize(obj: Any) -> Any:
     return obj
 
 
-def read_torch_state_dict(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
+def read_torch_state_dict(path: str | os.PathLike) -> collections.OrderedDict[str, np.ndarray]:
     """Return the state dict of a ``.pth`` file as ``{name: numpy array}``.
 
     Works without PyTorch and never executes code from the file. Raises
