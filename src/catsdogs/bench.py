@@ -75,7 +75,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     import tensorflow as tf
 
     from catsdogs.models.convnet import STUDY_IMAGE_SIZE, study_convnet
-    from catsdogs.predict import compiled_forward
+    from catsdogs.engines import keras_engine
 
     manifest_sha256(data)  # a clear UsageError when DATA is not a prepared folder
     size = STUDY_IMAGE_SIZE
@@ -114,7 +114,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     plain_predict = Throughput("plain Keras predict (model.predict, decoding JPEGs)",
                                *_timed(lambda: len(plain_model.predict(plain_test, verbose=0))))
     test = load_split(data, "test", size)
-    forward = compiled_forward(ours_model)  # what `catsdogs predict` / evaluate / serve run
+    forward = keras_engine(ours_model)  # what `catsdogs predict` / evaluate / serve run
     forward(test.images[:64])
     ours_predict = Throughput("catsdogs predict (compiled forward, decoded once)", *_timed(
         lambda: sum(len(forward(test.images[i:i + 64])) for i in range(0, len(test.images), 64))))
@@ -161,9 +161,9 @@ def _drain(dataset, steps: int) -> int:
 def _single_image_latency(model, paths: list[Path], size: int) -> float:
     """Median ms to load, resize and classify one photo with a warm model."""
     from catsdogs.images import load_image
-    from catsdogs.predict import compiled_forward
+    from catsdogs.engines import keras_engine
 
-    forward = compiled_forward(model)
+    forward = keras_engine(model)
     forward(load_image(paths[0], size)[None])
     times = []
     for path in paths:

@@ -139,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"tuned threshold {threshold:.3f} on the validation split ({args.tune_metric}); "
               f"saved to {args.run / 'threshold.json'}")
     metrics = evaluate(args.run, args.data, args.split, tta=args.tta, threshold=args.threshold,
-                       cache_dir=args.cache_dir)
+                       cache_dir=args.cache_dir, engine=args.engine)
     decision = (f"threshold {metrics['threshold']:.3f} ({metrics['threshold_origin']})"
                 if metrics.get("threshold") is not None else "the most probable class")
     print(f"{args.split} split, {decision}{', with TTA (photo + mirror)' if args.tta else ''}")
@@ -149,7 +149,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from catsdogs.predict import Predictor
 
-    predictor = Predictor(args.run, threshold=args.threshold, tta=args.tta)
+    predictor = Predictor(args.run, threshold=args.threshold, tta=args.tta, engine=args.engine,
+                          samples=_engine_samples(args.run, args.engine))
     if predictor.tuned_threshold is not None and args.threshold is None:
         print(f"using the tuned threshold {predictor.threshold:.3f} from {args.run}", file=sys.stderr)
     missing = [str(p) for p in args.paths if not p.exists()]
@@ -243,6 +244,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"verified on {len(samples)} images: max |p_export - p_keras| = {result.max_abs_diff:.2e}{note}")
 
 
+def _engine_samples(run: Path, engine: str):
+    """Test photos of the run's DATA to verify an exported engine on (None for Keras itself)."""
+    from catsdogs.runs import read_config
+
+    return None if engine == "keras" else _sample_images(run, int(read_config(run).get("image_size") or 0) or 150)
+
+
 def _sample_images(run: Path, size: int, count: int = 8):
     """A few test images of the run's DATA for export checks; random pixels when DATA is gone."""
     import numpy as np
@@ -273,7 +281,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UsageError(f"--port must be at most 65535, got {args.port}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"--threshold must be between 0 and 1, got {args.threshold:g}")
-    app = serve.create_app(args.run, threshold=args.threshold, max_upload_mb=args.max_upload_mb)
+    app = serve.create_app(args.run, threshold=args.threshold, max_upload_mb=args.max_upload_mb,
+                           engine=args.engine, samples=_engine_samples(args.run, args.engine))
     try:
         sock = serve.bind_socket(args.host, args.port)
     except OSError as error:
@@ -307,6 +316,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["auto", "keras", "onnx", "openvino"], default="auto",
+                        help="inference engine (default auto: the fastest installed one whose answers match Keras' "
+                        "within 1e-4 on this run; its graph is kept in RUN/engines/)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-threshold", action="store_true",
                    help="choose the threshold on the validation split first and save it in RUN/threshold.json")
     p.add_argument("--tune-metric", choices=["accuracy", "f1", "balanced_accuracy"], default="accuracy")
+    add_engine_argument(p)
     p.add_argument("--cache-dir", type=Path)
 
     p = command("predict", cmd_predict, "classify image files and folders")
@@ -396,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, metavar="FILE",
                    help="write the CSV to FILE as it goes (bounded memory, progress with rate and ETA)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --output FILE")
+    add_engine_argument(p)
 
     p = command("explain", cmd_explain, "Grad-CAM heat map of one image, for both classes")
     p.add_argument("run", type=Path)
@@ -408,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=non_negative_int, default=8000, help="default 8000; 0 picks a free port")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body accepted (default 10)")
+    add_engine_argument(p)
     p.add_argument("--threshold", type=float, help="decision threshold (default: tuned, else 0.5)")
 
     p = command("report", cmd_report, "one self-contained HTML page comparing runs")

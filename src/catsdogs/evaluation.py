@@ -51,17 +51,18 @@ def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accur
 
 def evaluate(run: Path, data: Path | None = None, split: str = "test", *, tta: bool = False,
              threshold: float | None = None, cache_dir: Path | None = None, explain: bool = True,
-             predictor: Predictor | None = None) -> dict:
+             predictor: Predictor | None = None, engine: str = "keras") -> dict:
     """Compute and save RUN/metrics.json, RUN/predictions-<split>.csv, RUN/plots/ and RUN/explain/."""
     run = Path(run)
     data = Path(data or read_config(run)["data"])
     if predictor is None or predictor.tta != tta or (threshold is not None and predictor.threshold != threshold):
-        predictor = Predictor(run, threshold=threshold, tta=tta, model=predictor.model if predictor else None)
+        predictor = Predictor(run, threshold=threshold, tta=tta, model=predictor.model if predictor else None,
+                              engine=engine)
     labels, probabilities, paths, images = split_probabilities(predictor, data, split, cache_dir)
     metrics = compute_metrics(labels, probabilities, predictor.classes, threshold=predictor.threshold)
     origin = "argument" if threshold is not None else ("tuned on validation" if predictor.tuned_threshold
                                                        is not None else "default")
-    metrics.update(split=split, tta=tta, data=str(data), threshold_origin=origin)
+    metrics.update(split=split, tta=tta, data=str(data), threshold_origin=origin, engine=predictor.engine)
     write_json(run / METRICS, metrics)
     _write_predictions(run / f"predictions-{split}.csv", paths, labels, probabilities, predictor)
     save_evaluation_plots(labels, probabilities, predictor.classes, predictor.threshold, run / "plots")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catsdogs.engines import create_engine
 from catsdogs.errors import UsageError
 from catsdogs.images import ImageError, load_image, resize
 from catsdogs.runs import load_run_model, read_run_classes, read_threshold
@@ -24,20 +25,6 @@ class Prediction:
     error: str = ""
 
 
-def compiled_forward(model):
-    """A function uint8/float batch -> raw model output (n x units) that runs the model as one compiled
-    graph (TF backend), much faster than `model.predict` for the small batches of interactive use."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return lambda batch: np.asarray(model.predict(np.asarray(batch, np.float32), verbose=0))
-    import tensorflow as tf
-
-    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
-    graph = tf.function(lambda batch: model(batch, training=False), input_signature=signature)
-    return lambda batch: graph(tf.constant(np.asarray(batch, np.float32))).numpy()
-
-
 def class_probabilities(outputs: np.ndarray) -> np.ndarray:
     """Model outputs -> n x N class probabilities: one sigmoid unit p becomes [1 - p, p]; a softmax stays."""
     outputs = np.asarray(outputs, dtype=np.float32)
@@ -50,11 +37,12 @@ class Predictor:
     """A loaded RUN, ready to classify raw uint8 RGB images (resized to the model's input size).
 
     Two classes: the label is classes[1] when p(classes[1]) >= the threshold (tuned on validation, else 0.5).
-    More: the most probable class.
+    More: the most probable class. `engine`: keras, onnx, openvino, or auto (the fastest verified one;
+    catsdogs.engines); `samples`: images to verify an exported engine on.
     """
 
     def __init__(self, run: Path, *, threshold: float | None = None, tta: bool = False, batch_size: int = 64,
-                 model=None):
+                 model=None, engine: str = "keras", samples: np.ndarray | None = None):
         self.run = Path(run)
         self.model = model if model is not None else load_run_model(self.run)
         self.classes = read_run_classes(self.run)
@@ -65,7 +53,8 @@ class Predictor:
         self.threshold = threshold if threshold is not None else (self.tuned_threshold or 0.5)
         self.image_size = int(self.model.input_shape[1])
         self.tta, self.batch_size = tta, batch_size
-        self.forward = compiled_forward(self.model)
+        self.forward = create_engine(self.run, self.model, engine, samples)  # keras, onnx, openvino or auto
+        self.engine = self.forward.name
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """n x N class probabilities of uint8 images (n x S x S x 3); with TTA, averaged with the mirror."""

@@ -184,14 +184,15 @@ def _model_info(engine: Engine, threshold_argument: float | None, max_upload_byt
 # ---- the app -------------------------------------------------------------------------------------
 
 def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, engine: str = "keras",
+               samples: np.ndarray | None = None) -> FastAPI:
     """The API and page for RUN; loads the model now (a `UsageError` when RUN is not a usable run)."""
     run = Path(run)
     read_config(run)
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 1_000_000)
-    engine = Engine(Predictor(run, threshold=threshold, tta=tta))
+    engine = Engine(Predictor(run, threshold=threshold, tta=tta, engine=engine, samples=samples))
     info = _model_info(engine, threshold, max_upload_bytes)
 
     app = FastAPI(title="catsdogs", version=__version__,

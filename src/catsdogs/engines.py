@@ -1,0 +1,163 @@
+"""Inference engines for a trained RUN: Keras (compiled TensorFlow graph), ONNX Runtime and OpenVINO.
+
+An engine maps a batch of raw 0-255 RGB images (n x S x S x 3) to the model's raw outputs (n x 1 for two
+classes, n x N for more). The ONNX graph is exported once per model file into RUN/engines/ and kept only
+when its answers match Keras' within 1e-4 on sample images (OpenVINO runs the same verified graph, checked
+again); `auto` times the verified engines on a few batches and uses the fastest (the choice is cached
+beside the graph). A missing runtime or a failed check means the engine is not offered: `auto` falls back
+to Keras, and asking for it by name is a one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.files import write_text_atomic
+
+ENGINES = ("keras", "onnx", "openvino")
+ENGINE_DIR = "engines"
+ATOL = 1e-4
+RUNTIMES = {"onnx": ("onnxruntime", "tf2onnx"), "openvino": ("openvino", "onnxruntime", "tf2onnx")}
+TIMING_BATCH, TIMING_REPEATS = 16, 3
+
+
+@dataclass
+class Engine:
+    """A named forward pass: `engine(batch)` -> raw model outputs, float32 n x units."""
+
+    name: str
+    forward: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.forward(np.asarray(batch, np.float32)), np.float32)
+
+
+def list_engines() -> list[str]:
+    """The engines whose runtimes are installed here (keras always)."""
+    return ["keras"] + [name for name, modules in RUNTIMES.items()
+                        if all(importlib.util.find_spec(module) for module in modules)]
+
+
+def keras_engine(model) -> Engine:
+    """The model as one compiled graph (TF backend): much faster than `model.predict` on small batches."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return Engine("keras", lambda batch: np.asarray(model.predict(batch, verbose=0)))
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
+    graph = tf.function(lambda batch: model(batch, training=False), input_signature=signature)
+    return Engine("keras", lambda batch: graph(tf.constant(batch)).numpy())
+
+
+def create_engine(run: Path | None, model, name: str = "keras", samples: np.ndarray | None = None) -> Engine:
+    """The engine `name` (keras, onnx, openvino or auto) for `model`, the model of RUN.
+
+    `samples`: images to verify exported graphs on (default: seeded random images).
+    """
+    if name not in (*ENGINES, "auto"):
+        raise UsageError(f"engine must be one of {', '.join((*ENGINES, 'auto'))}, got {name!r}", "engine")
+    reference = keras_engine(model)
+    if name == "keras" or (name == "auto" and len(list_engines()) == 1) or run is None:
+        if name not in ("keras", "auto"):
+            raise UsageError(f"engine {name} needs a RUN folder to keep its graph in", "engine")
+        return reference
+    if name != "auto" and name not in list_engines():
+        modules = " and ".join(RUNTIMES[name])
+        raise CatsdogsError(f"engine {name} needs {modules}: pip install 'catsdogs[engines]'")
+    folder = Path(run) / ENGINE_DIR
+    key = _model_key(Path(run))
+    samples = _samples(model, samples)
+    if name != "auto":
+        return _verified(name, model, folder, key, samples, reference)
+    return _fastest(model, folder, key, samples, reference)
+
+
+def _model_key(run: Path) -> str:
+    """A short hash of RUN/model.keras: exported graphs and choices are kept per model file."""
+    return hashlib.sha256((run / "model.keras").read_bytes()).hexdigest()[:16]
+
+
+def _samples(model, samples: np.ndarray | None) -> np.ndarray:
+    if samples is not None:
+        return np.asarray(samples, np.float32)
+    size = int(model.input_shape[1])
+    return np.random.default_rng(0).integers(0, 256, (8, size, size, 3)).astype(np.float32)
+
+
+def _verified(name: str, model, folder: Path, key: str, samples: np.ndarray, reference: Engine) -> Engine:
+    """Export (once) and load engine `name`; CatsdogsError when it does not match Keras within ATOL."""
+    onnx_path = folder / f"model-{key}.onnx"
+    if not onnx_path.exists():
+        _export_onnx(model, onnx_path, samples)
+    engine = _load(name, onnx_path)
+    diff = float(np.max(np.abs(engine(samples) - reference(samples))))
+    if not diff <= ATOL:
+        raise CatsdogsError(f"engine {name} differs from Keras by {diff:.2g} (> {ATOL:g}) on this run's model "
+                            "(a mixed-precision model computes in bfloat16 under Keras); use --engine keras")
+    return engine
+
+
+def _export_onnx(model, path: Path, samples: np.ndarray) -> None:
+    from catsdogs.export import export_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_model(model, "onnx", path, samples)  # written beside, verified against Keras, then renamed
+
+
+def _load(name: str, onnx_path: Path) -> Engine:
+    if name == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        return Engine("onnx", lambda batch: session.run(None, {input_name: batch})[0])
+    import openvino
+
+    # float32 inference: on CPUs with bfloat16 units OpenVINO would otherwise compute in bf16
+    compiled = openvino.Core().compile_model(str(onnx_path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                                     "INFERENCE_PRECISION_HINT": "f32"})
+    return Engine("openvino", lambda batch: compiled(batch)[0])
+
+
+def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engine) -> Engine:
+    """The fastest verified engine (timed once per model file; the choice is kept in RUN/engines/)."""
+    choice_file = folder / f"choice-{key}.json"
+    if choice_file.exists():
+        chosen = json.loads(choice_file.read_text()).get("engine", "keras")
+        if chosen == "keras":
+            return reference
+        try:
+            return _verified(chosen, model, folder, key, samples, reference)
+        except CatsdogsError:
+            pass
+    candidates, timings, refused = {"keras": reference}, {}, {}
+    for name in list_engines()[1:]:
+        try:
+            candidates[name] = _verified(name, model, folder, key, samples, reference)
+        except CatsdogsError as error:
+            refused[name] = str(error)
+    batch = np.resize(samples, (TIMING_BATCH, *samples.shape[1:]))
+    for name, engine in candidates.items():
+        engine(batch)  # warm-up
+        started = time.perf_counter()
+        for _ in range(TIMING_REPEATS):
+            engine(batch)
+        timings[name] = TIMING_BATCH * TIMING_REPEATS / (time.perf_counter() - started)
+    chosen = max(timings, key=timings.get)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(choice_file, json.dumps({"engine": chosen, "images_per_s": timings, "refused": refused},
+                                              indent=2) + "\n")
+    return candidates[chosen]

@@ -1,0 +1,69 @@
+"""Inference engines: ONNX Runtime and OpenVINO answer as Keras does (within 1e-4), for one sigmoid output and
+for N softmax outputs; `auto` keeps the fastest verified one and falls back to Keras."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import catsdogs
+from catsdogs import engines
+from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.predict import Predictor
+from conftest import make_class_folders
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tf2onnx")
+SIZE = 48
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def run(request, tmp_path_factory) -> catsdogs.Run:
+    root = tmp_path_factory.mktemp(f"engines{request.param}")
+    names = ("cat", "dog", "fox")[: request.param]
+    catsdogs.prepare(make_class_folders(root / "photos", per_class=8, names=names), root / "data",
+                     train=0.5, val=0.25, test=0.25)
+    return catsdogs.train(data=root / "data", model="baseline", out=root / "run", epochs=1, image_size=SIZE,
+                          batch_size=8, precision="float32")
+
+
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_exported_engines_match_keras(run: catsdogs.Run, name: str):
+    if name not in engines.list_engines():
+        pytest.skip(f"{name} is not installed")
+    images = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 3)).astype(np.float32)
+    engine = engines.create_engine(run.path, run.model, name)
+    keras_out = engines.keras_engine(run.model)(images)
+    assert engine.name == name and engine(images).shape == keras_out.shape
+    assert np.max(np.abs(engine(images) - keras_out)) <= 1e-4
+    assert len(list((run / "engines").glob("model-*.onnx"))) == 1  # exported once, kept in the RUN
+
+
+def test_auto_picks_a_verified_engine_and_remembers(run: catsdogs.Run):
+    predictor = Predictor(run.path, engine="auto")
+    choice = json.loads(next((run / "engines").glob("choice-*.json")).read_text())
+    assert predictor.engine == choice["engine"] and choice["engine"] in engines.list_engines()
+    assert set(choice["images_per_s"]) >= {"keras"}
+    reference = Predictor(run.path, engine="keras")
+    images = np.random.default_rng(2).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    assert np.allclose(predictor.probabilities(images), reference.probabilities(images), atol=1e-4)
+
+
+def test_auto_falls_back_to_keras_and_names_are_checked(run: catsdogs.Run, monkeypatch):
+    monkeypatch.setattr(engines, "list_engines", lambda: ["keras"])
+    assert engines.create_engine(run.path, run.model, "auto").name == "keras"
+    with pytest.raises(CatsdogsError, match="engine onnx needs onnxruntime"):
+        engines.create_engine(run.path, run.model, "onnx")
+    with pytest.raises(UsageError, match="engine must be one of"):
+        engines.create_engine(run.path, run.model, "tensorrt")
+
+
+def test_a_model_that_differs_is_refused(tmp_path: Path, tiny_run: Path):
+    model = catsdogs.Run(tiny_run).model  # trained with precision auto: bfloat16 on CPUs that have it
+    if not any("bfloat16" in layer.dtype_policy.name for layer in model.layers):
+        pytest.skip("this CPU trains the tiny run in float32")
+    with pytest.raises(CatsdogsError, match="differs from Keras by"):
+        engines.create_engine(tiny_run, model, "onnx")
