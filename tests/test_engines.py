@@ -13,6 +13,7 @@ import catsdogs
 from catsdogs import engines
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.predict import Predictor
+
 from conftest import make_class_folders
 
 pytest.importorskip("onnxruntime")

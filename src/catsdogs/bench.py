@@ -74,8 +74,8 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     import keras
     import tensorflow as tf
 
-    from catsdogs.models.convnet import STUDY_IMAGE_SIZE, study_convnet
     from catsdogs.engines import keras_engine
+    from catsdogs.models.convnet import STUDY_IMAGE_SIZE, study_convnet
 
     manifest_sha256(data)  # a clear UsageError when DATA is not a prepared folder
     size = STUDY_IMAGE_SIZE
@@ -160,8 +160,8 @@ def _drain(dataset, steps: int) -> int:
 
 def _single_image_latency(model, paths: list[Path], size: int) -> float:
     """Median ms to load, resize and classify one photo with a warm model."""
-    from catsdogs.images import load_image
     from catsdogs.engines import keras_engine
+    from catsdogs.images import load_image
 
     forward = keras_engine(model)
     forward(load_image(paths[0], size)[None])
