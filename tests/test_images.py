@@ -82,3 +82,19 @@ def test_load_image_resizes_and_reports_missing_files(tmp_path):
     assert load_image(path, 32).shape == (32, 32, 3)
     with pytest.raises(ImageError, match="cannot read"):
         load_image(tmp_path / "missing.jpg")
+
+
+def test_draft_mode_decodes_a_large_jpeg_at_the_size_asked(tmp_path):
+    from catsdogs.images import decode_image, load_image, resize
+
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    big = np.asarray(Image.fromarray(small).resize((1600, 1200), Image.BICUBIC))  # smooth, like a photo
+    path = tmp_path / "big.jpg"
+    Image.fromarray(big).save(path, quality=92)
+    drafted = decode_image(path.read_bytes(), at_least=100)
+    assert min(drafted.pixels.shape[:2]) >= 100 and drafted.pixels.shape[1] <= 1600 // 4  # decoded at 1/8..1/4
+    full = resize(decode_image(path.read_bytes()).pixels, 100)
+    quick = load_image(path, 100)
+    assert quick.shape == (100, 100, 3)
+    assert np.abs(quick.astype(int) - full.astype(int)).mean() < 3  # the same picture

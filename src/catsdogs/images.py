@@ -29,11 +29,14 @@ class DecodedImage:
     converted: bool  # True when the stored pixels differ from a plain RGB decode (mode, rotation)
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> DecodedImage:
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
+                 at_least: int | None = None) -> DecodedImage:
     """Decode `data` completely into an upright RGB array, or raise `ImageError` with the reason.
 
     The header is checked against `max_pixels` before any pixel is decoded, so a decompression bomb
     never reaches memory. EXIF orientation is applied; grayscale, palette, RGBA and CMYK become RGB.
+    `at_least`: the photo is only needed at this many pixels a side; a JPEG is then decoded in draft mode
+    (scaled by 1/2, 1/4 or 1/8 inside the decoder, never below `at_least`), several times faster.
     """
     if not data:
         raise ImageError("empty file")
@@ -50,6 +53,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
                 raise ImageError(f"too small: {width}x{height} (minimum {min_side} px a side)")
             fmt = image.format or "unknown"
             mode = image.mode
+            if at_least and fmt == "JPEG":
+                image.draft("RGB", (at_least, at_least))
             image.load()  # full decode: truncated files fail here
             orientation = image.getexif().get(ORIENTATION_TAG, 1)
             converted = orientation != 1 or mode != "RGB"
@@ -85,7 +90,7 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read: {error.strerror or error}") from None
-    pixels = decode_image(data).pixels
+    pixels = decode_image(data, at_least=size).pixels
     return resize(pixels, size) if size else pixels
 
 

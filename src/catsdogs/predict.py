@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from catsdogs.errors import UsageError
 from catsdogs.images import ImageError, load_image, resize
 from catsdogs.runs import load_run_model, read_run_classes, read_threshold
 from catsdogs.sources import iter_image_files
+
+DECODE_WORKERS = max(2, os.cpu_count() or 2)  # Pillow decodes without the GIL
 
 
 @dataclass
@@ -95,17 +100,19 @@ class Predictor:
         return [self.as_prediction(name, row) for name, row in zip(names, self.probabilities(images))]
 
     def predict_paths(self, paths: Iterable[Path]) -> Iterator[Prediction]:
-        """Classify files (folders expanded recursively) in order; unreadable files get an `error` row."""
-        pending: list[tuple[str, np.ndarray | str]] = []  # (path, image or error reason)
-        for path in iter_image_files([Path(p) for p in paths]):
-            try:
-                pending.append((str(path), load_image(path, self.image_size)))
-            except ImageError as error:
-                pending.append((str(path), str(error)))
-            if len(pending) == self.batch_size:
-                yield from self._flush(pending)
-                pending = []
-        yield from self._flush(pending)
+        """Classify files (folders expanded recursively) in order; unreadable files get an `error` row.
+        Each batch's files are decoded in parallel (draft-mode JPEG decoding, `images.load_image`)."""
+        files = iter_image_files([Path(p) for p in paths])
+        with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
+            while batch := [str(path) for path in itertools.islice(files, self.batch_size)]:
+                yield from self._flush(list(zip(batch, pool.map(self._decode, batch))))
+
+    def _decode(self, path: str) -> np.ndarray | str:
+        """The image at the model's size, or the reason it cannot be read."""
+        try:
+            return load_image(path, self.image_size)
+        except ImageError as error:
+            return str(error)
 
     def _flush(self, pending: list[tuple[str, np.ndarray | str]]) -> Iterator[Prediction]:
         images = [item for _, item in pending if not isinstance(item, str)]

@@ -117,7 +117,7 @@ class Engine:
         """Decode one upload into the model's input (and a small copy for overlays); HTTPException if bad."""
         with self._decode_slots:
             try:
-                pixels = decode_image(data).pixels
+                pixels = decode_image(data, at_least=max(self.predictor.image_size, OVERLAY_SIDE)).pixels
             except ImageError as error:
                 raise HTTPException(_status_of(str(error)), f"{filename}: {error}") from None
             return Photo(filename, resize(pixels, self.predictor.image_size), _shrink(pixels, OVERLAY_SIDE))
