@@ -93,7 +93,7 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     if report:
         from catsdogs.report import write_report
 
-        audited = _audit(data_dir, out, cache) if audit else None
+        audited = _audit(data_dir, out, cache) if audit and distribution.is_chief else None
         write_report([out, *(out / "candidates" / name for name in candidates if name != best)],
                      out / "report.html", title=f"catsdogs fit: {out.name}",
                      sections=[audit_section(audited)] if audited else [])
