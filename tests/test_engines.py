@@ -68,3 +68,16 @@ def test_a_model_that_differs_is_refused(tmp_path: Path, tiny_run: Path):
         pytest.skip("this CPU trains the tiny run in float32")
     with pytest.raises(CatsdogsError, match="differs from Keras by"):
         engines.create_engine(tiny_run, model, "onnx")
+
+
+def test_auto_survives_a_runtime_that_breaks(run: catsdogs.Run, monkeypatch):
+    def broken(name, path):
+        raise RuntimeError("the runtime crashed")
+
+    monkeypatch.setattr(engines, "_load", broken)
+    for choice in (run / "engines").glob("choice-*.json"):
+        choice.unlink()
+    engine = engines.create_engine(run.path, run.model, "auto")
+    assert engine.name == "keras"
+    refused = json.loads(next((run / "engines").glob("choice-*.json")).read_text())["refused"]
+    assert all("the runtime crashed" in reason for reason in refused.values()) and refused
