@@ -341,3 +341,22 @@ def test_cli_busy_port_exits_2(run, capsys):
         port = busy.getsockname()[1]
         assert cli.main(["serve", str(run), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_concurrent_requests_share_model_calls(run, photos):
+    """Micro-batching: eight requests at once get their own answers, in fewer model calls than requests."""
+    from catsdogs.images import decode_image, resize
+    from catsdogs.predict import Predictor
+
+    app = create_app(run)
+    predictor = Predictor(run)
+    alone = {name: predictor.predict_images(resize(decode_image(data).pixels, predictor.image_size))[0].probabilities
+             for name, data in photos}
+    batcher = app.state.engine.batcher
+    batcher.max_wait = 0.2  # generous, so that the concurrent requests surely meet
+    with TestClient(app) as client, ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda item: predict(client, [item]).json(), photos[:8]))
+    for (name, _), body in zip(photos[:8], bodies):
+        assert body["predictions"][0]["filename"] == name
+        assert body["predictions"][0]["probabilities"] == pytest.approx(alone[name], abs=1e-5)
+    assert batcher.batches < len(bodies)
