@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     parser = OneLineErrorParser(prog="catsdogs", parents=[common],
-                                     description="Two kinds of photos -> a trained, evaluated, explainable classifier.")
+                                     description="Photos of two kinds or more -> a trained, evaluated, explainable classifier.")
     parser.add_argument("--version", action="version", version=f"catsdogs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted --output FILE")
     add_engine_argument(p)
 
-    p = command("explain", cmd_explain, "Grad-CAM heat map of one image, for both classes")
+    p = command("explain", cmd_explain, "Grad-CAM heat map of one image: the predicted class (or --target) and the runner-up")
     p.add_argument("run", type=Path)
     p.add_argument("image", type=Path)
     p.add_argument("--out", type=Path, metavar="PNG", help="default: IMAGE-gradcam.png in this folder")
