@@ -39,13 +39,14 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
         backbones: Sequence[str] | None = None, train_size: SplitSize = None, val_size: SplitSize = None,
         test_size: SplitSize = None, seed: int = DEFAULT_SEED, class_weight: str | None = "auto",
         cache_dir: str | Path | None = None, overwrite: bool = False, report: bool = True, audit: bool = True,
-        distribute: str | None = None) -> Run:
+        distribute: str | None = None, epochs: int = FIT_EPOCHS) -> Run:
     """Prepare SOURCE, train a classifier on each candidate backbone, keep the best on validation in OUT,
     evaluate it on the test split and write OUT/report.html; returns the Run.
 
     `data`: an already prepared DATA to use instead of preparing SOURCE into OUT/data (SOURCE may then be
     None). `class_weight` "auto": balanced when the largest class has 1.5x the photos of the smallest.
     `audit`: run `catsdogs audit` on the photos (OUT/audit/) and put its findings in the report.
+    `epochs`: the most epochs of each candidate's head (early stopping after 10 without improvement).
     `distribute`: as in TrainOptions (multi-worker: every worker runs the same fit; only the chief writes
     OUT, the others do the whole fit in their own temporary folder).
     """
@@ -75,7 +76,7 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     with weights_cache(cache / "keras"):
         for backbone in candidates:
             results[backbone] = _candidate(data_dir, out / "candidates" / backbone, backbone, seed, weights, cache,
-                                           distribution.kind)
+                                           distribution.kind, epochs)
     best = max(results, key=lambda name: (results[name]["val_accuracy"], -results[name]["val_loss"]))
     scores = ", ".join(f"{name} {result['val_accuracy']:.4f}" for name, result in results.items())
     say(f"chose {best} on validation accuracy ({scores})")
@@ -136,13 +137,13 @@ def _class_weight(data_dir: Path, class_weight: str | None) -> str | None:
 
 
 def _candidate(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,
-               distribute: str | None = None) -> dict:
+               distribute: str | None = None, epochs: int = FIT_EPOCHS) -> dict:
     """Train (or finish, or reuse) the `features` run of one backbone; its validation numbers."""
     status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
     if status != "complete":
         resume = (run / "checkpoint").exists()
         say(f"{backbone}: {'resuming' if resume else 'training'} a head on its features")
-        train(TrainOptions(data=data_dir, model="features", out=run, backbone=backbone, epochs=FIT_EPOCHS,
+        train(TrainOptions(data=data_dir, model="features", out=run, backbone=backbone, epochs=epochs,
                            patience=FIT_PATIENCE, learning_rate=FIT_LEARNING_RATE, seed=seed,
                            class_weight=class_weight, cache_dir=cache, resume=resume, overwrite=not resume,
                            distribute=distribute))
