@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, ...] =
             make_photo(root / name / f"{i}.jpg", kind, i, kinds=len(names))
     return root
 
+
+# the project's offline ImageNet weights, as the command line finds them (the library reads only the variable)
+SHARED_WEIGHTS = SHARED_ZIP.parents[1] / "weights" / "keras"
+if SHARED_WEIGHTS.is_dir():
+    os.environ.setdefault("CATSDOGS_WEIGHTS", str(SHARED_WEIGHTS))
 
 SLOW_FILES = {"test_reproduce.py", "test_distribute.py", "test_n_classes.py", "test_fit.py", "test_backbones.py",
               "test_efficientnet_lite.py", "test_export.py"}

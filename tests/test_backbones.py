@@ -21,7 +21,7 @@ from catsdogs.models import features as features_module
 from catsdogs.models.backbones import backbones, get_backbone
 from catsdogs.models.finetune import unfreeze_top
 from catsdogs.models.pretrained import find_base
-from catsdogs.models.weights import cache_names, install_weights, keras_cache, shared_weights_dir
+from catsdogs.models.weights import cache_names, install_weights, keras_cache, offline_weights_dir
 from catsdogs.preparation import prepare
 from catsdogs.training import TrainOptions, train
 from conftest import make_photo
@@ -129,7 +129,7 @@ def test_missing_offline_weights_is_a_one_line_error(tmp_path: Path, monkeypatch
 
 
 def test_shared_weights_serve_keras_cache_at_every_size(tmp_path: Path):
-    shared = shared_weights_dir()
+    shared = offline_weights_dir()
     if shared is None:
         pytest.skip("no shared/weights/keras folder")
     assert cache_names("m_1.0_224_no_top.h5") == [f"m_1.0_{s}_no_top.h5" for s in (96, 128, 160, 192, 224)]

@@ -26,7 +26,7 @@ _API = {
     "to_dataset": "catsdogs.dataset",
     "create_model": "catsdogs.models",
     "MODELS": "catsdogs.models",
-    "TrainOptions": "catsdogs.training",
+    "TrainOptions": "catsdogs.options",
     "train": "catsdogs.training",
     "evaluate": "catsdogs.evaluation",
     "tune_run_threshold": "catsdogs.evaluation",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -14,12 +15,29 @@ from typing import NoReturn
 from catsdogs import __version__
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.models import list_models
+from catsdogs.options import TrainOptions, add_option_arguments
 
 DEFAULT_SOURCE_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
+SHARED_WEIGHTS_NAME = Path("shared") / "weights" / "keras"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
 NO_SOURCE_HELP = ("no SOURCE given and the default data ({path}) is absent: download Kaggle's Dogs vs. Cats "
                   "train.zip (https://www.kaggle.com/c/dogs-vs-cats/data) or run `catsdogs download --out "
                   "PetImages.zip`, then pass it as SOURCE")
+
+
+def project_shared(name: Path) -> list[Path]:
+    """Where the project's `../shared` files may be: beside the checkout, or beside the working folder."""
+    return [PROJECT_ROOT.parent / name, Path.cwd().parent / name]
+
+
+def use_shared_weights() -> None:
+    """Point $CATSDOGS_WEIGHTS at the project's offline ImageNet weights (`../shared/weights/keras`) when they
+    exist and the variable is unset: the library itself only reads the variable."""
+    from catsdogs.models.weights import WEIGHTS_ENV
+
+    found = next((path for path in project_shared(SHARED_WEIGHTS_NAME) if path.is_dir()), None)
+    if found is not None:
+        os.environ.setdefault(WEIGHTS_ENV, str(found.resolve()))
 
 
 def default_source() -> Path:
@@ -27,7 +45,7 @@ def default_source() -> Path:
     if "CATSDOGS_DEFAULT_SOURCE" in os.environ:
         candidates = [Path(os.environ["CATSDOGS_DEFAULT_SOURCE"])]
     else:
-        candidates = [PROJECT_ROOT.parent / DEFAULT_SOURCE_NAME, Path.cwd().parent / DEFAULT_SOURCE_NAME]
+        candidates = project_shared(DEFAULT_SOURCE_NAME)
     for path in candidates:
         if path.exists():
             return path.resolve()
@@ -82,9 +100,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from catsdogs.training import TrainOptions, train
-
     from catsdogs.models import model_entry
+    from catsdogs.training import train
 
     pretrained_flags = {"--backbone": args.backbone, "--weights": args.weights, "--from-run": args.from_run,
                         "--unfreeze": args.unfreeze}
@@ -93,12 +110,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError(f"{', '.join(given)}: only for the pretrained models (features, transfer, finetune)")
     model_options = {name: value for name, value in (("weights", args.weights), ("from_run", args.from_run),
                                                      ("unfreeze", args.unfreeze)) if value is not None}
-    options = TrainOptions(data=args.data, model=args.model, out=args.out, epochs=args.epochs,
-                           backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
-                           seed=args.seed, precision=args.precision, learning_rate=args.learning_rate,
-                           schedule=args.schedule, monitor=args.monitor, patience=args.patience,
-                           class_weight=args.class_weight, cache_dir=args.cache_dir, resume=args.resume,
-                           overwrite=args.overwrite, model_options=model_options, distribute=args.distribute)
+    options = TrainOptions(model_options=model_options, **{item.name: getattr(args, item.name)
+                                                           for item in dataclasses.fields(TrainOptions)
+                                                           if item.metadata.get("cli", True)})
     run = train(options)
     from catsdogs.runs import read_config
 
@@ -119,8 +133,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               f"saved to {args.run / 'threshold.json'}")
     metrics = evaluate(args.run, args.data, args.split, tta=args.tta, threshold=args.threshold,
                        cache_dir=args.cache_dir)
-    print(f"{args.split} split, threshold {metrics['threshold']:.3f} ({metrics['threshold_origin']})"
-          f"{', with TTA (photo + mirror)' if args.tta else ''}")
+    decision = (f"threshold {metrics['threshold']:.3f} ({metrics['threshold_origin']})"
+                if metrics.get("threshold") is not None else "the most probable class")
+    print(f"{args.split} split, {decision}{', with TTA (photo + mirror)' if args.tta else ''}")
     print(format_metrics_table(metrics))
 
 
@@ -332,40 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the candidates as `train --distribute` does (multi-worker: TF_CONFIG)")
 
     p = command("train", cmd_train, "train one experiment into RUN")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--model", required=True, choices=list_models(), metavar="MODEL",
-                   help=f"one of {', '.join(list_models())}")
-    p.add_argument("--backbone", help="pretrained base for features/transfer/finetune: a keras.applications name "
-                   "lower-cased (mobilenetv2 [default], vgg16, efficientnetb0, resnet50...) or efficientnet_lite0/1/2")
+    add_option_arguments(p, TrainOptions, required=("data", "model", "out"))
     p.add_argument("--weights", metavar="imagenet|none|PATH",
                    help="the base's weights (default imagenet, from Keras' cache $KERAS_HOME/models; offline, "
                    "place the file there or pass its path)")
     p.add_argument("--from-run", metavar="RUN", help="finetune: start from this completed transfer RUN")
     p.add_argument("--unfreeze", type=non_negative_int, metavar="N",
                    help="finetune: unfreeze the top N layers of the base (default: its last block)")
-    p.add_argument("--patience", type=positive_int, metavar="N",
-                   help="stop after N epochs without improvement on validation (default: finetune 3, others none)")
-    p.add_argument("--epochs", type=positive_int, help="default: the model's own")
-    p.add_argument("--out", type=Path, required=True, metavar="RUN")
-    p.add_argument("--image-size", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--learning-rate", type=float, help="default: the model's own (one-cycle: the peak, 1e-3)")
-    p.add_argument("--schedule", choices=["constant", "one-cycle"], default="constant",
-                   help="constant: the model's own optimizer (the study's); one-cycle: AdamW warmed up to the peak "
-                   "learning rate, then cosine-decayed to zero (fastai's fit_one_cycle; baseline, augmented, transfer)")
-    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
-                   help="which validation number picks the saved model.keras (and early stopping)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
-    p.add_argument("--cache-dir", type=Path,
-                   help="keep decoded images (and the features model's features) here for the next runs")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted RUN")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    p.add_argument("--class-weight", choices=["balanced"],
-                   help="balanced: weight each class by n / (classes x its count), for unbalanced classes")
-    p.add_argument("--distribute", choices=["mirrored", "multi-worker"],
-                   help="mirrored: the local GPUs (or CPU devices); multi-worker: the hosts TF_CONFIG names "
-                        "(picked automatically when TF_CONFIG names several workers); --batch-size is per replica")
 
     p = command("evaluate", cmd_evaluate, "metrics of a trained RUN on a split")
     p.add_argument("run", type=Path)
@@ -474,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit:  # usage errors (2) and --help/--version (0), already printed by argparse
         return int(exit.code or 0)
     try:
-        if not args.debug and getattr(args, "needs_tensorflow", True):
-            import_tensorflow_quietly()
+        if getattr(args, "needs_tensorflow", True):
+            use_shared_weights()
+            if not args.debug:
+                import_tensorflow_quietly()
         args.handler(args)
     except CatsdogsError as error:
         if args.debug:

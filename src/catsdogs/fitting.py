@@ -12,7 +12,6 @@ import importlib.util
 import shutil
 import sys
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
 
 from catsdogs.errors import UsageError
@@ -50,7 +49,7 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     OUT, the others do the whole fit in their own temporary folder).
     """
     from catsdogs.evaluation import evaluate
-    from catsdogs.models.weights import install_weights, keras_cache, shared_weights_dir
+    from catsdogs.models.weights import weights_cache
 
     out = Path(out)
     from catsdogs.distribute import Distribution
@@ -72,10 +71,7 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     if not candidates:
         raise UsageError("backbones must name at least one backbone", "backbones")
     results = {}
-    with ExitStack() as stack:
-        models_dir = stack.enter_context(keras_cache(cache / "keras"))
-        if shared_weights_dir() is not None:
-            install_weights(None, models_dir)  # offline ImageNet weights, linked, never copied
+    with weights_cache(cache / "keras"):
         for backbone in candidates:
             results[backbone] = _candidate(data_dir, out / "candidates" / backbone, backbone, seed, weights, cache,
                                            distribution.kind)

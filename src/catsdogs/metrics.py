@@ -80,6 +80,7 @@ def check_multiclass_inputs(y_true, probabilities) -> tuple[np.ndarray, np.ndarr
         raise UsageError("probabilities must be finite values in [0, 1]", "probabilities")
     if not np.allclose(p.sum(axis=1), 1, atol=1e-3):
         raise UsageError("each row of probabilities must sum to 1 (a softmax)", "probabilities")
+    p = p / p.sum(axis=1, keepdims=True)  # float32 softmax rounding, which scikit-learn warns about
     if not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)) or y.min() < 0 or y.max() >= p.shape[1]:
         raise UsageError(f"y_true must hold class indices from 0 to {p.shape[1] - 1}", "y_true")
     return y.astype(np.int64), p

@@ -20,13 +20,13 @@ from pathlib import Path, PurePosixPath
 from catsdogs.errors import UsageError
 from catsdogs.images import ImageError, decode_image, encode_jpeg
 from catsdogs.progress import Progress
+from catsdogs.options import DEFAULT_SEED
 from catsdogs.sources import SPLIT_NAMES, SourceFile, scan_source
 
 SPLITS = SPLIT_NAMES
 SPLIT_PARAMETERS = {"train": "train", "validation": "val", "test": "test"}  # prepare()'s argument of each split
 DEFAULT_FRACTIONS = {"validation": 0.15, "test": 0.15}  # a user's own photos: 70/15/15 per class
 STUDY_SIZES = {"train": 3000, "val": 1000, "test": 1000}  # the study's 1500/500/500 per class (reproduce)
-DEFAULT_SEED = 1337
 MANIFEST_FIELDS = ["path", "class", "split", "sha256", "width", "height", "source"]
 OWN_FILES = ("manifest.csv", "rejected.csv", "unused.csv", "classes.json", "prepare.json")
 WORK_DIR = ".incomplete"

@@ -83,7 +83,7 @@ def reproduce(source: Path, out: Path, *, quick: bool = False, precision: str = 
               backbone: str | None = None) -> Path:
     """Prepare SOURCE into STUDY/data, run each experiment into STUDY/runs/NAME, evaluate, and report."""
     from catsdogs.models.backbones import default_backbone
-    from catsdogs.models.weights import install_weights, keras_cache, shared_weights_dir
+    from catsdogs.models.weights import weights_cache
 
     out = Path(out)
     started = time.perf_counter()
@@ -91,9 +91,7 @@ def reproduce(source: Path, out: Path, *, quick: bool = False, precision: str = 
     backbone = backbone or default_backbone()
     _prepared(source, data, quick)
     runs = []
-    with keras_cache(cache / "keras") as models_dir:
-        if shared_weights_dir() is not None:
-            install_weights(None, models_dir)  # offline ImageNet weights, linked, never copied into ../shared
+    with weights_cache(cache / "keras"):
         for experiment in STUDY:
             runs.append(_run_experiment(experiment, data, out / "runs", cache, quick=quick, backbone=backbone,
                                         precision=precision))

@@ -11,7 +11,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, get_args
 
 import keras
 import numpy as np
@@ -21,66 +20,14 @@ from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path, write_text_atomic
 from catsdogs.models import DEFAULT_TRAINER, MODELS, ModelEntry, model_entry
 from catsdogs.models.heads import output_classes
+from catsdogs.options import TrainOptions
 from catsdogs.precision import keras_precision, resolve_precision
-from catsdogs.preparation import DEFAULT_SEED, manifest_sha256
+from catsdogs.preparation import manifest_sha256
 from catsdogs.runs import (CHECKPOINT_DIR, CLASSES, CONFIG, CURVES, HISTORY, MODEL, Run, library_versions,
                            read_history_csv, read_json, write_json)
 
 STATE = "state.json"
 ONE_CYCLE_PEAK_LEARNING_RATE = 1e-3
-
-
-Precision = Literal["auto", "float32", "bfloat16"]
-Schedule = Literal["constant", "one-cycle"]
-Monitor = Literal["val_loss", "val_accuracy"]
-ClassWeight = Literal["balanced"]
-
-
-@dataclass
-class TrainOptions:
-    """Everything that defines one experiment; saved in RUN/config.json. Checked when made: a bad value
-    raises UsageError (a ValueError) naming the option."""
-
-    data: Path
-    model: str
-    out: Path
-    epochs: int | None = None  # default: the model's own
-    backbone: str | None = None
-    image_size: int | None = None
-    batch_size: int = 32
-    seed: int = DEFAULT_SEED
-    precision: Precision = "auto"
-    learning_rate: float | None = None  # the model's own by default (one-cycle: the peak, default 1e-3)
-    schedule: Schedule = "constant"  # the model's own optimizer, or "one-cycle" (see one_cycle_optimizer)
-    monitor: Monitor = "val_loss"
-    patience: int | None = None  # stop after this many epochs without improvement (default: the model's)
-    class_weight: ClassWeight | None = None  # "balanced": weight each class by n / (classes x its count)
-    cache_dir: Path | None = None
-    resume: bool = False
-    overwrite: bool = False  # replace an existing RUN (a notebook cell run again)
-    model_options: dict = field(default_factory=dict)
-    distribute: str | None = None  # "mirrored" | "multi-worker" (catsdogs.distribute); batch_size is per replica
-
-    def __post_init__(self) -> None:
-        self.data, self.out = Path(self.data), Path(self.out)
-        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
-        model_entry(self.model)
-        for name in ("epochs", "image_size", "batch_size", "patience"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UsageError(f"{name} must be an int >= 1, got {value!r}", name)
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise UsageError(f"learning_rate must be > 0, got {self.learning_rate!r}", "learning_rate")
-        for name, kind in (("precision", Precision), ("schedule", Schedule), ("monitor", Monitor),
-                           ("class_weight", ClassWeight)):
-            value = getattr(self, name)
-            if value is not None and value not in get_args(kind):
-                raise UsageError(f"{name} must be one of {', '.join(get_args(kind))}, got {value!r}", name)
-        if self.distribute is not None and self.distribute not in ("mirrored", "multi-worker"):
-            raise UsageError(f"distribute must be one of mirrored, multi-worker, got {self.distribute!r}",
-                             "distribute")
-        if self.resume and self.overwrite:
-            raise UsageError("resume and overwrite exclude each other", "overwrite")
 
 
 def train(options: TrainOptions | None = None, /, **kwargs) -> Run:

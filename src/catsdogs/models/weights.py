@@ -17,7 +17,6 @@ from pathlib import Path
 from catsdogs.errors import CatsdogsError, UsageError
 
 WEIGHTS_ENV = "CATSDOGS_WEIGHTS"  # a folder of Keras weight files to install into the cache
-SHARED_WEIGHTS = Path("shared") / "weights" / "keras"
 # keras.applications (MobileNet, MobileNetV2) pick the file by input size: one file serves them all
 KERAS_SIZE_NAMES = (96, 128, 160, 192, 224)
 FETCH_FAILURE = re.compile(r"URL fetch failure on (\S+?): ")
@@ -68,16 +67,20 @@ def keras_cache(home: Path) -> Iterator[Path]:
             os.environ["KERAS_HOME"] = saved_env
 
 
-def shared_weights_dir(start: Path | None = None) -> Path | None:
-    """`$CATSDOGS_WEIGHTS`, else the nearest `shared/weights/keras` beside the project or a parent of it."""
-    if os.environ.get(WEIGHTS_ENV):
-        return Path(os.environ[WEIGHTS_ENV])
-    starts = [start] if start else [Path(__file__).resolve().parents[3], Path.cwd()]
-    for origin in starts:
-        for folder in [origin.resolve(), *origin.resolve().parents]:
-            if (folder / SHARED_WEIGHTS).is_dir():
-                return folder / SHARED_WEIGHTS
-    return None
+def offline_weights_dir() -> Path | None:
+    """`$CATSDOGS_WEIGHTS`: a folder of Keras weight files to use instead of downloading (None when unset).
+    The command line sets it to the project's `../shared/weights/keras` when that exists."""
+    value = os.environ.get(WEIGHTS_ENV)
+    return Path(value) if value else None
+
+
+@contextmanager
+def weights_cache(home: Path) -> Iterator[Path]:
+    """`keras_cache(home)` with the offline weights (`offline_weights_dir()`, when set) linked into it."""
+    with keras_cache(home) as models_dir:
+        if offline_weights_dir() is not None:
+            install_weights(offline_weights_dir(), models_dir)  # linked, never copied
+        yield models_dir
 
 
 def cache_names(file_name: str) -> list[str]:
@@ -90,12 +93,12 @@ def cache_names(file_name: str) -> list[str]:
 def install_weights(source: Path | None = None, models_dir: Path | None = None) -> Path:
     """Link the Keras weight files (*.h5) of `source` into Keras' cache; returns the cache folder.
 
-    `source` defaults to `shared_weights_dir()`; `models_dir` to `keras_models_dir()`. Files already in
+    `source` defaults to `offline_weights_dir()`; `models_dir` to `keras_models_dir()`. Files already in
     the cache are kept. Nothing is written into `source`.
     """
-    source = Path(source) if source else shared_weights_dir()
+    source = Path(source) if source else offline_weights_dir()
     if source is None or not source.is_dir():
-        raise UsageError(f"no weights folder {source or SHARED_WEIGHTS}: set ${WEIGHTS_ENV} to a folder of "
+        raise UsageError(f"no weights folder {source or '(none given)'}: set ${WEIGHTS_ENV} to a folder of "
                          "Keras weight files")
     models_dir = Path(models_dir) if models_dir else keras_models_dir()
     if models_dir.resolve() == source.resolve():

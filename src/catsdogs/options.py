@@ -1,0 +1,129 @@
+"""The options of one training experiment, checked once when made; the `catsdogs train` flags are built from
+them (no Keras import here, so the command line stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union, get_args, get_origin, get_type_hints
+
+from catsdogs.errors import UsageError
+from catsdogs.models import list_models, model_entry
+
+Precision = Literal["auto", "float32", "bfloat16"]
+Schedule = Literal["constant", "one-cycle"]
+Monitor = Literal["val_loss", "val_accuracy"]
+ClassWeight = Literal["balanced"]
+Distribute = Literal["mirrored", "multi-worker"]  # catsdogs.distribute
+DEFAULT_SEED = 1337  # of every split and training run
+POSITIVE = ("epochs", "image_size", "batch_size", "patience")
+
+
+def option(default=None, help: str = "", metavar: str | None = None, **extra):
+    """A dataclass field with the help text (and metavar) of its command-line flag."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, **extra})
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines one experiment; saved in RUN/config.json. Checked when made: a bad value
+    raises UsageError (a ValueError) naming the option."""
+
+    data: Path = option(help="a prepared DATA folder", metavar="DATA")
+    model: str = option(help=f"one of {', '.join(list_models())}", metavar="MODEL")
+    out: Path = option(help="the RUN folder to write", metavar="RUN")
+    epochs: int | None = option(help="default: the model's own")
+    backbone: str | None = option(help="pretrained base for features/transfer/finetune: a keras.applications name "
+                                  "lower-cased (mobilenetv2, vgg16, efficientnetb0, resnet50...) or "
+                                  "efficientnet_lite0/1/2 (default: efficientnet_lite2 when installed)")
+    image_size: int | None = option(help="default: the model's own (the study's 150 px, the backbone's size)")
+    batch_size: int = option(32, help="images per step (per replica when distributed)")
+    seed: int = option(DEFAULT_SEED)
+    precision: Precision = option("auto", help="auto: bfloat16 where it is faster on this CPU")
+    learning_rate: float | None = option(help="default: the model's own (one-cycle: the peak, 1e-3)")
+    schedule: Schedule = option("constant", help="constant: the model's own optimizer (the study's); one-cycle: "
+                                "AdamW warmed up to the peak learning rate, then cosine-decayed to zero (fastai's "
+                                "fit_one_cycle; baseline, augmented, transfer)")
+    monitor: Monitor = option("val_loss", help="which validation number picks the saved model.keras (and early "
+                              "stopping)")
+    patience: int | None = option(help="stop after N epochs without improvement on validation (default: finetune "
+                                  "3, others none)", metavar="N")
+    class_weight: ClassWeight | None = option(help="balanced: weight each class by n / (classes x its count), for "
+                                              "unbalanced classes")
+    cache_dir: Path | None = option(help="keep decoded images (and the features model's features) here for the "
+                                    "next runs")
+    resume: bool = option(False, help="continue an interrupted RUN")
+    overwrite: bool = option(False, help="replace an existing RUN (a notebook cell run again)")
+    distribute: Distribute | None = option(help="mirrored: tf.distribute.MirroredStrategy over the local GPUs (or "
+                                           "CPU devices); multi-worker: MultiWorkerMirroredStrategy over the hosts "
+                                           "TF_CONFIG names (picked automatically when it names several workers); "
+                                           "--batch-size is per replica")
+    model_options: dict = field(default_factory=dict, metadata={"cli": False})  # the builder's own options
+
+    def __post_init__(self) -> None:
+        for name in ("data", "model", "out"):
+            if getattr(self, name) is None:
+                raise UsageError(f"{name} is required", name)
+        self.data, self.out = Path(self.data), Path(self.out)
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
+        model_entry(self.model)
+        for name in POSITIVE:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"{name} must be an int >= 1, got {value!r}", name)
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UsageError(f"learning_rate must be > 0, got {self.learning_rate!r}", "learning_rate")
+        hints = get_type_hints(TrainOptions)
+        for item in dataclasses.fields(self):
+            choices = literal_choices(hints[item.name])
+            value = getattr(self, item.name)
+            if choices and value is not None and value not in choices:
+                raise UsageError(f"{item.name} must be one of {', '.join(choices)}, got {value!r}", item.name)
+        if self.resume and self.overwrite:
+            raise UsageError("resume and overwrite exclude each other", "overwrite")
+
+
+def literal_choices(annotation) -> tuple[str, ...]:
+    """The values of a Literal (also inside `X | None`), else ()."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    if get_origin(annotation) in (Union, type(int | None)):
+        return next((get_args(a) for a in get_args(annotation) if get_origin(a) is Literal), ())
+    return ()
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, options: type, required: tuple[str, ...] = ()) -> None:
+    """One flag per field of the `options` dataclass (`image_size` -> `--image-size`): its type, choices,
+    default and help come from the field, so the command line cannot drift from the Python API."""
+    hints = get_type_hints(options)
+    for item in dataclasses.fields(options):
+        if not item.metadata.get("cli", True):
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        annotation = hints[item.name]
+        kind = next((a for a in get_args(annotation) if a is not type(None)), annotation)
+        default = None if item.default is dataclasses.MISSING else item.default
+        extra = {"help": item.metadata.get("help") or None, "default": default}
+        if annotation is bool:
+            parser.add_argument(flag, action="store_true", help=extra["help"])
+            continue
+        if choices := literal_choices(annotation):
+            extra["choices"] = list(choices)
+        elif item.name in POSITIVE:
+            extra["type"] = positive_int
+        elif kind in (int, float, Path):
+            extra["type"] = kind
+        if item.metadata.get("metavar"):
+            extra["metavar"] = item.metadata["metavar"]
+        if item.name == "model":
+            extra["choices"] = list_models()
+        parser.add_argument(flag, required=item.name in required, **extra)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
