@@ -204,9 +204,9 @@ def test_killed_workers_restart_and_the_run_continues(tiny_data: Path, tmp_path:
 def test_fit_on_two_workers(tmp_path: Path):
     from conftest import make_class_folders
 
-    from catsdogs.models.weights import shared_weights_dir
+    from catsdogs.models.weights import offline_weights_dir
 
-    if shared_weights_dir() is None:
+    if offline_weights_dir() is None:
         pytest.skip("MobileNetV2's offline weights (../shared/weights/keras) are absent")
     photos = make_class_folders(tmp_path / "photos", per_class=12)
     out = tmp_path / "fitted"
