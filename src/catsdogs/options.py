@@ -16,7 +16,7 @@ Precision = Literal["auto", "float32", "bfloat16"]
 Schedule = Literal["constant", "one-cycle"]
 Monitor = Literal["val_loss", "val_accuracy"]
 ClassWeight = Literal["balanced"]
-Distribute = Literal["mirrored", "multi-worker"]  # catsdogs.distribute
+Distribute = Literal["mirrored", "multi-worker"]
 DEFAULT_SEED = 1337  # of every split and training run
 POSITIVE = ("epochs", "image_size", "batch_size", "patience")
 
@@ -56,10 +56,9 @@ class TrainOptions:
                                     "next runs")
     resume: bool = option(False, help="continue an interrupted RUN")
     overwrite: bool = option(False, help="replace an existing RUN (a notebook cell run again)")
-    distribute: Distribute | None = option(help="mirrored: tf.distribute.MirroredStrategy over the local GPUs (or "
-                                           "CPU devices); multi-worker: MultiWorkerMirroredStrategy over the hosts "
-                                           "TF_CONFIG names (picked automatically when it names several workers); "
-                                           "--batch-size is per replica")
+    distribute: Distribute | None = option(help="mirrored: the local GPUs (or CPU devices); multi-worker: the hosts "
+                                           "TF_CONFIG names (picked automatically when TF_CONFIG names several "
+                                           "workers); batch_size is per replica")
     model_options: dict = field(default_factory=dict, metadata={"cli": False})  # the builder's own options
 
     def __post_init__(self) -> None:
