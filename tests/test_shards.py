@@ -68,3 +68,10 @@ def test_memory_mapped_features_give_the_same_batches(tmp_path: Path):
     memory = SplitArrays(features, labels, [], ["a", "b"])
     for (xa, ya), (xb, yb) in zip(to_dataset(memory, 8, shuffle=True, seed=2), to_dataset(mapped, 8, shuffle=True, seed=2)):
         assert np.array_equal(xa.numpy(), xb.numpy()) and np.array_equal(ya.numpy(), yb.numpy())
+
+
+def test_reads_across_shard_boundaries(tiny_data: Path, tmp_path: Path):
+    memory = load_split(tiny_data, "train", 48, storage="memory")
+    images = write_shards(memory.paths, 48, tmp_path / "s", shard_size=7)
+    for rows in ([5, 6, 7, 8], list(range(40)), [13, 14, 0, 1, 2, 39], [20]):
+        assert np.array_equal(images.take(rows), memory.images[rows])

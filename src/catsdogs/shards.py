@@ -85,12 +85,18 @@ class ShardedImages:
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} images")
         flat = out.reshape(len(indices), self.row_bytes)
-        for row, index in enumerate(indices):
-            shard, within = divmod(int(index), self.shard_size)
-            view = memoryview(flat[row])
+        row = 0
+        while row < len(indices):  # one read per run of consecutive images in one shard (evaluation order)
+            shard, within = divmod(int(indices[row]), self.shard_size)
+            end = row + 1
+            while (end < len(indices) and indices[end] == indices[end - 1] + 1
+                   and within + (end - row) < self.counts[shard]):
+                end += 1
+            view = memoryview(flat[row:end]).cast("B")
             got = os.preadv(self._fd(shard), [view], self.offsets[shard] + within * self.row_bytes)
-            if got != self.row_bytes:
+            if got != (end - row) * self.row_bytes:
                 raise OSError(f"{self.files[shard]}: short read")
+            row = end
         return out
 
     def __getitem__(self, key):
