@@ -124,3 +124,17 @@ def test_train_one_cycle_keeping_the_best_validation_accuracy(tiny_data: Path, t
     assert config["schedule"] == "one-cycle" and config["monitor"] == "val_accuracy"
     val_accuracy = [float(row["val_accuracy"]) for row in csv.DictReader(open(run / "history.csv"))]
     assert config["monitor_best"] == pytest.approx(max(val_accuracy))
+
+
+def test_train_flags_come_from_train_options(capsys):
+    import dataclasses
+
+    from catsdogs.options import TrainOptions
+
+    assert main(["train", "--help"]) == 0
+    shown = capsys.readouterr().out
+    for item in dataclasses.fields(TrainOptions):
+        if item.metadata.get("cli", True):
+            assert "--" + item.name.replace("_", "-") in shown, item.name
+    assert main(["train", "--data", "d", "--model", "baseline", "--out", "r", "--monitor", "loss"]) == 2
+    assert "invalid choice: 'loss'" in capsys.readouterr().err
