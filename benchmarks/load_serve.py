@@ -1,6 +1,7 @@
 """Bounded load check of `catsdogs serve` (not a test): N requests, C at a time, over loopback.
 
     PYTHONPATH=src python benchmarks/load_serve.py [--run RUN] [--requests 200] [--concurrency 8] [--explain]
+        [--engine keras|onnx|openvino|auto]
 
 Without --run, an untrained baseline at the study's 150 px is saved into a temporary RUN (same compute as
 a trained one). The photo is train/cat.3.jpg from ../shared/data/dogs-vs-cats-train-5000.zip when present,
@@ -58,6 +59,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--explain", action="store_true", help="ask for Grad-CAM overlays too")
+    parser.add_argument("--engine", default="auto", help="auto (default, as catsdogs serve), keras, onnx or openvino")
     parser.add_argument("--timeout", type=float, default=240, help="give up after this many seconds in all")
     args = parser.parse_args()
 
@@ -66,7 +68,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="load-serve-") as tmp:
         run = args.run or untrained_run(Path(tmp), args.image_size)
         name, data = photo_bytes()
-        app = create_app(run)
+        app = create_app(run, engine=args.engine)
         params = {"explain": "true"} if args.explain else {}
         latencies: list[float] = []
         errors: dict[str, int] = {}
