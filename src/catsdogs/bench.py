@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from catsdogs.dataset import load_split, to_dataset
 from catsdogs.precision import keras_precision, resolve_precision
 from catsdogs.preparation import manifest_sha256
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,10 +65,11 @@ def _timed_fit(model, batches: Iterator, steps: int, warmup: int, batch_size: in
     return time.perf_counter() - started
 
 
-def _timed(function: Callable[[], int]) -> tuple[int, float]:
+def _timed(function: Callable[[], T]) -> tuple[T, float]:
+    """What `function` returns, and the seconds it took."""
     started = time.perf_counter()
-    images = function()
-    return images, time.perf_counter() - started
+    value = function()
+    return value, time.perf_counter() - started
 
 
 def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int = 32, precision: str = "auto",
@@ -93,7 +97,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     plain = Throughput("plain Keras (float32, image_dataset_from_directory)", steps * batch_size, plain_seconds)
 
     # catsdogs: decode once (timed separately), in-memory uint8, precision policy
-    (train, decode_seconds) = _timed_value(lambda: load_split(data, "train", size))
+    (train, decode_seconds) = _timed(lambda: load_split(data, "train", size))
     with keras_precision(precision):
         ours_model = study_convnet(size)
     ours_seconds = _timed_fit(ours_model, to_dataset(train, batch_size, shuffle=True).repeat(), steps, warmup,
@@ -143,12 +147,6 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     return {"plain_train": plain.rate, "train": ours.rate, "plain_predict": plain_predict.rate,
             "predict": ours_predict.rate, "latency_ms": latency_ms, "achieved_gflops": achieved,
             "peak_gflops": peak, "decode_s": decode_seconds}
-
-
-def _timed_value(function):
-    started = time.perf_counter()
-    value = function()
-    return value, time.perf_counter() - started
 
 
 def _drain(dataset, steps: int) -> int:
