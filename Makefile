@@ -29,8 +29,9 @@ browser:
 run: install
 	$(BIN)/catsdogs reproduce --out $(STUDY) $(RUN_ARGS)
 
+# pytest-xdist: one worker per core, each running whole files (their module fixtures are built once)
 test: install-test browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 # Lint and import order (ruff, configured in pyproject.toml); CI runs it before the tests.
 lint: install-test
@@ -38,7 +39,7 @@ lint: install-test
 
 # The quick loop while working: no browser, no pretrained backbones or whole studies (under a minute).
 test-fast: install-test
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not slow and not browser"
 
 bench: install
 	$(BIN)/catsdogs bench

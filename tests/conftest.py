@@ -47,9 +47,17 @@ SLOW_FILES = {"test_reproduce.py", "test_distribute.py", "test_n_classes.py", "t
 BROWSER_FILES = {"test_serve_browser.py", "test_report_browser.py", "test_audit_browser.py"}
 
 
+# the longest files first (measured), so that `make test` (pytest-xdist, one file per worker at a time) does not
+# end with one worker on a long file while the other idles
+LONGEST_FIRST = ("test_reproduce.py", "test_distribute.py", "test_readme.py", "test_backbones.py", "test_n_classes.py",
+                 "test_prepare.py", "test_train.py", "test_fit.py", "test_efficientnet_lite.py")
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Markers by file: `browser` (headless Chromium) and `slow` (trains real backbones or whole studies);
-    `make test-fast` leaves both out."""
+    `make test-fast` leaves both out. The longest files run first."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order is kept
     for item in items:
         if item.path.name in BROWSER_FILES:
             item.add_marker(pytest.mark.browser)

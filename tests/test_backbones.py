@@ -211,6 +211,22 @@ def test_features_run_resumes_with_its_optimizer(data: Path, tmp_path: Path, mon
     assert not [w for w in recwarn if "optimizer" in str(w.message)]
 
 
+def test_features_saves_the_whole_model_once_with_the_best_head(data: Path, tmp_path: Path, monkeypatch):
+    import catsdogs.training as train_module
+
+    saved = []
+    save = train_module._save_model
+    monkeypatch.setattr(train_module, "_save_model", lambda model, path: (saved.append(path.name), save(model, path)))
+    run = train(dataclasses.replace(options(data, "features", tmp_path / "run", learning_rate=0.05), epochs=4))
+    assert saved.count("model.keras") == 1 and saved.count("part-last.keras") == 4  # one per epoch: the head
+    history = list(csv.DictReader(open(run / "history.csv")))
+    best = min(history, key=lambda row: float(row["val_loss"]))
+    validation = load_split(data, "validation", run.model.input_shape[1])
+    loss = keras.losses.BinaryCrossentropy()(validation.labels[:, None].astype("float32"),
+                                              run.model.predict(validation.images, verbose=0))
+    assert float(loss) == pytest.approx(float(best["val_loss"]), rel=1e-3)  # model.keras has the best head
+
+
 def test_transfer_trains_only_the_head(data: Path):
     model = create_model("transfer", backbone="mobilenetv2", image_size=SIZE, weights=None, seed=1)
     before = base_weights(model)

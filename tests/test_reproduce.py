@@ -9,16 +9,22 @@ from pathlib import Path
 import pytest
 
 import catsdogs.study as reproduce_module
+from catsdogs import evaluation
 from catsdogs.study import STUDY, reproduce
 
 from conftest import make_class_folders
+
+SPLIT = {"train": 40, "val": 20, "test": 20}  # a tenth of the quick study's: the same code path, in seconds
 
 
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("study")
-    source = make_class_folders(root / "source", per_class=400)
-    return reproduce(source, root / "study", quick=True, backbone="efficientnet_lite0")
+    source = make_class_folders(root / "source", per_class=40)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reproduce_module, "QUICK_SPLIT", SPLIT)
+        patch.setattr(evaluation, "EXPLAIN_EXAMPLES", 2)  # Grad-CAM figures take a second each
+        return reproduce(source, root / "study", quick=True, backbone="efficientnet_lite0")
 
 
 def test_quick_study_runs_every_experiment(quick_study: Path):
@@ -28,7 +34,7 @@ def test_quick_study_runs_every_experiment(quick_study: Path):
         assert config["status"] == "complete" and config["model"] == experiment.model
         assert config["schedule"] == experiment.schedule
         metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["split"] == "test" and metrics["n"] == 200
+        assert metrics["split"] == "test" and metrics["n"] == SPLIT["test"]
     assert json.loads((quick_study / "runs" / "finetune" / "config.json").read_text())["backbone"] == "efficientnet_lite0"
     results = (quick_study / "results.md").read_text()
     assert all(f"| {experiment.name} |" in results for experiment in STUDY)
@@ -46,6 +52,7 @@ def test_rerun_resumes_without_retraining(quick_study: Path, monkeypatch):
         return real_train(options)
 
     monkeypatch.setattr(reproduce_module, "train", spy)
+    monkeypatch.setattr(reproduce_module, "QUICK_SPLIT", SPLIT)
     shutil.rmtree(quick_study / "runs" / "finetune")
     (quick_study / "runs" / "baseline" / "metrics.json").unlink()
     reproduce(quick_study.parent / "source", quick_study, quick=True, backbone="efficientnet_lite0")

@@ -116,12 +116,12 @@ def test_augmented_model_augments_only_in_training(tiny_data: Path, tmp_path: Pa
 
 
 def test_bench_counts_the_convnets_flops():
-    from catsdogs.bench import cpu_peak_gflops, model_flops
+    from catsdogs.bench import matmul_gflops, model_flops
 
     convs = [(148, 32, 27), (72, 64, 288), (34, 128, 576), (15, 128, 1152)]  # (side, filters, kernel inputs)
     expected = sum(2 * side * side * filters * k for side, filters, k in convs) + 2 * (6272 * 512 + 512)
     assert model_flops(create_model("baseline")) == expected
-    assert cpu_peak_gflops("bfloat16", 2, 2.5) == 2 * cpu_peak_gflops("float32", 2, 2.5)
+    assert all(0 < matmul_gflops(precision, size=128, repeats=2) < 1e6 for precision in ("float32", "bfloat16"))
 
 
 def test_one_cycle_schedule_warms_up_then_decays_to_zero():

@@ -1,8 +1,10 @@
-"""`catsdogs bench`: the study's convnet trained and run the plain-Keras way and the catsdogs way, side by side.
+"""`catsdogs bench`: training and inference speed, each side by side with plain Keras, in one run.
 
-Plain Keras: `keras.utils.image_dataset_from_directory` over the same prepared DATA, float32, default tf.data
-settings. catsdogs: images decoded once into memory, batches cast in the graph, prefetch, and the precision
-policy (`mixed_bfloat16` on CPUs with native bf16).
+Training: the study's convnet fed by `keras.utils.image_dataset_from_directory` in float32 (plain Keras)
+against catsdogs (images decoded once into memory, batches cast in the graph, prefetch, `mixed_bfloat16` on
+CPUs with native bf16); the achieved FLOP/s against a peak measured by a matmul in the same run.
+Inference: catsdogs.bench_inference (engines side by side, end to end over full-size JPEGs).
+The last three lines are the headline numbers.
 """
 
 from __future__ import annotations
@@ -51,10 +53,22 @@ def model_flops(model) -> int:
     return int(flops)
 
 
-def cpu_peak_gflops(precision: str, cores: int, ghz: float) -> float:
-    """A rough peak: 2 AVX-512 FMA pipes per core; bf16 dot products do twice the fp32 work per instruction."""
-    per_cycle = 64 if precision == "float32" else 128
-    return cores * ghz * per_cycle
+def matmul_gflops(precision: str, size: int = 2048, repeats: int = 10) -> float:
+    """The measured peak: GFLOP/s of a `size` x `size` TensorFlow matmul in `precision` (float32 or bfloat16),
+    the best of `repeats` after a warm-up."""
+    import tensorflow as tf
+
+    dtype = tf.bfloat16 if precision == "bfloat16" else tf.float32
+    a = tf.random.stateless_uniform((size, size), (1, 2), dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
+    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y)[:1, :1], tf.float32)))
+    matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
 
 
 def _timed_fit(model, batches: Iterator, steps: int, warmup: int, batch_size: int) -> float:
@@ -73,20 +87,29 @@ def _timed(function: Callable[[], T]) -> tuple[T, float]:
 
 
 def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int = 32, precision: str = "auto",
-              ghz: float | None = None, out=sys.stdout) -> dict:
-    """Measure and print training and prediction throughput, latency and FLOP/s; returns the numbers."""
+              run: Path | None = None, photos: int = 200, out=sys.stdout) -> dict:
+    """Measure and print training speed against plain Keras and a measured matmul peak, the inference engines
+    side by side, and end-to-end prediction over full-size JPEGs; returns the numbers.
+
+    `run`: a trained RUN with a pretrained backbone for the engine table and the end-to-end check (default: the
+    default backbone with ImageNet weights and an untrained head; speed does not depend on the head).
+    """
     import keras
     import tensorflow as tf
 
-    from catsdogs.engines import keras_engine
+    from catsdogs.bench_inference import end_to_end, engine_speeds
+    from catsdogs.export import float32_rebuild
     from catsdogs.models.convnet import STUDY_IMAGE_SIZE, study_convnet
 
     manifest_sha256(data)  # a clear UsageError when DATA is not a prepared folder
     size = STUDY_IMAGE_SIZE
     precision = resolve_precision(precision)
-    say = lambda text: print(text, file=out, flush=True)  # noqa: E731
+    say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
     say(f"data: {data}; {steps} timed training steps of {batch_size} images after {warmup} warm-up steps; "
         f"precision {precision}; {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} threads")
+
+    # the measured peak: a big matmul in each precision
+    peak = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}
 
     # plain Keras: decode JPEGs every epoch with image_dataset_from_directory, float32
     keras.utils.set_random_seed(0)
@@ -109,44 +132,79 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     ours_batches = to_dataset(train, batch_size, shuffle=True).repeat()  # built once, as in training
     _drain(ours_batches, 2)
     ours_input = Throughput("catsdogs input pipeline alone", *_timed(lambda: _drain(ours_batches, steps)))
-
-    # prediction throughput over the test split
-    test_folder = data / "test"
-    plain_test = keras.utils.image_dataset_from_directory(test_folder, image_size=(size, size), batch_size=64,
-                                                          label_mode="binary", shuffle=False, verbose=False)
-    plain_model.predict(plain_test.take(1), verbose=0)
-    plain_predict = Throughput("plain Keras predict (model.predict, decoding JPEGs)",
-                               *_timed(lambda: len(plain_model.predict(plain_test, verbose=0))))
-    test = load_split(data, "test", size)
-    forward = keras_engine(ours_model)  # what `catsdogs predict` / evaluate / serve run
-    forward(test.images[:64])
-    ours_predict = Throughput("catsdogs predict (compiled forward, decoded once)", *_timed(
-        lambda: sum(len(forward(test.images[i:i + 64])) for i in range(0, len(test.images), 64))))
-
-    # single-image latency, warm, through the same path as `catsdogs predict` / serve
-    latency_ms = _single_image_latency(ours_model, test.paths[:20], size)
+    latency_ms = _single_image_latency(ours_model, train.paths[:20], size)
 
     flops = model_flops(ours_model)
     achieved = 3 * flops * ours.rate / 1e9  # a training step costs about 3 forward passes
-    ghz = ghz or _cpu_ghz()
-    peak = cpu_peak_gflops(precision, _cores(), ghz)
+    say()
+    say("training")
+    for item in (plain, ours, plain_input, ours_input):
+        say(f"  {item.label:<55} {item.rate:8.1f} images/s")
+    say(f"  {'catsdogs one-time decode of the train split':<55} {decode_seconds:8.1f} s")
+    say(f"  {'input share of a plain-Keras training step':<55} {min(plain.rate / plain_input.rate, 1):8.0%}")
+    say(f"  {'input share of a catsdogs training step':<55} {min(ours.rate / ours_input.rate, 1):8.0%}")
+    say(f"  {'model forward FLOPs per image':<55} {flops / 1e6:8.0f} MFLOP")
+    say(f"  {'achieved training FLOP/s (3 x forward)':<55} {achieved:8.0f} GFLOP/s")
+    for name, value in peak.items():
+        say(f"  {f'measured peak: 2048x2048 matmul, {name}':<55} {value:8.0f} GFLOP/s")
 
-    say("")
-    for item in (plain, ours, plain_input, ours_input, plain_predict, ours_predict):
-        say(f"{item.label:<55} {item.rate:8.1f} images/s")
-    say(f"{'catsdogs one-time decode of the train split':<55} {decode_seconds:8.1f} s")
-    say(f"{'input share of a plain-Keras training step':<55} {min(plain.rate / plain_input.rate, 1):8.0%}")
-    say(f"{'input share of a catsdogs training step':<55} {min(ours.rate / ours_input.rate, 1):8.0%}")
-    say(f"{'single-image predict latency, warm (median of 20)':<55} {latency_ms:8.1f} ms")
-    say(f"{'model forward FLOPs per image':<55} {flops / 1e6:8.0f} MFLOP")
-    say(f"{'achieved training FLOP/s (3 x forward)':<55} {achieved:8.0f} GFLOP/s")
-    say(f"{f'estimated CPU peak ({_cores()} cores x {ghz:.2f} GHz, {precision})':<55} {peak:8.0f} GFLOP/s"
-        f"  ({achieved / peak:.0%} of peak)")
-    say(f"predict speedup vs plain Keras: {ours_predict.rate / plain_predict.rate:.1f}x")
+    # the engines side by side: the study's convnet (its float32 twin where trained in bf16) and a backbone
+    test = load_split(data, "test", size)
+    convnet = float32_rebuild(ours_model) if precision != "float32" else ours_model
+    speeds = engine_speeds("study convnet", convnet, test.images, train.images[:64])
+    with tempfile.TemporaryDirectory(prefix="catsdogs-bench-run-") as folder:
+        run_folder, backbone = (Path(run), _run_backbone(Path(run))) if run else _backbone_run(Path(folder))
+        from catsdogs.predict import Predictor
+
+        model = Predictor(run_folder).model
+        backbone_size = int(model.input_shape[1])
+        backbone_test = load_split(data, "test", backbone_size)
+        backbone_train = load_split(data, "validation", backbone_size)  # calibration: any images but test
+        speeds += engine_speeds(f"{backbone} backbone", model, backbone_test.images, backbone_train.images[:64])
+        files = test.paths[:photos]
+        endings = end_to_end(run_folder, files)
+    say()
+    say("inference engines (batch of 32 test images; int8: ONNX Runtime static quantization, QDQ)")
+    for speed in speeds:
+        say(f"  {speed.line()}")
+    say()
+    say(f"end to end over {len(files)} full-size JPEGs of the test split, decoding included ({backbone} backbone)")
+    for item in endings:
+        say(f"  {item.label:<58} {item.rate:8.1f} images/s  (same label as plain Keras: {item.agreement:.1%})")
+    say(f"  single-image predict latency, study convnet, warm (median of 20): {latency_ms:.1f} ms")
+    say()
     say(f"train speedup vs plain Keras: {ours.rate / plain.rate:.1f}x")
-    return {"plain_train": plain.rate, "train": ours.rate, "plain_predict": plain_predict.rate,
-            "predict": ours_predict.rate, "latency_ms": latency_ms, "achieved_gflops": achieved,
-            "peak_gflops": peak, "decode_s": decode_seconds}
+    say(f"inference speedup vs Keras: {endings[-1].rate / endings[0].rate:.1f}x")
+    say(f"training FLOP/s vs measured peak: {achieved / peak[precision]:.0%}")
+    return {"plain_train": plain.rate, "train": ours.rate, "achieved_gflops": achieved, "peak_gflops": peak,
+            "decode_s": decode_seconds, "latency_ms": latency_ms,
+            "engines": [vars(speed) for speed in speeds], "end_to_end": [vars(item) for item in endings]}
+
+
+def _run_backbone(run: Path) -> str:
+    from catsdogs.runs import read_config
+
+    return str(read_config(run).get("backbone") or "pretrained")
+
+
+def _backbone_run(folder: Path) -> tuple[Path, str]:
+    """A RUN folder holding the default backbone (ImageNet weights, offline copies when available) under an
+    untrained two-class head: what the engines and end-to-end timings need."""
+    from catsdogs.models import create_model
+    from catsdogs.models.backbones import default_backbone
+    from catsdogs.models.weights import weights_cache
+    from catsdogs.runs import CLASSES, CONFIG, MODEL, write_json
+
+    backbone = default_backbone()
+    with weights_cache(folder / "keras"):
+        model = create_model("features", backbone=backbone, num_classes=2)
+    run = folder / "run"
+    run.mkdir()
+    model.save(run / MODEL)
+    write_json(run / CLASSES, ["cat", "dog"])
+    write_json(run / CONFIG, {"model": "features", "backbone": backbone, "image_size": int(model.input_shape[1]),
+                              "status": "complete"})
+    return run, backbone
 
 
 def _drain(dataset, steps: int) -> int:
@@ -169,25 +227,6 @@ def _single_image_latency(model, paths: list[Path], size: int) -> float:
         forward(load_image(path, size)[None])
         times.append(time.perf_counter() - started)
     return float(np.median(times) * 1000)
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
-
-
-def _cpu_ghz() -> float:
-    """The CPU's nominal clock from /proc/cpuinfo (BogoMIPS / 2 where MHz is not reported)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 2.5
-    for key, scale in (("cpu MHz", 1000.0), ("bogomips", 2000.0)):
-        for line in text.splitlines():
-            if line.lower().startswith(key.lower()):
-                return float(line.split(":")[1]) / scale
-    return 2.5
 
 
 def bench(data: Path | None, source: Path | None, **options) -> dict:

@@ -210,7 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from catsdogs.bench import bench
 
     bench(args.data, None if args.data else default_source(), steps=args.steps, warmup=args.warmup,
-          batch_size=args.batch_size, precision=args.precision, ghz=args.ghz)
+          batch_size=args.batch_size, precision=args.precision, run=args.run, photos=args.photos)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -236,6 +236,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from catsdogs.predict import Predictor
 
     predictor = Predictor(args.run)
+    if args.quantize:
+        return _export_int8(args, predictor)
     samples = _sample_images(args.run, predictor.image_size)
     result = export_model(predictor.model, args.format, args.out, samples)
     print(f"exported {args.run} as {result.format} to {result.path}")
@@ -245,6 +247,26 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"verified on {len(samples)} images: max |p_export - p_keras| = {result.max_abs_diff:.2e}{note}")
 
 
+def _export_int8(args: argparse.Namespace, predictor) -> None:
+    """`export --quantize int8`: calibrated on the run's train split, measured on its test split."""
+    from catsdogs.dataset import load_split
+    from catsdogs.predict import class_probabilities
+    from catsdogs.quantize import quantize_int8, report_path
+    from catsdogs.runs import read_config
+
+    if args.format != "onnx":
+        raise UsageError(f"--quantize int8 writes an ONNX graph; use --format onnx, not {args.format}")
+    data = Path(read_config(args.run).get("data", ""))
+    train = _sample_images(args.run, predictor.image_size, count=args.calibration_images, split="train",
+                           strict=True)
+    test = load_split(data, "test", predictor.image_size)
+    report = quantize_int8(predictor.model, args.out, train, test.images, test.labels,
+                           lambda outputs: predictor.predicted_index(class_probabilities(outputs)))
+    print(f"exported {args.run} as int8 onnx to {report.path}")
+    print(report.line())
+    print(f"measurement written to {report_path(args.out)}")
+
+
 def _engine_samples(run: Path, engine: str):
     """Test photos of the run's DATA to verify an exported engine on (None for Keras itself)."""
     from catsdogs.runs import read_config
@@ -252,8 +274,9 @@ def _engine_samples(run: Path, engine: str):
     return None if engine == "keras" else _sample_images(run, int(read_config(run).get("image_size") or 0) or 150)
 
 
-def _sample_images(run: Path, size: int, count: int = 8):
-    """A few test images of the run's DATA for export checks; random pixels when DATA is gone."""
+def _sample_images(run: Path, size: int, count: int = 8, split: str = "test", strict: bool = False):
+    """`count` images spread over a split of the run's DATA (for export checks); random pixels when DATA is
+    gone, unless `strict`."""
     import numpy as np
 
     from catsdogs.dataset import read_manifest
@@ -262,10 +285,12 @@ def _sample_images(run: Path, size: int, count: int = 8):
 
     data = Path(read_config(run).get("data", ""))
     try:
-        rows = read_manifest(data, "test")
+        rows = read_manifest(data, split)
         rows = rows[:: max(1, len(rows) // count)][:count]
         return np.stack([load_image(data / row["path"], size) for row in rows])
-    except (CatsdogsError, OSError, ValueError):
+    except (CatsdogsError, OSError, ValueError) as error:
+        if strict:
+            raise CatsdogsError(f"{run}: cannot read the {split} split of its DATA {data}: {error}") from None
         return np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
@@ -459,14 +484,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--format", choices=["savedmodel", "onnx", "tflite"], required=True)
     p.add_argument("--out", type=Path, required=True, metavar="PATH")
+    p.add_argument("--quantize", choices=["int8"], help="post-training int8 (ONNX): calibrated on the train split; "
+                   "refused when test accuracy drops more than 0.5 point; the measurement goes to PATH.quantization.json")
+    p.add_argument("--calibration-images", type=positive_int, default=200, metavar="N",
+                   help="train images to calibrate int8 ranges on (default 200)")
 
-    p = command("bench", cmd_bench, "training and prediction speed, side by side with plain Keras")
+    p = command("bench", cmd_bench, "training and inference speed: plain Keras, catsdogs, engines, peak")
     p.add_argument("--data", type=Path, help="a prepared DATA (default: prepare the default source in a temp dir)")
     p.add_argument("--steps", type=positive_int, default=40, help="timed training steps (default 40)")
     p.add_argument("--warmup", type=positive_int, default=5)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
-    p.add_argument("--ghz", type=float, help="CPU clock for the peak estimate (default: from /proc/cpuinfo)")
+    p.add_argument("--run", type=Path, help="a trained RUN with a pretrained backbone (e.g. study/finetune) for the "
+                   "engines and end-to-end timings (default: the default backbone under an untrained head)")
+    p.add_argument("--photos", type=positive_int, default=200, help="full-size test JPEGs predicted end to end "
+                   "(default 200)")
     return parser
 
 

@@ -100,7 +100,7 @@ def _verified(name: str, model, folder: Path, key: str, samples: np.ndarray, ref
     onnx_path = folder / f"model-{key}.onnx"
     if not onnx_path.exists():
         _export_onnx(model, onnx_path, samples)
-    engine = _load(name, onnx_path)
+    engine = load_engine(name, onnx_path)
     diff = float(np.max(np.abs(engine(samples) - reference(samples))))
     if not diff <= ATOL:
         raise CatsdogsError(f"engine {name} differs from Keras by {diff:.2g} (> {ATOL:g}) on this run's model "
@@ -115,7 +115,8 @@ def _export_onnx(model, path: Path, samples: np.ndarray) -> None:
     export_model(model, "onnx", path, samples)  # written beside, verified against Keras, then renamed
 
 
-def _load(name: str, onnx_path: Path) -> Engine:
+def load_engine(name: str, onnx_path: Path) -> Engine:
+    """An ONNX graph run by ONNX Runtime (`onnx`) or OpenVINO (`openvino`), in float32."""
     if name == "onnx":
         import onnxruntime
 

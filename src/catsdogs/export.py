@@ -116,7 +116,7 @@ def _reference(
 ) -> tuple[keras.Model, np.ndarray, float | None]:
     """The model to export, its probabilities, and for a mixed-precision model the rebuild's gap."""
     probs = model.predict(images, batch_size=_BATCH, verbose=0).astype(np.float32)
-    if not _is_mixed(model):
+    if not is_mixed(model):
         return model, probs, None
     twin = float32_rebuild(model)
     twin_probs = twin.predict(images, batch_size=_BATCH, verbose=0).astype(np.float32)
@@ -233,7 +233,8 @@ def _importable(name: str) -> bool:
     return True
 
 
-def _is_mixed(model: Any) -> bool:
+def is_mixed(model: Any) -> bool:
+    """Whether any layer of `model` computes in bfloat16 or float16 (a mixed-precision policy)."""
     return any(_policy_name(layer) in _MIXED for layer in _walk(model))
 
 

@@ -38,6 +38,8 @@ from catsdogs.runs import (
 )
 
 STATE = "state.json"
+LAST = "last.keras"  # the whole model after the last complete epoch (checkpoint/)
+PART_LAST, PART_BEST = "part-last.keras", "part-best.keras"  # when a trainer fits only part of the model
 ONE_CYCLE_PEAK_LEARNING_RATE = 1e-3
 
 
@@ -71,8 +73,8 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     keras.utils.set_random_seed(options.seed)
     with keras_precision(precision), distribution.scope():
         model = builder(image_size=options.image_size, **builder_options)
-        if state:
-            model = keras.models.load_model(run / CHECKPOINT_DIR / "last.keras", safe_mode=True)
+        if state and (run / CHECKPOINT_DIR / LAST).exists():  # else the trainer resumes a part (features)
+            model = keras.models.load_model(run / CHECKPOINT_DIR / LAST, safe_mode=True)
         elif options.schedule == "one-cycle":
             steps = math.ceil(train_images / distribution.global_batch(options.batch_size)) * epochs
             model.compile(optimizer=one_cycle_optimizer(options.learning_rate or ONE_CYCLE_PEAK_LEARNING_RATE, steps),
@@ -186,12 +188,19 @@ class FitContext:
             self.splits[name] = load_split(self.options.data, name, self.image_size, cache_dir=self.options.cache_dir)
         return self.splits[name]
 
+    def resumed_part(self):
+        """The part a trainer fits (`fit(part_of=...)`) as saved after the last complete epoch, or None."""
+        path = self.run / CHECKPOINT_DIR / PART_LAST
+        return keras.models.load_model(path, safe_mode=True) if self.initial_epoch and path.exists() else None
+
     def fit(self, model, train: SplitArrays, validation: SplitArrays, *, epochs: int | None = None,
-            initial_epoch: int | None = None, saved_model=None, patience: int | None = None,
+            initial_epoch: int | None = None, part_of=None, part: str = "head", patience: int | None = None,
             patience_from: int = 0) -> None:
         """`model.fit` from `initial_epoch` up to `epochs` (default: the run's) with the run's callbacks.
 
-        `saved_model`: what RUN/model.keras holds when `model` is only part of it (the features head).
+        `part_of`: the whole model (RUN/model.keras) when `model` has the weights of only its layer `part` (the
+        features head). Each epoch then saves only the part (checkpoint/part-*.keras, milliseconds instead of
+        a second for a backbone); the whole model is saved once, with the best part's weights, at the end.
         `patience` (default: the run's) counts epochs without improvement from epoch `patience_from` on.
         """
         epochs = self.epochs if epochs is None else epochs
@@ -199,26 +208,37 @@ class FitContext:
         stopping = ResumableEarlyStopping(read_history_csv(self.run / HISTORY), monitor=self.options.monitor,
                                           patience=self.patience if patience is None else patience,
                                           start_from_epoch=patience_from)
-        if start >= epochs or stopping.exhausted():
-            return
-        target = saved_model or model
+        if not (start >= epochs or stopping.exhausted()):
+            model.fit(self.dataset(train, shuffle=True, seed=self.options.seed + start),
+                      validation_data=self.dataset(validation), epochs=epochs, initial_epoch=start,
+                      callbacks=self._callbacks(stopping, part=part_of is not None), shuffle=False,
+                      verbose=(1 if os.isatty(2) else 2) if self._chief else 0,
+                      class_weight=class_weights(train.labels, len(train.classes)) if self.options.class_weight
+                      else None)
+        if part_of is not None:
+            best_part = self.run / CHECKPOINT_DIR / PART_BEST
+            best = keras.models.load_model(best_part, safe_mode=True) if best_part.exists() else model
+            part_of.get_layer(part).set_weights(best.get_weights())
+            _save_model(part_of, self.run / MODEL)
+
+    @property
+    def _chief(self) -> bool:
+        return self.distribution is None or self.distribution.is_chief
+
+    def _callbacks(self, stopping: ResumableEarlyStopping, part: bool) -> list[keras.callbacks.Callback]:
+        """Timer, history.csv, best-on-validation and last-epoch checkpoints, state.json, early stopping."""
         best = best_row(read_history_csv(self.run / HISTORY), self.options.monitor)
+        best_path = self.run / CHECKPOINT_DIR / PART_BEST if part else self.run / MODEL
         callbacks = [
             EpochTimer(),
             keras.callbacks.CSVLogger(str(self.run / HISTORY), append=True),  # first: a kill after it is redone
-            AtomicModelCheckpoint(self.run / MODEL, target=target, monitor=self.options.monitor,
-                                  mode=monitor_mode(self.options.monitor), save_best_only=True,
+            AtomicModelCheckpoint(best_path, monitor=self.options.monitor, mode=monitor_mode(self.options.monitor),
+                                  save_best_only=True,
                                   initial_value_threshold=best[self.options.monitor] if best else None),
-            AtomicModelCheckpoint(self.run / CHECKPOINT_DIR / "last.keras", target=target),
+            AtomicModelCheckpoint(self.run / CHECKPOINT_DIR / (PART_LAST if part else LAST)),
             LastEpoch(self.run / CHECKPOINT_DIR / STATE),  # last: the epoch is complete
         ]
-        if stopping.patience:
-            callbacks.append(stopping)
-        chief = self.distribution is None or self.distribution.is_chief
-        model.fit(self.dataset(train, shuffle=True, seed=self.options.seed + start),
-                  validation_data=self.dataset(validation), epochs=epochs, initial_epoch=start,
-                  callbacks=callbacks, shuffle=False, verbose=(1 if os.isatty(2) else 2) if chief else 0,
-                  class_weight=class_weights(train.labels, len(train.classes)) if self.options.class_weight else None)
+        return callbacks + ([stopping] if stopping.patience else [])
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -283,17 +303,15 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Keras' ModelCheckpoint, written beside its place and renamed (a kill never leaves half a file), saving
-    `target`: the whole image model when a trainer fits only part of it."""
+    """Keras' ModelCheckpoint, written beside its place and renamed (a kill never leaves half a file)."""
 
-    def __init__(self, filepath: Path, *, target=None, **kwargs) -> None:
+    def __init__(self, filepath: Path, **kwargs) -> None:
         super().__init__(str(filepath), **kwargs)
-        self.target = target
 
     def _save_model(self, epoch, batch, logs) -> None:
         filepath = self._get_file_path(epoch, batch, logs)
         if self._should_save_model(epoch, batch, logs, filepath):
-            _save_model(self.target or self.model, Path(filepath))
+            _save_model(self.model, Path(filepath))
 
 
 class LastEpoch(keras.callbacks.Callback):

@@ -113,9 +113,12 @@ def fit_features(model: keras.Model, context) -> dict:
     train, validation = (cached_features(extractor, context, split, cache_dir) for split in ("train", "validation"))
     extraction = time.perf_counter() - started  # the run's wall time includes it
     head = model.get_layer("head")
-    # a new model over the head's layers, sharing the whole model's optimizer: saving the whole model then
-    # saves the optimizer's state too (compiling `head` itself would file it under the head), so resume works
-    trainer = keras.Model(head.input, head.output, name="head_trainer")
-    trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=jit_compile_setting())
-    context.fit(trainer, train, validation, saved_model=model)
+    # a new model over the head's layers (compiling `head` itself would file the optimizer under it); each
+    # epoch checkpoints only this trainer, and the whole model is saved once, with the best head, at the end
+    trainer = context.resumed_part()  # with its optimizer's state
+    if trainer is None:
+        trainer = keras.Model(head.input, head.output, name="head_trainer")
+        trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
+                        jit_compile=jit_compile_setting())
+    context.fit(trainer, train, validation, part_of=model, part="head")
     return {"feature_extraction_s": round(extraction, 1)}
