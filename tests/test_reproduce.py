@@ -53,8 +53,9 @@ def test_rerun_resumes_without_retraining(quick_study: Path, monkeypatch):
 
     monkeypatch.setattr(reproduce_module, "train", spy)
     monkeypatch.setattr(reproduce_module, "QUICK_SPLIT", SPLIT)
-    shutil.rmtree(quick_study / "runs" / "finetune")
+    monkeypatch.setattr(evaluation, "EXPLAIN_EXAMPLES", 2)
+    shutil.rmtree(quick_study / "runs" / "augmented")
     (quick_study / "runs" / "baseline" / "metrics.json").unlink()
     reproduce(quick_study.parent / "source", quick_study, quick=True, backbone="efficientnet_lite0")
-    assert trained == ["finetune"]
+    assert trained == ["augmented"]
     assert (quick_study / "runs" / "baseline" / "metrics.json").exists()

@@ -8,6 +8,7 @@ draft mode and runs the fastest engine verified on the model (catsdogs.engines).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,9 +33,9 @@ class EngineSpeed:
 
     def line(self) -> str:
         if self.rate is None:
-            return f"{self.model:<22} {self.engine:<9} {self.precision:<8} {'-':>8}             {self.note}"
+            return f"{self.model:<28} {self.engine:<9} {self.precision:<8} {'-':>8}             {self.note}"
         diff = f"max |diff| vs Keras {self.max_abs_diff:.1e}" if self.max_abs_diff is not None else ""
-        return f"{self.model:<22} {self.engine:<9} {self.precision:<8} {self.rate:8.1f} images/s  {diff}"
+        return f"{self.model:<28} {self.engine:<9} {self.precision:<8} {self.rate:8.1f} images/s  {diff}"
 
 
 def images_per_second(forward: Callable[[np.ndarray], object], batch: np.ndarray, repeats: int = 3) -> float:
@@ -46,9 +47,11 @@ def images_per_second(forward: Callable[[np.ndarray], object], batch: np.ndarray
     return repeats * len(batch) / (time.perf_counter() - started)
 
 
-def engine_speeds(label: str, model, images: np.ndarray, calibration: np.ndarray) -> list[EngineSpeed]:
+def engine_speeds(label: str, model, images: np.ndarray, calibration: np.ndarray,
+                  keep_int8: Path | None = None) -> list[EngineSpeed]:
     """Keras, ONNX Runtime and OpenVINO, float32 and int8 (calibrated on `calibration`), on a batch of
-    `images` (uint8, at the model's size). Engines whose runtime is missing are listed as such."""
+    `images` (uint8, at the model's size). Engines whose runtime is missing are listed as such. `keep_int8`:
+    where to keep the int8 graph."""
     from catsdogs.engines import keras_engine, list_engines, load_engine
     from catsdogs.errors import CatsdogsError
     from catsdogs.export import export_model, is_mixed
@@ -75,6 +78,8 @@ def engine_speeds(label: str, model, images: np.ndarray, calibration: np.ndarray
                 engine = load_engine(name, graph)
                 diff = float(np.max(np.abs(engine(batch) - reference)))
                 speeds.append(EngineSpeed(label, name, precision, images_per_second(engine, batch), diff))
+        if keep_int8 is not None and "int8" in graphs:
+            shutil.copyfile(graphs["int8"], keep_int8)
     return speeds
 
 
@@ -85,17 +90,25 @@ class EndToEnd:
     label: str
     rate: float
     agreement: float
+    accuracy: float | None = None  # against the photos' labels, when given
 
 
-def end_to_end(run: Path, paths: list[Path]) -> list[EndToEnd]:
-    """Plain Keras (load_img one by one, model.predict), then `catsdogs predict` with engine keras and with
-    the fastest verified engine (auto), each timed once after a warm-up over the same files."""
+def end_to_end(run: Path, paths: list[Path], int8: Path | None = None,
+               labels: np.ndarray | None = None) -> list[EndToEnd]:
+    """Plain Keras (load_img one by one, model.predict), then `catsdogs predict` with engine keras, with the
+    fastest verified engine (auto) and, given an `int8` ONNX graph of the model, with it on OpenVINO; each
+    timed once after a warm-up over the same files."""
     import keras
 
+    from catsdogs.engines import list_engines, load_engine
     from catsdogs.predict import Predictor, class_probabilities
 
     auto = Predictor(run, engine="auto")
     model, size = auto.model, auto.image_size
+    quantized = None
+    if int8 is not None and "openvino" in list_engines():
+        quantized = Predictor(run, engine="keras", model=model)
+        quantized.forward = load_engine("openvino", int8)
 
     def plain() -> np.ndarray:
         outputs = []
@@ -105,19 +118,22 @@ def end_to_end(run: Path, paths: list[Path]) -> list[EndToEnd]:
             outputs.append(model.predict(batch, verbose=0))
         return class_probabilities(np.concatenate(outputs)).argmax(1)
 
-    def predictor(engine: str) -> Callable[[], np.ndarray]:
-        chosen = auto if engine == "auto" else Predictor(run, engine=engine, model=model)
+    def predictor(chosen: Predictor) -> Callable[[], np.ndarray]:
         return lambda: np.array([np.argmax(list(p.probabilities.values())) for p in chosen.predict_paths(paths)])
 
     ways = [("plain Keras (load_img one by one, model.predict)", plain),
-            ("catsdogs predict, engine keras (draft decode, parallel)", predictor("keras")),
-            (f"catsdogs predict, engine auto = {auto.engine}", predictor("auto"))]
+            ("catsdogs predict, engine keras (draft decode, parallel)",
+             predictor(Predictor(run, engine="keras", model=model))),
+            (f"catsdogs predict, engine auto = {auto.engine}", predictor(auto))]
+    if quantized is not None:
+        ways.append(("catsdogs predict, int8 graph on openvino", predictor(quantized)))
     results, baseline = [], None
     for label, way in ways:
         way()  # warm-up: graphs traced, files in the page cache
         started = time.perf_counter()
-        labels = way()
+        predicted = way()
         rate = len(paths) / (time.perf_counter() - started)
-        baseline = labels if baseline is None else baseline
-        results.append(EndToEnd(label, rate, float(np.mean(labels == baseline))))
+        baseline = predicted if baseline is None else baseline
+        results.append(EndToEnd(label, rate, float(np.mean(predicted == baseline)),
+                                None if labels is None else float(np.mean(predicted == labels))))
     return results

@@ -219,6 +219,9 @@ class FitContext:
             best_part = self.run / CHECKPOINT_DIR / PART_BEST
             best = keras.models.load_model(best_part, safe_mode=True) if best_part.exists() else model
             part_of.get_layer(part).set_weights(best.get_weights())
+            optimizer = getattr(part_of, "optimizer", None)
+            if optimizer is not None and not optimizer.built:  # a resumed part trained with its own optimizer
+                optimizer.build(part_of.trainable_variables)  # (an unbuilt one makes Keras warn on loading)
             _save_model(part_of, self.run / MODEL)
 
     @property
