@@ -1,7 +1,7 @@
 """Bounded load check of `catsdogs serve` (not a test): N requests, C at a time, over loopback.
 
     PYTHONPATH=src python benchmarks/load_serve.py [--run RUN] [--requests 200] [--concurrency 8] [--explain]
-        [--engine keras|onnx|openvino|auto]
+        [--engine keras|onnx|openvino|int8|auto]
 
 Without --run, an untrained baseline at the study's 150 px is saved into a temporary RUN (same compute as
 a trained one). The photo is train/cat.3.jpg from ../shared/data/dogs-vs-cats-train-5000.zip when present,
@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--explain", action="store_true", help="ask for Grad-CAM overlays too")
-    parser.add_argument("--engine", default="auto", help="auto (default, as catsdogs serve), keras, onnx or openvino")
+    parser.add_argument("--engine", default="auto", help="auto (default, as catsdogs serve), keras, onnx, openvino or int8")
     parser.add_argument("--timeout", type=float, default=240, help="give up after this many seconds in all")
     args = parser.parse_args()
 

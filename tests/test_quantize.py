@@ -62,3 +62,28 @@ def test_quantize_needs_onnx_and_a_new_path(tiny_run: Path, tmp_path: Path, caps
     taken.write_bytes(b"keep me")
     assert main(["export", str(tiny_run), "--format", "onnx", "--quantize", "int8", "--out", str(taken)]) == 2
     assert taken.read_bytes() == b"keep me"
+
+
+def test_int8_engine_quantizes_once_and_predicts(tiny_run: Path, tmp_path: Path, monkeypatch):
+    import shutil
+
+    import catsdogs.quantize as quantize_module
+    from catsdogs.engines import create_engine
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("engines")))
+    predictor = Predictor(run, engine="int8")
+    assert predictor.engine == "int8"
+    graphs = list((run / "engines").glob("model-*-int8.onnx"))
+    assert len(graphs) == 1 and report_path(graphs[0]).exists()  # measured on test, kept beside
+    photos = sorted((Path(json.loads((run / "config.json").read_text())["data"]) / "test").rglob("*.jpg"))
+    predictions = list(predictor.predict_paths(photos))
+    keras_labels = [p.label for p in Predictor(run, engine="keras").predict_paths(photos)]
+    assert len(predictions) == len(photos) and not any(p.error for p in predictions)
+    assert np.mean([p.label == k for p, k in zip(predictions, keras_labels)]) >= 0.9
+
+    def requantized(*args, **kwargs):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(quantize_module, "quantize_int8", requantized)
+    assert create_engine(run, predictor.model, "int8").name == "int8"  # the kept graph is reused
+    assert create_engine(run, predictor.model, "auto").name != "int8"  # auto: verified float32 engines only

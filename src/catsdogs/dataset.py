@@ -91,6 +91,15 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
     return SplitArrays(images, labels, paths, classes)
 
 
+def sample_images(data_dir: Path, split: str, image_size: int, count: int) -> np.ndarray:
+    """`count` images spread evenly over a split (manifest order), decoded at `image_size`."""
+    rows = read_manifest(data_dir, split)
+    if not rows:
+        raise UsageError(f"{data_dir}: the {split} split is empty")
+    rows = rows[:: max(1, len(rows) // count)][:count]
+    return np.stack([load_image(Path(data_dir) / row["path"], image_size) for row in rows])
+
+
 def choose_storage(count: int, image_size: int, storage: str = "auto", split: str = "") -> str:
     """"memory" or "shards" for a split of `count` images at `image_size` (see load_split)."""
     if storage not in ("auto", "memory", "shards"):

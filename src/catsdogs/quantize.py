@@ -100,6 +100,25 @@ def quantize_int8(model, out: Path, calibration: np.ndarray, test_images: np.nda
         shutil.rmtree(work, ignore_errors=True)
 
 
+def quantize_run(run: Path, out: Path, *, model=None, calibration_images: int = 200,
+                 max_drop: float = MAX_DROP_POINTS) -> QuantizationReport:
+    """`quantize_int8` for a trained RUN: calibrated on images spread over its DATA's train split, measured on
+    its whole test split with the run's own decision rule (its tuned threshold, or the most probable class)."""
+    from catsdogs.dataset import load_split, sample_images
+    from catsdogs.predict import Predictor, class_probabilities
+    from catsdogs.runs import read_config
+
+    predictor = Predictor(run, model=model)
+    data = Path(read_config(run).get("data", ""))
+    try:
+        calibration = sample_images(data, "train", predictor.image_size, calibration_images)
+        test = load_split(data, "test", predictor.image_size)
+    except (OSError, ValueError) as error:  # UsageError is a ValueError
+        raise CatsdogsError(f"{run}: int8 needs the train and test splits of its DATA {data}: {error}") from None
+    return quantize_int8(predictor.model, out, calibration, test.images, test.labels,
+                         lambda outputs: predictor.predicted_index(class_probabilities(outputs)), max_drop=max_drop)
+
+
 def quantize_graph(float32_path: Path, int8_path: Path, calibration: np.ndarray, work: Path) -> None:
     """ONNX Runtime's static quantization of a float32 ONNX graph: QDQ, per-channel int8 weights, uint8
     activations with MinMax ranges over `calibration` (float32 images); scratch files go to `work`."""
