@@ -43,7 +43,7 @@ if SHARED_WEIGHTS.is_dir():
     os.environ.setdefault("CATSDOGS_WEIGHTS", str(SHARED_WEIGHTS))
 
 SLOW_FILES = {"test_reproduce.py", "test_distribute.py", "test_n_classes.py", "test_fit.py", "test_backbones.py",
-              "test_efficientnet_lite.py", "test_export.py"}
+              "test_efficientnet_lite.py", "test_export.py", "test_quantize.py", "test_bench.py"}
 BROWSER_FILES = {"test_serve_browser.py", "test_report_browser.py", "test_audit_browser.py"}
 
 

@@ -148,6 +148,7 @@ def test_split_is_deterministic_stratified_and_leak_free(class_folders, tmp_path
     assert len(sources) == len(set(sources))
 
 
+@pytest.mark.slow  # prepares the 5000 real photos twice: ~20 s
 def test_real_kaggle_zip_study_and_default_split(real_zip, tmp_path):
     summary = prepare(real_zip, tmp_path / "data", **STUDY_SIZES)  # what reproduce asks for
     counts = {split: summary.counts[split] for split in summary.counts}

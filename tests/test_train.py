@@ -55,6 +55,7 @@ def test_existing_run_is_never_overwritten(tiny_data: Path, tiny_run: Path):
     assert (tiny_run / "model.keras").read_bytes() == before
 
 
+@pytest.mark.slow  # a training process started, killed and resumed: ~25 s
 def test_resume_after_kill_9(tiny_data: Path, tmp_path: Path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(tiny_data), "--model", "baseline",
