@@ -103,6 +103,10 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     from catsdogs.models.convnet import STUDY_IMAGE_SIZE, study_convnet
 
     manifest_sha256(data)  # a clear UsageError when DATA is not a prepared folder
+    if run is not None:
+        from catsdogs.runs import load_run_model
+
+        load_run_model(run)  # a clear UsageError now, not after minutes of training
     size = STUDY_IMAGE_SIZE
     precision = resolve_precision(precision)
     say = lambda text="": print(text, file=out, flush=True)  # noqa: E731

@@ -53,6 +53,12 @@ def report_path(path: Path) -> Path:
     return Path(path).with_name(Path(path).name + ".quantization.json")
 
 
+def _refuse_existing(out: Path) -> None:
+    """An int8 export never replaces a file: a UsageError when PATH or its report exists."""
+    if Path(out).exists() or report_path(out).exists():
+        raise UsageError(f"{out} already exists; choose another --out or remove it", "out")
+
+
 def quantize_int8(model, out: Path, calibration: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
                   decide: Callable[[np.ndarray], np.ndarray], *, max_drop: float = MAX_DROP_POINTS,
                   ) -> QuantizationReport:
@@ -66,8 +72,7 @@ def quantize_int8(model, out: Path, calibration: np.ndarray, test_images: np.nda
     from catsdogs.export import _check_runtime, export_model, load_runner
 
     out = Path(out)
-    if out.exists() or report_path(out).exists():
-        raise UsageError(f"{out} already exists; choose another --out or remove it", "out")
+    _refuse_existing(out)
     if len(calibration) == 0 or len(test_images) == 0:
         raise UsageError("int8 quantization needs train images to calibrate on and test images to measure on")
     if len(test_images) != len(test_labels):
@@ -108,6 +113,7 @@ def quantize_run(run: Path, out: Path, *, model=None, calibration_images: int = 
     from catsdogs.predict import Predictor, class_probabilities
     from catsdogs.runs import read_config
 
+    _refuse_existing(out)  # before decoding anything
     predictor = Predictor(run, model=model)
     data = Path(read_config(run).get("data", ""))
     try:
