@@ -107,6 +107,13 @@ def test_last_conv_of_scratch_convnet_skips_augmentation_and_pooling():
     assert result.layer == convs[-1] and result.heatmap.shape == (4, 4)
 
 
+def test_the_study_augmentation_is_not_a_feature_map():
+    from catsdogs.explain import _feature_maps
+    from catsdogs.models.convnet import build_augmented
+
+    assert _feature_maps(build_augmented(64)) == ["conv1", "conv2", "conv3", "conv4"]
+
+
 def test_last_conv_inside_nested_base(nested):
     model, base = nested
     assert find_last_conv_layer(model) == f"{base.name}/out_relu"

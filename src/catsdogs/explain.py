@@ -28,7 +28,7 @@ __all__ = ["GradCam", "explanation_figure", "explanations", "find_last_conv_laye
            "save_explanation"]
 
 # Layers that may output 4D tensors but are not feature maps worth explaining.
-_SKIPPED_MODULES = (".preprocessing.", ".regularization.", ".pooling.")
+_SKIPPED_MODULES = (".preprocessing.", ".regularization.", ".pooling.", ".augmentation")
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,8 @@ def _feature_maps(model: keras.Model, prefix: str = "") -> list[str]:
     """Paths of the explainable 4D layers in graph order, descending into nested models."""
     paths = []
     for layer in model.layers:
-        inner = _feature_maps(layer, f"{prefix}{layer.name}/") if _is_nested(layer) else []
-        if inner:
-            paths.extend(inner)
+        if _is_nested(layer):  # a nested model's own layers (none for the augmentation block)
+            paths.extend(_feature_maps(layer, f"{prefix}{layer.name}/"))
         elif _is_feature_map(model, layer):
             paths.append(f"{prefix}{layer.name}")
     return paths

@@ -52,12 +52,19 @@ def read_threshold(run: Path) -> float | None:
 
 def load_run_model(run: Path):
     """Load RUN/model.keras (Keras safe mode: no arbitrary code)."""
-    import keras
-
     path = Path(run) / MODEL
     if not path.exists():
         read_config(run)
         raise UsageError(f"{run}: no {MODEL} yet (training has not finished an epoch)", "run")
+    return load_keras_model(path)
+
+
+def load_keras_model(path: Path):
+    """`keras.models.load_model` in safe mode (no arbitrary code), with catsdogs' own layers registered."""
+    import keras
+
+    import catsdogs.models.augmentation  # noqa: F401  (registers RandomAffine for deserialization)
+
     return keras.models.load_model(path, safe_mode=True)
 
 

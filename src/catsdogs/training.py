@@ -32,6 +32,7 @@ from catsdogs.runs import (
     MODEL,
     Run,
     library_versions,
+    load_keras_model,
     read_history_csv,
     read_json,
     write_json,
@@ -74,7 +75,7 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     with keras_precision(precision), distribution.scope():
         model = builder(image_size=options.image_size, **builder_options)
         if state and (run / CHECKPOINT_DIR / LAST).exists():  # else the trainer resumes a part (features)
-            model = keras.models.load_model(run / CHECKPOINT_DIR / LAST, safe_mode=True)
+            model = load_keras_model(run / CHECKPOINT_DIR / LAST)
         elif options.schedule == "one-cycle":
             steps = math.ceil(train_images / distribution.global_batch(options.batch_size)) * epochs
             model.compile(optimizer=one_cycle_optimizer(options.learning_rate or ONE_CYCLE_PEAK_LEARNING_RATE, steps),
@@ -191,7 +192,7 @@ class FitContext:
     def resumed_part(self):
         """The part a trainer fits (`fit(part_of=...)`) as saved after the last complete epoch, or None."""
         path = self.run / CHECKPOINT_DIR / PART_LAST
-        return keras.models.load_model(path, safe_mode=True) if self.initial_epoch and path.exists() else None
+        return load_keras_model(path) if self.initial_epoch and path.exists() else None
 
     def fit(self, model, train: SplitArrays, validation: SplitArrays, *, epochs: int | None = None,
             initial_epoch: int | None = None, part_of=None, part: str = "head", patience: int | None = None,
@@ -217,7 +218,7 @@ class FitContext:
                       else None)
         if part_of is not None:
             best_part = self.run / CHECKPOINT_DIR / PART_BEST
-            best = keras.models.load_model(best_part, safe_mode=True) if best_part.exists() else model
+            best = load_keras_model(best_part) if best_part.exists() else model
             part_of.get_layer(part).set_weights(best.get_weights())
             optimizer = getattr(part_of, "optimizer", None)
             if optimizer is not None and not optimizer.built:  # a resumed part trained with its own optimizer

@@ -6,22 +6,12 @@ import keras
 from keras import layers
 
 from catsdogs.errors import UsageError
+from catsdogs.models.augmentation import augmentation
 from catsdogs.models.heads import classification_loss, probability_output
 from catsdogs.precision import jit_compile_setting
 
 STUDY_IMAGE_SIZE = 150
 MIN_IMAGE_SIZE = 46  # four 3x3 convolutions and 2x2 poolings must leave at least one pixel
-
-
-def augmentation(seed: int | None = None) -> keras.Sequential:
-    """Random flips, rotations, zooms, shifts and contrast, on batches in the graph; only in training."""
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(0.1, fill_mode="reflect", seed=seed),
-        layers.RandomZoom(0.2, fill_mode="reflect", seed=seed),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
-        layers.RandomContrast(0.2, value_range=(0, 255), seed=seed),
-    ], name="augmentation")
 
 
 def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, dropout: float = 0.0,

@@ -11,8 +11,8 @@ import keras
 from keras import layers
 
 from catsdogs.errors import UsageError
+from catsdogs.models.augmentation import augmentation
 from catsdogs.models.backbones import backbones, get_backbone
-from catsdogs.models.convnet import augmentation
 from catsdogs.models.heads import classification_loss, probability_output
 from catsdogs.precision import jit_compile_setting
 
