@@ -30,14 +30,17 @@ class Experiment:
     uses_backbone: bool = False
     patience: int | None = None
     schedule: str = "constant"
+    monitor: str = "val_loss"
     options: dict = field(default_factory=dict)
 
 
 # Epochs fit the whole default study in about 30 minutes on a 2-core CPU (see README for the measurements).
 STUDY = [
     Experiment("baseline", "baseline", epochs=30, quick_epochs=2),
-    # The study's RMSprop 1e-4 needs 100+ epochs; one-cycle AdamW gets further in 50 (README, "Results").
-    Experiment("augmented", "augmented", epochs=50, quick_epochs=2, schedule="one-cycle"),
+    # The book's RMSprop 1e-4 needs 100+ epochs to reach 88%; one-cycle AdamW with the one-warp augmentation
+    # reaches 92% validation in 100 (75: 91%), its validation accuracy rising to the end while validation loss
+    # bottoms out mid-way, hence the monitor (README, "Results").
+    Experiment("augmented", "augmented", epochs=100, quick_epochs=2, schedule="one-cycle", monitor="val_accuracy"),
     Experiment("features", "features", epochs=30, quick_epochs=3, uses_backbone=True),
     Experiment("transfer", "transfer", epochs=3, quick_epochs=1, uses_backbone=True),
     Experiment("finetune", "finetune", epochs=4, quick_epochs=1, uses_backbone=True, patience=2,
@@ -72,7 +75,8 @@ def _run_experiment(experiment: Experiment, data: Path, runs: Path, cache: Path,
             f"{' (' + experiment.schedule + ')' if experiment.schedule != 'constant' else ''}")
         train(TrainOptions(data=data, model=experiment.model, out=run, epochs=epochs, precision=precision,
                            backbone=backbone if experiment.uses_backbone else None, patience=experiment.patience,
-                           schedule=experiment.schedule, cache_dir=cache, resume=resume, model_options=options))
+                           schedule=experiment.schedule, monitor=experiment.monitor, cache_dir=cache, resume=resume,
+                           model_options=options))
     if not (run / METRICS).exists():
         metrics = evaluate(run, data, "test", cache_dir=cache)
         say(f"{experiment.name}: test accuracy {metrics['accuracy']:.4f}, log loss {metrics['log_loss']:.4f}")
