@@ -19,7 +19,7 @@ class RandomAffine(layers.Layer):
 
     The ranges are those of the Keras layers it replaces: `rotation` a fraction of a full turn
     (RandomRotation), `zoom` the largest relative change of size, the same for both axes (RandomZoom with
-    `width_factor=None`; above 1 zooms out), `translation` a fraction of the height and width
+    `width_factor=None`; a scale above 1 zooms out), `translation` a fraction of the height and width
     (RandomTranslation). Pixels that come from outside the image are filled by `fill_mode` ("reflect",
     "wrap", "nearest" or "constant").
     """
