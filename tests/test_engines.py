@@ -81,3 +81,57 @@ def test_auto_survives_a_runtime_that_breaks(run: catsdogs.Run, monkeypatch):
     assert engine.name == "keras"
     refused = json.loads(next((run / "engines").glob("choice-*.json")).read_text())["refused"]
     assert all("the runtime crashed" in reason for reason in refused.values()) and refused
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    """A frozen MobileNetV2 base (random weights) to pooled features, as the `features` model extracts them."""
+    from catsdogs.models.features import feature_extractor
+    from catsdogs.models.pretrained import build_features
+
+    return feature_extractor(build_features(64, backbone="mobilenetv2", weights=None, seed=0))
+
+
+def test_fastest_forward_is_verified_and_leaves_no_graph(extractor, tmp_path: Path, monkeypatch):
+    import tempfile
+
+    made, mkdtemp, checked, check = [], tempfile.mkdtemp, [], engines._checked
+    monkeypatch.setattr(tempfile, "mkdtemp",
+                        lambda **kwargs: made.append(mkdtemp(**{"dir": tmp_path, **kwargs})) or made[-1])
+    monkeypatch.setattr(engines, "_checked", lambda engine, *args: checked.append(check(engine, *args).name) or engine)
+    images = np.random.default_rng(3).integers(0, 256, (6, 64, 64, 3)).astype(np.float32)
+    engine = engines.fastest_forward(extractor, images[:4])
+    installed = [name for name in engines.list_engines() if name in engines.VERIFIED]
+    assert checked == installed and engine.name in ["keras", *installed]  # each runtime passed the 1e-4 check
+    assert np.max(np.abs(engine(images) - engines.keras_engine(extractor)(images))) <= 1e-4
+    assert made and not any(Path(folder).exists() for folder in made)  # the exported graph was deleted once loaded
+
+
+def test_fastest_forward_keeps_keras_when_export_fails_or_model_is_mixed(extractor, monkeypatch):
+    images = np.random.default_rng(4).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
+
+    def broken(model, path, samples):
+        raise RuntimeError("tf2onnx cannot convert this model")
+
+    monkeypatch.setattr(engines, "_export_onnx", broken)
+    assert engines.fastest_forward(extractor, images).name == "keras"
+    monkeypatch.setattr("catsdogs.export.is_mixed", lambda model: True)
+    monkeypatch.setattr(engines, "_export_onnx", lambda *args: pytest.fail("a mixed model is not exported"))
+    assert engines.fastest_forward(extractor, images).name == "keras"
+
+
+def test_feature_extraction_uses_an_engine_only_for_enough_images(extractor, monkeypatch):
+    from catsdogs.models import features
+
+    images = np.random.default_rng(5).integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)
+    expected = engines.keras_engine(extractor)(images.astype(np.float32))
+    chosen = []
+    real = engines.fastest_forward
+    monkeypatch.setattr(engines, "fastest_forward", lambda model, samples: chosen.append(len(samples)) or real(model, samples))
+    small = features.extract_features(extractor, images, 4, "train", engine_min_images=11)
+    assert chosen == [] and np.max(np.abs(small - expected)) <= 1e-4  # 10 images: Keras
+    shared: dict = {}
+    large = features.extract_features(extractor, images, 4, "train", engine_min_images=10, chosen=shared)
+    assert chosen == [4] and np.max(np.abs(large - expected)) <= 1e-4  # verified on the first batch
+    again = features.extract_features(extractor, images[:6], 4, "validation", engine_min_images=10, chosen=shared)
+    assert chosen == [4] and np.max(np.abs(again - expected[:6])) <= 1e-4  # the next split reuses the engine

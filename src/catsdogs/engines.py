@@ -4,9 +4,10 @@ An engine maps a batch of raw 0-255 RGB images (n x S x S x 3) to the model's ra
 classes, n x N for more). The ONNX graph is exported once per model file into RUN/engines/ and kept only
 when its answers match Keras' within 1e-4 on sample images (OpenVINO runs the same verified graph, checked
 again); `auto` times the verified engines on a few batches and uses the fastest (the choice is cached
-beside the graph). A missing runtime or a failed check means the engine is not offered: `auto` falls back
-to Keras, and asking for it by name is a one-line error. `int8` (only on request) runs the run's int8 graph
-(catsdogs.quantize), kept only when it lost at most 0.5 point of test accuracy.
+beside the graph). `fastest_forward` does the same for a model without a RUN (a frozen base extracting
+features), with the graph in a temporary folder. A missing runtime or a failed check means the engine is not
+offered: `auto` falls back to Keras, and asking for it by name is a one-line error. `int8` (only on request)
+runs the run's int8 graph (catsdogs.quantize), kept only when it lost at most 0.5 point of test accuracy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,10 +108,14 @@ def _verified(name: str, model, folder: Path, key: str, samples: np.ndarray, ref
     onnx_path = folder / f"model-{key}.onnx"
     if not onnx_path.exists():
         _export_onnx(model, onnx_path, samples)
-    engine = load_engine(name, onnx_path)
+    return _checked(load_engine(name, onnx_path), samples, reference)
+
+
+def _checked(engine: Engine, samples: np.ndarray, reference: Engine) -> Engine:
+    """`engine`, once its answers on `samples` are within ATOL of Keras'; else CatsdogsError."""
     diff = float(np.max(np.abs(engine(samples) - reference(samples))))
     if not diff <= ATOL:
-        raise CatsdogsError(f"engine {name} differs from Keras by {diff:.2g} (> {ATOL:g}) on this run's model "
+        raise CatsdogsError(f"engine {engine.name} differs from Keras by {diff:.2g} (> {ATOL:g}) on this model "
                             "(a mixed-precision model computes in bfloat16 under Keras); use --engine keras")
     return engine
 
@@ -161,19 +168,13 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
             return _verified(chosen, model, folder, key, samples, reference)
         except Exception:  # noqa: BLE001 - auto never fails where Keras works: time them again
             pass
-    candidates, timings, refused = {"keras": reference}, {}, {}
+    candidates, refused = {"keras": reference}, {}
     for name in [name for name in list_engines() if name in VERIFIED]:
         try:
             candidates[name] = _verified(name, model, folder, key, samples, reference)
         except Exception as error:  # noqa: BLE001 - a converter or runtime failure only rules the engine out
             refused[name] = " ".join(str(error).split())[:300] or type(error).__name__
-    batch = np.resize(samples, (TIMING_BATCH, *samples.shape[1:]))
-    for name, engine in candidates.items():
-        engine(batch)  # warm-up
-        started = time.perf_counter()
-        for _ in range(TIMING_REPEATS):
-            engine(batch)
-        timings[name] = TIMING_BATCH * TIMING_REPEATS / (time.perf_counter() - started)
+    timings = _images_per_second(candidates, samples)
     chosen = max(timings, key=timings.get)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -182,3 +183,48 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
     except OSError:  # a read-only RUN: the choice is made again next time
         pass
     return candidates[chosen]
+
+
+def _images_per_second(candidates: dict[str, Engine], samples: np.ndarray, batch_size: int = TIMING_BATCH,
+                       repeats: int = TIMING_REPEATS) -> dict[str, float]:
+    """Each engine's images/s on batches of `batch_size` made from `samples`, after one warm-up call."""
+    batch = np.resize(samples, (batch_size, *samples.shape[1:])).astype(np.float32)
+    timings = {}
+    for name, engine in candidates.items():
+        engine(batch)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            engine(batch)
+        timings[name] = batch_size * repeats / (time.perf_counter() - started)
+    return timings
+
+
+def fastest_forward(model, samples: np.ndarray) -> Engine:
+    """The fastest float32 engine for a model that has no RUN (e.g. a frozen base extracting features):
+    Keras, or ONNX Runtime / OpenVINO when installed and within ATOL of Keras on `samples` (real inputs).
+
+    The graph is exported into a temporary folder and deleted once loaded. A mixed-precision model, a
+    converter or runtime failure, or a failed check leaves Keras: this never fails where Keras works.
+    """
+    from catsdogs.export import is_mixed
+
+    reference = keras_engine(model)
+    installed = [name for name in list_engines() if name in VERIFIED]
+    if not installed or is_mixed(model):
+        return reference
+    samples = np.asarray(samples, np.float32)
+    candidates = {"keras": reference}
+    folder = Path(tempfile.mkdtemp(prefix="catsdogs-engine-"))
+    try:
+        _export_onnx(model, folder / "model.onnx", samples)
+        for name in installed:
+            try:
+                candidates[name] = _checked(load_engine(name, folder / "model.onnx"), samples, reference)
+            except Exception:  # noqa: BLE001 - a runtime failure only rules this engine out
+                pass
+    except Exception:  # noqa: BLE001 - a model the converter cannot export stays on Keras
+        return reference
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    timings = _images_per_second(candidates, samples, batch_size=len(samples), repeats=2)
+    return candidates[max(timings, key=timings.get)]
