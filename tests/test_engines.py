@@ -135,3 +135,18 @@ def test_feature_extraction_uses_an_engine_only_for_enough_images(extractor, mon
     assert chosen == [4] and np.max(np.abs(large - expected)) <= 1e-4  # verified on the first batch
     again = features.extract_features(extractor, images[:6], 4, "validation", engine_min_images=10, chosen=shared)
     assert chosen == [4] and np.max(np.abs(again - expected[:6])) <= 1e-4  # the next split reuses the engine
+
+
+def test_the_audit_embeds_many_photos_through_the_chosen_engine(extractor, monkeypatch):
+    from catsdogs.auditing import _embedder
+    from catsdogs.models.features import ENGINE_MIN_IMAGES
+
+    images = np.random.default_rng(6).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    expected = engines.keras_engine(extractor)(images.astype(np.float32))
+    chosen, real = [], engines.fastest_forward
+    monkeypatch.setattr(engines, "fastest_forward", lambda model, samples: chosen.append(len(samples)) or real(model, samples))
+    few = _embedder(extractor, extractor, ENGINE_MIN_IMAGES - 1)
+    assert np.max(np.abs(few(images) - expected)) <= 1e-4 and chosen == []
+    many = _embedder(extractor, extractor, ENGINE_MIN_IMAGES)
+    for _ in range(2):  # chosen on the first batch, once
+        assert np.max(np.abs(many(images) - expected)) <= 1e-4 and chosen == [4]

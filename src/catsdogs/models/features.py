@@ -66,7 +66,8 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
     shared by the calls on one extractor, keeps that engine for the next split (exported and checked once)."""
     if chosen is None or "forward" not in chosen:
         chosen = {} if chosen is None else chosen
-        chosen["forward"], chosen["engine"] = _forward(extractor, images, batch_size, engine_min_images)
+        first = np.asarray(images[:batch_size]).astype(np.float32)
+        chosen["forward"], chosen["engine"] = choose_forward(extractor, first, len(images), engine_min_images)
     forward, engine = chosen["forward"], chosen["engine"]
     progress = Progress(f"extracting {label} features ({engine})", total=len(images), unit="images")
     shape = (len(images), extractor.output_shape[-1])
@@ -82,20 +83,22 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
     return features
 
 
-def _forward(extractor: keras.Model, images: np.ndarray, batch_size: int, engine_min_images: int):
-    """(batch -> features, engine name). Under a tf.distribute strategy (catsdogs.distribute) each worker
-    extracts its own features in its own graph (Keras would run the batch on every replica and gather every
-    worker's outputs); from `engine_min_images` images on, the fastest engine verified on the first batch."""
+def choose_forward(extractor: keras.Model, first_batch: np.ndarray, count: int,
+                   engine_min_images: int = ENGINE_MIN_IMAGES):
+    """(batch -> features, engine name) for extracting `count` images. Under a tf.distribute strategy
+    (catsdogs.distribute) each worker extracts its own features in its own graph (Keras would run the batch on
+    every replica and gather every worker's outputs); from `engine_min_images` images on, the fastest engine
+    verified on `first_batch` (float32 images); else Keras."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         if tf.distribute.has_strategy():
             graph = tf.function(lambda batch: extractor(batch, training=False))
             return (lambda batch: graph(tf.constant(batch))), "keras"
-    if len(images) >= max(engine_min_images, 1):
+    if count >= max(engine_min_images, 1):
         from catsdogs.engines import fastest_forward
 
-        engine = fastest_forward(extractor, np.asarray(images[:batch_size]).astype(np.float32))
+        engine = fastest_forward(extractor, first_batch)
         return engine, engine.name
     return extractor.predict_on_batch, "keras"
 
