@@ -115,6 +115,12 @@ def test_fastest_forward_keeps_keras_when_export_fails_or_model_is_mixed(extract
 
     monkeypatch.setattr(engines, "_export_onnx", broken)
     assert engines.fastest_forward(extractor, images).name == "keras"
+
+    def no_space(**kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("tempfile.mkdtemp", no_space)
+    assert engines.fastest_forward(extractor, images).name == "keras"  # no temporary folder: Keras still works
     monkeypatch.setattr("catsdogs.export.is_mixed", lambda model: True)
     monkeypatch.setattr(engines, "_export_onnx", lambda *args: pytest.fail("a mixed model is not exported"))
     assert engines.fastest_forward(extractor, images).name == "keras"

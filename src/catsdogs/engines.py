@@ -108,12 +108,12 @@ def _verified(name: str, model, folder: Path, key: str, samples: np.ndarray, ref
     onnx_path = folder / f"model-{key}.onnx"
     if not onnx_path.exists():
         _export_onnx(model, onnx_path, samples)
-    return _checked(load_engine(name, onnx_path), samples, reference)
+    return _checked(load_engine(name, onnx_path), samples, reference(samples))
 
 
-def _checked(engine: Engine, samples: np.ndarray, reference: Engine) -> Engine:
-    """`engine`, once its answers on `samples` are within ATOL of Keras'; else CatsdogsError."""
-    diff = float(np.max(np.abs(engine(samples) - reference(samples))))
+def _checked(engine: Engine, samples: np.ndarray, expected: np.ndarray) -> Engine:
+    """`engine`, once its answers on `samples` are within ATOL of Keras' (`expected`); else CatsdogsError."""
+    diff = float(np.max(np.abs(engine(samples) - expected)))
     if not diff <= ATOL:
         raise CatsdogsError(f"engine {engine.name} differs from Keras by {diff:.2g} (> {ATOL:g}) on this model "
                             "(a mixed-precision model computes in bfloat16 under Keras); use --engine keras")
@@ -213,18 +213,20 @@ def fastest_forward(model, samples: np.ndarray) -> Engine:
     if not installed or is_mixed(model):
         return reference
     samples = np.asarray(samples, np.float32)
-    candidates = {"keras": reference}
-    folder = Path(tempfile.mkdtemp(prefix="catsdogs-engine-"))
+    expected = reference(samples)  # Keras' answers, computed once for every check
+    candidates, folder = {"keras": reference}, None
     try:
+        folder = Path(tempfile.mkdtemp(prefix="catsdogs-engine-"))
         _export_onnx(model, folder / "model.onnx", samples)
         for name in installed:
             try:
-                candidates[name] = _checked(load_engine(name, folder / "model.onnx"), samples, reference)
+                candidates[name] = _checked(load_engine(name, folder / "model.onnx"), samples, expected)
             except Exception:  # noqa: BLE001 - a runtime failure only rules this engine out
                 pass
-    except Exception:  # noqa: BLE001 - a model the converter cannot export stays on Keras
+    except Exception:  # noqa: BLE001 - no temporary folder, or a model the converter cannot export: Keras
         return reference
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     timings = _images_per_second(candidates, samples, batch_size=len(samples), repeats=2)
     return candidates[max(timings, key=timings.get)]
