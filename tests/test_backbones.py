@@ -195,7 +195,9 @@ def test_features_cache_is_written_reused_and_invalidated(data: Path, source: Pa
     assert len(list(cache.glob("features-*.npy"))) == 4
 
 
-def test_features_run_resumes_with_its_optimizer(data: Path, tmp_path: Path, monkeypatch, recwarn):
+@pytest.mark.parametrize("model", ["features", "transfer"])
+def test_a_run_that_trains_its_head_alone_resumes_with_its_optimizer(model: str, data: Path, tmp_path: Path,
+                                                                      monkeypatch, recwarn):
     import catsdogs.training as train_module
 
     def crash(*args, **kwargs):
@@ -204,9 +206,9 @@ def test_features_run_resumes_with_its_optimizer(data: Path, tmp_path: Path, mon
     run = tmp_path / "run"
     monkeypatch.setattr(train_module, "_finish", crash)
     with pytest.raises(KeyboardInterrupt):
-        train(options(data, "features", run))
+        train(options(data, model, run))
     monkeypatch.undo()
-    train(dataclasses.replace(options(data, "features", run), epochs=2, resume=True))
+    train(dataclasses.replace(options(data, model, run), epochs=2, resume=True))
     assert [row["epoch"] for row in csv.DictReader(open(run / "history.csv"))] == ["0", "1"]
     keras.models.load_model(run / "model.keras")  # the whole model, saved once after the resumed head
     assert not [w for w in recwarn if "optimizer" in str(w.message)]
@@ -237,6 +239,67 @@ def test_transfer_trains_only_the_head(data: Path):
     after = base_weights(model)
     assert all(np.array_equal(before[path], after[path]) for path in before)
     assert not np.array_equal(head, model.get_layer("probability").get_weights()[0])
+
+
+def test_transfer_runs_its_frozen_base_through_a_verified_engine(data: Path, tmp_path: Path, monkeypatch):
+    """The trainer's engine path (forced on for 24 images): only the head learns, and RUN/model.keras, the whole
+    model run by Keras, scores validation as the engine-fed head did in its best epoch."""
+    from catsdogs.models import transfer as transfer_module
+
+    choose = transfer_module.choose_forward
+    monkeypatch.setattr(transfer_module, "choose_forward",
+                        lambda extractor, first, count: choose(extractor, first, count, engine_min_images=0))
+    fit = transfer_module.fit_transfer
+    seen = {}
+
+    def spy(model, context):
+        seen["base"], seen["head"] = base_weights(model), model.get_layer("probability").get_weights()[0]
+        return fit(model, context)
+
+    monkeypatch.setattr(transfer_module, "fit_transfer", spy)
+    run = train(dataclasses.replace(options(data, "transfer", tmp_path / "run", learning_rate=0.05), epochs=3))
+    config = json.loads((run.path / "config.json").read_text())
+    assert config["frozen_base_engine"] in ("onnx", "openvino")
+    after = base_weights(run.model)
+    assert all(np.array_equal(seen["base"][path], after[path]) for path in after)
+    assert not np.array_equal(seen["head"], run.model.get_layer("probability").get_weights()[0])
+    best = min(csv.DictReader(open(run.path / "history.csv")), key=lambda row: float(row["val_loss"]))
+    validation = load_split(data, "validation", SIZE)
+    loss = keras.losses.BinaryCrossentropy()(validation.labels[:, None].astype("float32"),
+                                              run.model.predict(validation.images.astype("float32"), verbose=0))
+    assert float(loss) == pytest.approx(float(best["val_loss"]), rel=1e-3)
+
+
+def test_augmented_features_cover_each_image_once_per_epoch_reshuffled_and_augmented_afresh():
+    from catsdogs.dataset import SplitArrays
+    from catsdogs.models.augmentation import augmentation
+    from catsdogs.models.transfer import AugmentedFeatures
+
+    values = np.arange(20) * 10  # constant images, which the warp and the contrast leave as they are
+    flat = np.broadcast_to(values[:, None, None, None], (20, 16, 16, 3)).astype(np.uint8)
+    split = SplitArrays(flat, (np.arange(20) % 2).astype(np.int32), [], ["cat", "dog"])
+    batches = AugmentedFeatures(split, augmentation(seed=1), lambda b: np.asarray(b).mean(axis=(1, 2)), 8, seed=3)
+
+    def epoch() -> tuple[np.ndarray, np.ndarray]:
+        features, labels = zip(*(batches[i] for i in range(len(batches))))
+        return np.concatenate(features)[:, 0], np.concatenate(labels)
+
+    first, labels = epoch()
+    assert len(batches) == 3 and len(first) == 20
+    np.testing.assert_allclose(np.sort(first), values, atol=0.5)
+    np.testing.assert_array_equal(labels, np.rint(first / 10) % 2)  # each label goes with its image
+    batches.on_epoch_end()
+    second, _ = epoch()
+    np.testing.assert_allclose(np.sort(second), values, atol=0.5)
+    assert not np.array_equal(np.rint(first), np.rint(second)), "a new order every epoch"
+
+    photos = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    identity = AugmentedFeatures(SplitArrays(photos, np.zeros(8, np.int32), [], ["cat", "dog"]), augmentation(seed=1),
+                                 lambda b: np.asarray(b), 8, seed=3)
+    once = identity[0][0]
+    identity.on_epoch_end()
+    again = identity[0][0]  # the same 8 photos in the same (sorted) order, warped anew
+    assert once.shape == photos.shape and not np.allclose(once, photos) and not np.allclose(once, again)
 
 
 def test_finetune_changes_only_the_unfrozen_layers(data: Path, transfer_run: Path, tmp_path: Path):

@@ -196,13 +196,15 @@ class FitContext:
 
     def fit(self, model, train: SplitArrays, validation: SplitArrays, *, epochs: int | None = None,
             initial_epoch: int | None = None, part_of=None, part: str = "head", patience: int | None = None,
-            patience_from: int = 0) -> None:
+            patience_from: int = 0, train_batches=None) -> None:
         """`model.fit` from `initial_epoch` up to `epochs` (default: the run's) with the run's callbacks.
 
         `part_of`: the whole model (RUN/model.keras) when `model` has the weights of only its layer `part` (the
         features head). Each epoch then saves only the part (checkpoint/part-*.keras, milliseconds instead of
         a second for a backbone); the whole model is saved once, with the best part's weights, at the end.
         `patience` (default: the run's) counts epochs without improvement from epoch `patience_from` on.
+        `train_batches`: ready training batches (a keras PyDataset) instead of `train`'s, whose labels still
+        give the class weights.
         """
         epochs = self.epochs if epochs is None else epochs
         start = self.initial_epoch if initial_epoch is None else initial_epoch
@@ -210,7 +212,8 @@ class FitContext:
                                           patience=self.patience if patience is None else patience,
                                           start_from_epoch=patience_from)
         if not (start >= epochs or stopping.exhausted()):
-            model.fit(self.dataset(train, shuffle=True, seed=self.options.seed + start),
+            batches = train_batches or self.dataset(train, shuffle=True, seed=self.options.seed + start)
+            model.fit(batches,
                       validation_data=self.dataset(validation), epochs=epochs, initial_epoch=start,
                       callbacks=self._callbacks(stopping, part=part_of is not None), shuffle=False,
                       verbose=(1 if os.isatty(2) else 2) if self._chief else 0,
