@@ -222,12 +222,25 @@ def test_features_saves_the_whole_model_once_with_the_best_head(data: Path, tmp_
     monkeypatch.setattr(train_module, "_save_model", lambda model, path: (saved.append(path.name), save(model, path)))
     run = train(dataclasses.replace(options(data, "features", tmp_path / "run", learning_rate=0.05), epochs=4))
     assert saved.count("model.keras") == 1 and saved.count("part-last.keras") == 4  # one per epoch: the head
-    history = list(csv.DictReader(open(run / "history.csv")))
-    best = min(history, key=lambda row: float(row["val_loss"]))
+    assert_model_keras_is_the_best_epoch(run, data)
+
+
+def assert_model_keras_is_the_best_epoch(run, data: Path) -> None:
+    """RUN/model.keras, run whole by Keras, scores validation as the part trained alone did in its best epoch."""
+    best = min(csv.DictReader(open(run.path / "history.csv")), key=lambda row: float(row["val_loss"]))
     validation = load_split(data, "validation", run.model.input_shape[1])
     loss = keras.losses.BinaryCrossentropy()(validation.labels[:, None].astype("float32"),
-                                              run.model.predict(validation.images, verbose=0))
-    assert float(loss) == pytest.approx(float(best["val_loss"]), rel=1e-3)  # model.keras has the best head
+                                              run.model.predict(validation.images.astype("float32"), verbose=0))
+    assert float(loss) == pytest.approx(float(best["val_loss"]), rel=1e-3)
+
+
+def force_engines(monkeypatch) -> None:
+    """Frozen parts run through a verified engine even on the tests' few images."""
+    from catsdogs.models import transfer as transfer_module
+
+    choose = transfer_module.choose_forward
+    monkeypatch.setattr(transfer_module, "choose_forward",
+                        lambda extractor, first, count: choose(extractor, first, count, engine_min_images=0))
 
 
 def test_transfer_trains_only_the_head(data: Path):
@@ -242,15 +255,11 @@ def test_transfer_trains_only_the_head(data: Path):
 
 
 def test_transfer_runs_its_frozen_base_through_a_verified_engine(data: Path, tmp_path: Path, monkeypatch):
-    """The trainer's engine path (forced on for 24 images): only the head learns, and RUN/model.keras, the whole
-    model run by Keras, scores validation as the engine-fed head did in its best epoch."""
+    """Only the head learns, and the saved whole model is the best epoch's."""
     from catsdogs.models import transfer as transfer_module
 
-    choose = transfer_module.choose_forward
-    monkeypatch.setattr(transfer_module, "choose_forward",
-                        lambda extractor, first, count: choose(extractor, first, count, engine_min_images=0))
-    fit = transfer_module.fit_transfer
-    seen = {}
+    force_engines(monkeypatch)
+    fit, seen = transfer_module.fit_transfer, {}
 
     def spy(model, context):
         seen["base"], seen["head"] = base_weights(model), model.get_layer("probability").get_weights()[0]
@@ -258,16 +267,61 @@ def test_transfer_runs_its_frozen_base_through_a_verified_engine(data: Path, tmp
 
     monkeypatch.setattr(transfer_module, "fit_transfer", spy)
     run = train(dataclasses.replace(options(data, "transfer", tmp_path / "run", learning_rate=0.05), epochs=3))
-    config = json.loads((run.path / "config.json").read_text())
-    assert config["frozen_base_engine"] in ("onnx", "openvino")
+    assert json.loads((run.path / "config.json").read_text())["frozen_part_engine"] in ("onnx", "openvino")
     after = base_weights(run.model)
     assert all(np.array_equal(seen["base"][path], after[path]) for path in after)
     assert not np.array_equal(seen["head"], run.model.get_layer("probability").get_weights()[0])
-    best = min(csv.DictReader(open(run.path / "history.csv")), key=lambda row: float(row["val_loss"]))
-    validation = load_split(data, "validation", SIZE)
-    loss = keras.losses.BinaryCrossentropy()(validation.labels[:, None].astype("float32"),
-                                              run.model.predict(validation.images.astype("float32"), verbose=0))
-    assert float(loss) == pytest.approx(float(best["val_loss"]), rel=1e-3)
+    assert_model_keras_is_the_best_epoch(run, data)
+
+
+def test_finetune_runs_the_frozen_bottom_of_its_base_through_a_verified_engine(data: Path, transfer_run: Path,
+                                                                               tmp_path: Path, monkeypatch):
+    force_engines(monkeypatch)
+    transfer = keras.models.load_model(transfer_run / "model.keras")
+    run = train(dataclasses.replace(options(data, "finetune", tmp_path / "run", learning_rate=1e-3,
+                                            model_options={"from_run": str(transfer_run)}), epochs=2))
+    assert json.loads((run.path / "config.json").read_text())["frozen_part_engine"] in ("onnx", "openvino")
+    before, after = base_weights(transfer), base_weights(run.model)
+    changed = {name for name, i in before if not np.array_equal(before[name, i], after[name, i])}
+    assert changed and changed <= {"block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1"}
+    assert_model_keras_is_the_best_epoch(run, data)
+
+
+def test_the_split_into_frozen_and_trainable_parts_computes_the_model(data: Path):
+    from catsdogs.models.transfer import split
+
+    model = create_model("transfer", backbone="mobilenetv2", image_size=SIZE, weights=None, seed=1)
+    images = load_split(data, "validation", SIZE).images.astype("float32")
+    expected = np.asarray(model(images, training=False))
+    for unfreeze in (0, 11):  # the frozen base (the cut is the pooled features), then its last block
+        unfreeze_top(model, unfreeze)
+        frozen, trainable = split(model)
+        np.testing.assert_allclose(np.asarray(trainable(frozen(images))), expected, atol=1e-5)
+        assert {w.path for w in trainable.trainable_weights} == {w.path for w in model.trainable_weights}
+    names = [layer.name for layer in find_base(model).layers]
+    unfreeze_top(model, len(names) - names.index("block_15_project"))  # inside a residual block: no single cut
+    assert split(model) is None
+
+
+def test_under_tf_distribute_the_whole_model_trains_in_keras(data: Path):
+    from types import SimpleNamespace
+
+    from catsdogs.models.transfer import fit_trainable_part
+
+    calls = []
+
+    class Context:  # what the trainer reads of a FitContext
+        distribution = SimpleNamespace(strategy=object())
+
+        def split(self, name: str):
+            return load_split(data, name, SIZE)
+
+        def fit(self, model, train, validation, **options):
+            calls.append((model, len(train.labels), options))
+
+    model = create_model("transfer", backbone="mobilenetv2", image_size=SIZE, weights=None, seed=1)
+    assert fit_trainable_part(model, Context(), epochs=2) is None
+    assert calls == [(model, 24, {"epochs": 2})]
 
 
 def test_augmented_features_cover_each_image_once_per_epoch_reshuffled_and_augmented_afresh():
@@ -343,13 +397,14 @@ def test_finetune_in_one_run_trains_the_transfer_stage_first_and_resumes(data: P
     fit = train_module.FitContext.fit
 
     def spy(self, model, *args, **kwargs):
-        fitted.append([layer.name for layer in find_base(model).layers if layer.trainable])
+        fitted.append((model.name, [layer.name for layer in find_base(model).layers
+                                    if layer.trainable and not isinstance(layer, keras.layers.InputLayer)]))
         return fit(self, model, *args, **kwargs)
 
     monkeypatch.setattr(train_module.FitContext, "fit", spy)
     train(dataclasses.replace(options(data, "finetune", run), epochs=2, resume=True))
-    assert fitted[-1] == ["block_16_expand", "block_16_expand_relu", "block_16_depthwise",
-                          "block_16_depthwise_relu", "block_16_project", "Conv_1", "out_relu"]
+    assert fitted[-1] == ("trainable_part", ["block_16_expand", "block_16_expand_relu", "block_16_depthwise",
+                                             "block_16_depthwise_relu", "block_16_project", "Conv_1", "out_relu"])
     config = json.loads((run / "config.json").read_text())
     assert config["transfer_epochs"] == 1 and config["epochs"] == 3 and config["epochs_run"] == 3
 

@@ -151,6 +151,7 @@ def _write_and_verify(
         got = _batched(_RUNNERS[fmt](target), images)
     except Exception as exc:
         raise CatsdogsError(f"the {fmt} export could not be run: {_one_line(exc)}") from exc
+    reference = np.asarray(reference).reshape(len(reference), -1)  # as `_batched` answers
     if got.shape != reference.shape:
         raise CatsdogsError(f"the {fmt} export answers shape {got.shape}, Keras {reference.shape}")
     diff = _max_diff(got, reference)
@@ -197,9 +198,9 @@ def _input_size(model: Any) -> tuple[int | None, int | None]:
         shapes = [tuple(i.shape) for i in inputs]
         raise UsageError(f"expected a model with one (batch, H, W, 3) image input, got {shapes}")
     outputs = getattr(model, "outputs", None) or []
-    if len(outputs) != 1 or len(outputs[0].shape) != 2 or not outputs[0].shape[-1]:
-        shapes = [tuple(o.shape) for o in outputs]
-        raise UsageError(f"expected a model with one (batch, 1) or (batch, N) probability output, got {shapes}")
+    if len(outputs) != 1 or len(outputs[0].shape) < 2 or not outputs[0].shape[-1]:  # probabilities, or the
+        shapes = [tuple(o.shape) for o in outputs]  # features / activations of a frozen part (catsdogs.engines)
+        raise UsageError(f"expected a model with one (batch, N) probability output, got {shapes}")
     return inputs[0].shape[1], inputs[0].shape[2]
 
 

@@ -195,13 +195,15 @@ class FitContext:
         return load_keras_model(path) if self.initial_epoch and path.exists() else None
 
     def fit(self, model, train: SplitArrays, validation: SplitArrays, *, epochs: int | None = None,
-            initial_epoch: int | None = None, part_of=None, part: str = "head", patience: int | None = None,
+            initial_epoch: int | None = None, part_of=None, part="head", patience: int | None = None,
             patience_from: int = 0, train_batches=None) -> None:
         """`model.fit` from `initial_epoch` up to `epochs` (default: the run's) with the run's callbacks.
 
         `part_of`: the whole model (RUN/model.keras) when `model` has the weights of only its layer `part` (the
-        features head). Each epoch then saves only the part (checkpoint/part-*.keras, milliseconds instead of
-        a second for a backbone); the whole model is saved once, with the best part's weights, at the end.
+        features head), or of `part`, a model on some of `part_of`'s layers (catsdogs.models.transfer). Each
+        epoch then saves only the part (checkpoint/part-*.keras, milliseconds instead of a second for a
+        backbone); the whole model is saved once, with the best part's weights, at the end (unless no epoch
+        beat an earlier stage's model.keras).
         `patience` (default: the run's) counts epochs without improvement from epoch `patience_from` on.
         `train_batches`: ready training batches (a keras PyDataset) instead of `train`'s, whose labels still
         give the class weights.
@@ -211,6 +213,7 @@ class FitContext:
         stopping = ResumableEarlyStopping(read_history_csv(self.run / HISTORY), monitor=self.options.monitor,
                                           patience=self.patience if patience is None else patience,
                                           start_from_epoch=patience_from)
+        earlier_best = best_row(read_history_csv(self.run / HISTORY), self.options.monitor)
         if not (start >= epochs or stopping.exhausted()):
             batches = train_batches or self.dataset(train, shuffle=True, seed=self.options.seed + start)
             model.fit(batches,
@@ -219,10 +222,10 @@ class FitContext:
                       verbose=(1 if os.isatty(2) else 2) if self._chief else 0,
                       class_weight=class_weights(train.labels, len(train.classes)) if self.options.class_weight
                       else None)
-        if part_of is not None:
-            best_part = self.run / CHECKPOINT_DIR / PART_BEST
-            best = load_keras_model(best_part) if best_part.exists() else model
-            part_of.get_layer(part).set_weights(best.get_weights())
+        best_part = self.run / CHECKPOINT_DIR / PART_BEST
+        if part_of is not None and (best_part.exists() or earlier_best is None):  # else no epoch of this part beat
+            best = load_keras_model(best_part) if best_part.exists() else model  # an earlier stage's model.keras
+            (part_of.get_layer(part) if isinstance(part, str) else part).set_weights(best.get_weights())
             optimizer = getattr(part_of, "optimizer", None)
             if optimizer is not None and not optimizer.built:  # a resumed part trained with its own optimizer
                 optimizer.build(part_of.trainable_variables)  # (an unbuilt one makes Keras warn on loading)

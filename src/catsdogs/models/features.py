@@ -70,7 +70,7 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
         chosen["forward"], chosen["engine"] = choose_forward(extractor, first, len(images), engine_min_images)
     forward, engine = chosen["forward"], chosen["engine"]
     progress = Progress(f"extracting {label} features ({engine})", total=len(images), unit="images")
-    shape = (len(images), extractor.output_shape[-1])
+    shape = (len(images), *extractor.output_shape[1:])
     features = (np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape) if out is not None
                 else np.zeros(shape, np.float32))
     for start in range(0, len(images), batch_size):

@@ -15,6 +15,7 @@ from keras import layers
 from catsdogs.errors import UsageError
 from catsdogs.models.backbones import get_backbone
 from catsdogs.models.pretrained import build_transfer, compile_classifier, find_base
+from catsdogs.models.transfer import fit_trainable_part
 
 FINETUNE_LEARNING_RATE = 1e-5
 
@@ -76,16 +77,17 @@ def fit_finetune(model: keras.Model, context) -> dict:
     """Trainer of `finetune`: [transfer stage,] then fine-tuning with early stopping on validation.
 
     The stage is read from the model (its base is frozen until fine-tuning starts) and the epoch, so
-    resuming works in either stage; RUN/model.keras is the best epoch of both.
+    resuming works in either stage; RUN/model.keras is the best epoch of both. Fine-tuning runs the frozen
+    bottom of the base through the fastest verified engine (catsdogs.models.transfer); the transfer stage
+    trains the whole model in Keras.
     """
     options = context.options
     first = transfer_epochs(options)
-    train, validation = context.split("train"), context.split("validation")
     if not find_base(model).trainable or context.initial_epoch > first:
         # transfer stage still to finish, or resumed while fine-tuning: Keras loads a nested base that is
         # partly frozen as all trainable, so the freeze is applied again (and Adam's moments restart)
-        context.fit(model, train, validation, epochs=first, patience=0)
+        context.fit(model, context.split("train"), context.split("validation"), epochs=first, patience=0)
         start_finetune(model, options.model_options.get("unfreeze"), options.learning_rate)
-    context.fit(model, train, validation, epochs=first + context.epochs,
-                initial_epoch=max(context.initial_epoch, first), patience_from=first)
-    return {"transfer_epochs": first, "epochs": first + context.epochs}
+    engine = fit_trainable_part(model, context, epochs=first + context.epochs,
+                                initial_epoch=max(context.initial_epoch, first), patience_from=first)
+    return {"transfer_epochs": first, "epochs": first + context.epochs, "frozen_part_engine": engine}
