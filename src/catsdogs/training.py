@@ -215,7 +215,8 @@ class FitContext:
                                           start_from_epoch=patience_from)
         earlier_best = best_row(read_history_csv(self.run / HISTORY), self.options.monitor)
         if not (start >= epochs or stopping.exhausted()):
-            batches = train_batches or self.dataset(train, shuffle=True, seed=self.options.seed + start)
+            batches = (train_batches if train_batches is not None
+                       else self.dataset(train, shuffle=True, seed=self.options.seed + start))
             model.fit(batches,
                       validation_data=self.dataset(validation), epochs=epochs, initial_epoch=start,
                       callbacks=self._callbacks(stopping, part=part_of is not None), shuffle=False,
