@@ -107,10 +107,25 @@ def test_fastest_forward_is_verified_and_leaves_no_graph(extractor, tmp_path: Pa
     assert made and not any(Path(folder).exists() for folder in made)  # the exported graph was deleted once loaded
 
 
+def test_fastest_forward_checks_large_outputs_relative_to_their_scale(extractor, monkeypatch):
+    """Activations inside a base reach tens; float32 rounding differences grow with them (the finetune split)."""
+    import keras
+
+    images = np.random.default_rng(6).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
+    scale = 1e5 / float(np.max(np.abs(engines.keras_engine(extractor)(images))))  # outputs up to 1e5
+    large = keras.Model(extractor.inputs, keras.layers.Rescaling(scale)(extractor.outputs[0]))
+    expected = engines.keras_engine(large)(images)
+    checked, check = [], engines._checked
+    monkeypatch.setattr(engines, "_checked", lambda engine, *args: checked.append(check(engine, *args).name) or engine)
+    engine = engines.fastest_forward(large, images)
+    assert checked == [name for name in engines.list_engines() if name in engines.VERIFIED]
+    assert np.max(np.abs(engine(images) - expected)) <= 1e-4 * np.max(np.abs(expected))
+
+
 def test_fastest_forward_keeps_keras_when_export_fails_or_model_is_mixed(extractor, monkeypatch):
     images = np.random.default_rng(4).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
 
-    def broken(model, path, samples):
+    def broken(model, path, samples, *tolerance):
         raise RuntimeError("tf2onnx cannot convert this model")
 
     monkeypatch.setattr(engines, "_export_onnx", broken)

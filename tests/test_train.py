@@ -155,6 +155,16 @@ def test_one_cycle_run_trains_with_adamw_and_records_it(tiny_data: Path, tmp_pat
     assert float(schedule(0)) == pytest.approx(3e-4)  # saved with the model, so --resume continues it
 
 
+def test_transfer_trains_its_head_with_the_one_cycle_schedule(tiny_data: Path, tmp_path: Path):
+    run = train(TrainOptions(data=tiny_data, model="transfer", backbone="mobilenetv2", image_size=32, epochs=2,
+                             batch_size=8, precision="float32", model_options={"weights": None},
+                             schedule="one-cycle", out=tmp_path / "run"))
+    optimizer = run.model.optimizer
+    assert optimizer.__class__.__name__ == "AdamW"
+    # the head's optimizer went through every step of the schedule (model.keras keeps the best head's weights)
+    assert int(optimizer.iterations) == int(np.ceil(run.config["train_images"] / 8)) * 2
+
+
 def test_one_cycle_is_refused_where_it_does_not_apply(tiny_data: Path, tmp_path: Path):
     with pytest.raises(UsageError, match="schedule one-cycle works with baseline, augmented, transfer"):
         train(TrainOptions(data=tiny_data, model="features", backbone="mobilenetv2", out=tmp_path / "run",

@@ -111,11 +111,11 @@ def _verified(name: str, model, folder: Path, key: str, samples: np.ndarray, ref
     return _checked(load_engine(name, onnx_path), samples, reference(samples))
 
 
-def _checked(engine: Engine, samples: np.ndarray, expected: np.ndarray) -> Engine:
-    """`engine`, once its answers on `samples` are within ATOL of Keras' (`expected`); else CatsdogsError."""
+def _checked(engine: Engine, samples: np.ndarray, expected: np.ndarray, tolerance: float = ATOL) -> Engine:
+    """`engine`, once its answers on `samples` are within `tolerance` of Keras' (`expected`); else CatsdogsError."""
     diff = float(np.max(np.abs(engine(samples) - expected)))
-    if not diff <= ATOL:
-        raise CatsdogsError(f"engine {engine.name} differs from Keras by {diff:.2g} (> {ATOL:g}) on this model "
+    if not diff <= tolerance:
+        raise CatsdogsError(f"engine {engine.name} differs from Keras by {diff:.2g} (> {tolerance:g}) on this model "
                             "(a mixed-precision model computes in bfloat16 under Keras); use --engine keras")
     return engine
 
@@ -132,11 +132,11 @@ def _int8(run: Path, model, path: Path) -> Engine:
     return Engine("int8", load_engine(runtime, path).forward)
 
 
-def _export_onnx(model, path: Path, samples: np.ndarray) -> None:
+def _export_onnx(model, path: Path, samples: np.ndarray, tolerance: float = ATOL) -> None:
     from catsdogs.export import export_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    export_model(model, "onnx", path, samples)  # written beside, verified against Keras, then renamed
+    export_model(model, "onnx", path, samples, atol=tolerance)  # written beside, verified, then renamed
 
 
 def load_engine(name: str, onnx_path: Path) -> Engine:
@@ -201,7 +201,9 @@ def _images_per_second(candidates: dict[str, Engine], samples: np.ndarray, batch
 
 def fastest_forward(model, samples: np.ndarray) -> Engine:
     """The fastest float32 engine for a model that has no RUN (e.g. a frozen base extracting features):
-    Keras, or ONNX Runtime / OpenVINO when installed and within ATOL of Keras on `samples` (real inputs).
+    Keras, or ONNX Runtime / OpenVINO when installed and within ATOL of Keras on `samples` (real inputs),
+    relative to the outputs' scale where they exceed 1 (features, activations: float32 rounding grows with them;
+    activations of EfficientNet-Lite2 up to 53 differ by 1.1e-4).
 
     The graph is exported into a temporary folder and deleted once loaded. A mixed-precision model, a
     converter or runtime failure, or a failed check leaves Keras: this never fails where Keras works.
@@ -214,13 +216,14 @@ def fastest_forward(model, samples: np.ndarray) -> Engine:
         return reference
     samples = np.asarray(samples, np.float32)
     expected = reference(samples)  # Keras' answers, computed once for every check
+    tolerance = ATOL * max(1.0, float(np.max(np.abs(expected))))
     candidates, folder = {"keras": reference}, None
     try:
         folder = Path(tempfile.mkdtemp(prefix="catsdogs-engine-"))
-        _export_onnx(model, folder / "model.onnx", samples)
+        _export_onnx(model, folder / "model.onnx", samples, tolerance)
         for name in installed:
             try:
-                candidates[name] = _checked(load_engine(name, folder / "model.onnx"), samples, expected)
+                candidates[name] = _checked(load_engine(name, folder / "model.onnx"), samples, expected, tolerance)
             except Exception:  # noqa: BLE001 - a runtime failure only rules this engine out
                 pass
     except Exception:  # noqa: BLE001 - no temporary folder, or a model the converter cannot export: Keras

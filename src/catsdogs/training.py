@@ -18,7 +18,7 @@ import numpy as np
 from catsdogs.dataset import SplitArrays, load_split, read_classes, read_manifest, to_dataset
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path, write_text_atomic
-from catsdogs.models import DEFAULT_TRAINER, MODELS, ModelEntry, model_entry
+from catsdogs.models import MODELS, ModelEntry, model_entry
 from catsdogs.models.heads import output_classes
 from catsdogs.options import TrainOptions
 from catsdogs.precision import keras_precision, resolve_precision
@@ -128,10 +128,9 @@ def one_cycle_optimizer(peak_learning_rate: float, total_steps: int,
 
 
 def _check_schedule(entry: ModelEntry, options: TrainOptions) -> None:
-    if options.schedule != "constant" and entry.trainer != DEFAULT_TRAINER:
-        trained_on_images = ", ".join(name for name, e in MODELS.items() if e.trainer == DEFAULT_TRAINER)
-        raise UsageError(f"schedule {options.schedule} works with {trained_on_images}, not model {options.model}",
-                         "schedule")
+    if options.schedule != "constant" and not entry.takes_schedule:
+        scheduled = ", ".join(name for name, e in MODELS.items() if e.takes_schedule)
+        raise UsageError(f"schedule {options.schedule} works with {scheduled}, not model {options.model}", "schedule")
 
 
 def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:
