@@ -4,7 +4,7 @@
         [--backbone efficientnet_lite2] [--split train] [--images N]
 
 Extracts the pooled features of N images of a split with the study's frozen base twice: Keras'
-`predict_on_batch` (as before) and `catsdogs.models.features.extract_features` (the fastest engine verified
+`predict_on_batch` (as before) and `catsdogs.trainers.features.extract_features` (the fastest engine verified
 on the first batch), printing each one's images/s (engine export and check included) and their largest difference.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 
 from catsdogs.dataset import load_split
 from catsdogs.models.backbones import get_backbone
-from catsdogs.models.features import extract_features, feature_extractor
 from catsdogs.models.pretrained import build_features
+from catsdogs.trainers.features import extract_features, feature_extractor
 
 
 def main() -> None:

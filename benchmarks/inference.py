@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from catsdogs.decision import class_probabilities
 from catsdogs.engines import create_engine, list_engines
 from catsdogs.images import decode_image, resize
-from catsdogs.predict import Predictor, class_probabilities
+from catsdogs.predict import Predictor
 
 ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-train-5000.zip"
 

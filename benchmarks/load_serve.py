@@ -28,7 +28,7 @@ ZIP = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
 def untrained_run(folder: Path, image_size: int) -> Path:
     """A RUN folder holding a freshly initialised baseline (enough to measure serving cost)."""
     from catsdogs.models import create_model
-    from catsdogs.runs import write_json
+    from catsdogs.run_files import write_json
 
     model = create_model("baseline", image_size=image_size)
     model.save(folder / "model.keras")

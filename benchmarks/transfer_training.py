@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from catsdogs.models import transfer
+from catsdogs.trainers import transfer
 from catsdogs.training import read_history, train
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from catsdogs.models.augmentation import RandomAffine, augmentation
-from catsdogs.runs import load_keras_model
+from catsdogs.run_files import load_keras_model
 
 
 def _images(count: int = 16, size: int = 24) -> np.ndarray:

@@ -16,12 +16,12 @@ from catsdogs.cli import main
 from catsdogs.dataset import load_split
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.models import MODELS, create_model
-from catsdogs.models import features as features_module
 from catsdogs.models.backbones import backbones, get_backbone
 from catsdogs.models.finetune import unfreeze_top
 from catsdogs.models.pretrained import find_base
 from catsdogs.models.weights import cache_names, install_weights, keras_cache, offline_weights_dir
 from catsdogs.preparation import prepare
+from catsdogs.trainers import features as features_module
 from catsdogs.training import TrainOptions, train
 
 from conftest import make_photo
@@ -236,7 +236,7 @@ def assert_model_keras_is_the_best_epoch(run, data: Path) -> None:
 
 def force_engines(monkeypatch) -> None:
     """Frozen parts run through a verified engine even on the tests' few images."""
-    from catsdogs.models import transfer as transfer_module
+    from catsdogs.trainers import transfer as transfer_module
 
     choose = transfer_module.choose_forward
     monkeypatch.setattr(transfer_module, "choose_forward",
@@ -256,7 +256,7 @@ def test_transfer_trains_only_the_head(data: Path):
 
 def test_transfer_runs_its_frozen_base_through_a_verified_engine(data: Path, tmp_path: Path, monkeypatch):
     """Only the head learns, and the saved whole model is the best epoch's."""
-    from catsdogs.models import transfer as transfer_module
+    from catsdogs.trainers import transfer as transfer_module
 
     force_engines(monkeypatch)
     fit, seen = transfer_module.fit_transfer, {}
@@ -288,7 +288,7 @@ def test_finetune_runs_the_frozen_bottom_of_its_base_through_a_verified_engine(d
 
 
 def test_the_split_into_frozen_and_trainable_parts_computes_the_model(data: Path):
-    from catsdogs.models.transfer import split
+    from catsdogs.trainers.transfer import split
 
     model = create_model("transfer", backbone="mobilenetv2", image_size=SIZE, weights=None, seed=1)
     images = load_split(data, "validation", SIZE).images.astype("float32")
@@ -306,7 +306,7 @@ def test_the_split_into_frozen_and_trainable_parts_computes_the_model(data: Path
 def test_under_tf_distribute_the_whole_model_trains_in_keras(data: Path):
     from types import SimpleNamespace
 
-    from catsdogs.models.transfer import fit_trainable_part
+    from catsdogs.trainers.transfer import fit_trainable_part
 
     calls = []
 
@@ -327,7 +327,7 @@ def test_under_tf_distribute_the_whole_model_trains_in_keras(data: Path):
 def test_augmented_features_cover_each_image_once_per_epoch_reshuffled_and_augmented_afresh():
     from catsdogs.dataset import SplitArrays
     from catsdogs.models.augmentation import augmentation
-    from catsdogs.models.transfer import AugmentedFeatures
+    from catsdogs.trainers.transfer import AugmentedFeatures
 
     values = np.arange(20) * 10  # constant images, which the warp and the contrast leave as they are
     flat = np.broadcast_to(values[:, None, None, None], (20, 16, 16, 3)).astype(np.uint8)

@@ -86,8 +86,8 @@ def test_auto_survives_a_runtime_that_breaks(run: catsdogs.Run, monkeypatch):
 @pytest.fixture(scope="module")
 def extractor():
     """A frozen MobileNetV2 base (random weights) to pooled features, as the `features` model extracts them."""
-    from catsdogs.models.features import feature_extractor
     from catsdogs.models.pretrained import build_features
+    from catsdogs.trainers.features import feature_extractor
 
     return feature_extractor(build_features(64, backbone="mobilenetv2", weights=None, seed=0))
 
@@ -142,7 +142,7 @@ def test_fastest_forward_keeps_keras_when_export_fails_or_model_is_mixed(extract
 
 
 def test_feature_extraction_uses_an_engine_only_for_enough_images(extractor, monkeypatch):
-    from catsdogs.models import features
+    from catsdogs.trainers import features
 
     images = np.random.default_rng(5).integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)
     expected = engines.keras_engine(extractor)(images.astype(np.float32))
@@ -160,7 +160,7 @@ def test_feature_extraction_uses_an_engine_only_for_enough_images(extractor, mon
 
 def test_the_audit_embeds_many_photos_through_the_chosen_engine(extractor, monkeypatch):
     from catsdogs.auditing import _embedder
-    from catsdogs.models.features import ENGINE_MIN_IMAGES
+    from catsdogs.trainers.features import ENGINE_MIN_IMAGES
 
     images = np.random.default_rng(6).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     expected = engines.keras_engine(extractor)(images.astype(np.float32))

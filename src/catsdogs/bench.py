@@ -19,9 +19,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from catsdogs.data_files import manifest_sha256
 from catsdogs.dataset import load_split, to_dataset
 from catsdogs.precision import keras_precision, resolve_precision
-from catsdogs.preparation import manifest_sha256
 
 T = TypeVar("T")
 
@@ -104,7 +104,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
 
     manifest_sha256(data)  # a clear UsageError when DATA is not a prepared folder
     if run is not None:
-        from catsdogs.runs import load_run_model
+        from catsdogs.run_files import load_run_model
 
         load_run_model(run)  # a clear UsageError now, not after minutes of training
     size = STUDY_IMAGE_SIZE
@@ -193,7 +193,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
 
 
 def _run_backbone(run: Path) -> str:
-    from catsdogs.runs import read_config
+    from catsdogs.run_files import read_config
 
     return str(read_config(run).get("backbone") or "pretrained")
 
@@ -204,7 +204,7 @@ def _backbone_run(folder: Path) -> tuple[Path, str]:
     from catsdogs.models import create_model
     from catsdogs.models.backbones import default_backbone
     from catsdogs.models.weights import weights_cache
-    from catsdogs.runs import CLASSES, CONFIG, MODEL, write_json
+    from catsdogs.run_files import CLASSES, CONFIG, MODEL, write_json
 
     backbone = default_backbone()
     with weights_cache(folder / "keras"):

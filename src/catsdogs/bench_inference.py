@@ -100,8 +100,9 @@ def end_to_end(run: Path, paths: list[Path], int8: Path | None = None,
     timed once after a warm-up over the same files."""
     import keras
 
+    from catsdogs.decision import class_probabilities
     from catsdogs.engines import list_engines, load_engine
-    from catsdogs.predict import Predictor, class_probabilities
+    from catsdogs.predict import Predictor
 
     auto = Predictor(run, engine="auto")
     model, size = auto.model, auto.image_size

@@ -81,7 +81,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     source = args.source or default_source()
     summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
-                      force=args.force, exclude=args.exclude, dedupe=args.dedupe)
+                      overwrite=args.force, exclude=args.exclude, dedupe=args.dedupe)
     print(summary.line())
     print(summary.audit_line())
 
@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                                            for item in dataclasses.fields(TrainOptions)
                                                            if item.metadata.get("cli", True)})
     run = train(options)
-    from catsdogs.runs import read_config
+    from catsdogs.run_files import read_config
 
     config = read_config(run)
     print(f"trained {args.model} into {run}: best epoch {config['best_epoch'] + 1}/{config['epochs']}, "
@@ -261,7 +261,7 @@ def _export_int8(args: argparse.Namespace, predictor) -> None:
 
 def _engine_samples(run: Path, engine: str):
     """Test photos of the run's DATA to verify an exported engine on (None for Keras itself)."""
-    from catsdogs.runs import read_config
+    from catsdogs.run_files import read_config
 
     return None if engine == "keras" else _sample_images(run, int(read_config(run).get("image_size") or 0) or 150)
 
@@ -271,7 +271,7 @@ def _sample_images(run: Path, size: int, count: int = 8):
     import numpy as np
 
     from catsdogs.dataset import sample_images
-    from catsdogs.runs import read_config
+    from catsdogs.run_files import read_config
 
     try:
         return sample_images(Path(read_config(run).get("data", "")), "test", size, count)
@@ -285,7 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as error:
         raise CatsdogsError(f"serve needs the web extras ({error.name} is missing): "
                             "pip install 'catsdogs[serve]'") from None
-    from catsdogs.runs import read_config
+    from catsdogs.run_files import read_config
 
     read_config(args.run)
     if args.max_upload_mb <= 0:
@@ -515,8 +515,16 @@ def in_flags(error: CatsdogsError, parser: argparse.ArgumentParser, command: str
              if action.option_strings and action.option_strings[-1].startswith("--")}
     switches = {dest for dest, flag in flags.items()
                 if isinstance(subparsers.choices[command]._option_string_actions[flag], argparse._StoreTrueAction)}
-    for name in {getattr(error, "parameter", None), *switches} & set(flags):
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flags[name], message)
+    aliases = {"overwrite": "force"} if "force" in flags and "overwrite" not in flags else {}
+    for name, dest in aliases.items():
+        flags[name] = flags[dest]
+        switches.add(name)
+    named = {getattr(error, "parameter", None), *switches, *(dest for dest in flags if "_" in dest)}
+    for name in named & set(flags):
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}=(True|'[^']*'|\S+)",
+                         lambda m, n=name: flags[n] if m.group(1) == "True" else f"{flags[n]} {m.group(1).strip(chr(39))}",
+                         message)
+        message = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/.-])", flags[name], message)
     return message
 
 

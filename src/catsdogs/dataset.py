@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
 from catsdogs.images import load_image
-from catsdogs.preparation import SPLITS, manifest_sha256
 from catsdogs.progress import Progress
 
 
@@ -26,23 +24,6 @@ class SplitArrays:
     labels: np.ndarray  # N, int32 (index into classes)
     paths: list[Path]
     classes: list[str]
-
-
-def read_classes(data_dir: Path) -> list[str]:
-    """The class names of a prepared DATA, in index order."""
-    path = Path(data_dir) / "classes.json"
-    if not path.exists():
-        raise UsageError(f"{data_dir}: not a prepared DATA folder (no classes.json); run catsdogs prepare first")
-    return json.loads(path.read_text())
-
-
-def read_manifest(data_dir: Path, split: str) -> list[dict[str, str]]:
-    """The manifest rows of one split."""
-    if split not in SPLITS:
-        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    manifest_sha256(data_dir)  # raises a clear error when DATA is not prepared
-    with open(Path(data_dir) / "manifest.csv", newline="") as handle:
-        return [row for row in csv.DictReader(handle) if row["split"] == split]
 
 
 def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path | None = None,

@@ -189,7 +189,7 @@ class Distribution:
         if len(set(starts)) > 1:
             raise UsageError(f"the workers would resume from different epochs ({', '.join(map(str, starts))}, "
                              "one per replica): a worker was killed while saving. Restart every worker "
-                             "without --resume, or put back a consistent RUN/checkpoint", "resume")
+                             "without resume, or put back a consistent RUN/checkpoint", "resume")
 
     def describe(self) -> str:
         if not self.strategy:

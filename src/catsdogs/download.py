@@ -125,9 +125,9 @@ def download(
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'PetImages.zip'}")
+        raise UsageError(f"out {out} is a folder; give a file name such as {out / 'PetImages.zip'}", "out")
     if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists; remove it or ask to overwrite it")
+        raise UsageError(f"{out} already exists; remove it or pass overwrite=True", "overwrite")
 
 
 def _verify(

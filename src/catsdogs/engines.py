@@ -116,7 +116,7 @@ def _checked(engine: Engine, samples: np.ndarray, expected: np.ndarray, toleranc
     diff = float(np.max(np.abs(engine(samples) - expected)))
     if not diff <= tolerance:
         raise CatsdogsError(f"engine {engine.name} differs from Keras by {diff:.2g} (> {tolerance:g}) on this model "
-                            "(a mixed-precision model computes in bfloat16 under Keras); use --engine keras")
+                            "(a mixed-precision model computes in bfloat16 under Keras); use engine='keras'", "engine")
     return engine
 
 

@@ -16,7 +16,7 @@ from catsdogs.errors import UsageError
 from catsdogs.metrics import compute_metrics, tune_threshold
 from catsdogs.plots import GALLERY_PNG, most_wrong, save_evaluation_plots, save_gallery
 from catsdogs.predict import Predictor
-from catsdogs.runs import METRICS, THRESHOLD, read_config, read_run_classes, write_json
+from catsdogs.run_files import METRICS, THRESHOLD, read_config, read_run_classes, write_json
 
 TUNING_SPLIT = "validation"
 EXPLAIN_EXAMPLES = 4

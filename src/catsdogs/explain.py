@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from catsdogs.decision import decide
 from catsdogs.errors import CatsdogsError, UsageError
 
 __all__ = ["GradCam", "explanation_figure", "explanations", "find_last_conv_layer", "gradcam", "overlay",
@@ -270,7 +271,7 @@ def _forward(model: keras.Model, image: np.ndarray, layer: str | None, targets: 
         if units == 1:
             probabilities = np.array([1.0 - probabilities[0], probabilities[0]], dtype=np.float32)
         if targets is None:
-            targets = [int(probabilities[1] >= 0.5) if units == 1 else int(np.argmax(probabilities))]
+            targets = [int(decide(probabilities)[0])]
         for target in targets:
             _check_target(target, len(probabilities))
         # a sigmoid's one logit argues for class 1, its negation for class 0
@@ -375,7 +376,7 @@ def explanation_figure(model: keras.Model, image: np.ndarray, classes: Sequence[
     if len(classes) != len(probabilities):
         raise UsageError(f"classes has {len(classes)} names but the model has {len(probabilities)} classes", "classes")
     if target is None:
-        target = int(probabilities[1] >= threshold) if len(classes) == 2 else int(np.argmax(probabilities))
+        target = int(decide(probabilities, threshold)[0])
     _check_target(target, len(classes))
     runner_up = int(next(i for i in np.argsort(-probabilities) if i != target))
     maps = explanations(model, photo, layer, [target, runner_up])

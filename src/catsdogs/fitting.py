@@ -14,9 +14,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from catsdogs.data_files import prepared_from
 from catsdogs.errors import UsageError
 from catsdogs.preparation import DEFAULT_SEED, SplitSize, prepare
-from catsdogs.runs import CLASSES, CONFIG, CURVES, HISTORY, MODEL, Run, read_json, write_json
+from catsdogs.run_files import CLASSES, CONFIG, CURVES, HISTORY, MODEL, read_json, write_json
+from catsdogs.runs import Run
 from catsdogs.training import TrainOptions, train
 
 FIT_RECORD = "fit.json"
@@ -116,11 +118,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _prepared(source: Path, data_dir: Path, seed: int, train_size, val_size, test_size) -> None:
-    record = data_dir / "prepare.json"
-    if record.exists() and read_json(record)["source"] == str(source.resolve()):
+    if prepared_from(data_dir, source):
         say(f"data already prepared in {data_dir}")
         return
-    summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed, force=True)
+    summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed, overwrite=True)
     print(summary.line(), summary.audit_line(), sep="\n", file=sys.stderr)
 
 
@@ -128,7 +129,7 @@ def _class_weight(data_dir: Path, class_weight: str | None) -> str | None:
     """"auto" -> "balanced" when the training classes are unbalanced, else None."""
     if class_weight != "auto":
         return class_weight
-    from catsdogs.dataset import read_manifest
+    from catsdogs.data_files import read_manifest
 
     counts: dict[str, int] = {}
     for row in read_manifest(data_dir, "train"):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from catsdogs.decision import class_probabilities, decide
 from catsdogs.errors import UsageError
 from catsdogs.metrics import check_multiclass_inputs, compute_metrics, is_multiclass, positive_probability
 from catsdogs.plots import (
@@ -23,7 +24,6 @@ from catsdogs.plots import (
     reliability_figure,
     roc_figure,
 )
-from catsdogs.predict import class_probabilities
 
 
 class Interpretation:
@@ -55,9 +55,7 @@ class Interpretation:
     @property
     def predicted(self) -> np.ndarray:
         """The predicted class index of every image."""
-        if len(self.classes) == 2:
-            return (self.probabilities[:, 1] >= self.threshold).astype(np.int64)
-        return np.argmax(self.probabilities, axis=1)
+        return decide(self.probabilities, self.threshold)
 
     def metrics(self) -> dict:
         """Every metric of `catsdogs evaluate`, as a dict."""

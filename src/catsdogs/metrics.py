@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from catsdogs.decision import decide
 from catsdogs.errors import UsageError
 
 TUNING_METRICS = ("accuracy", "f1", "balanced_accuracy")
@@ -107,8 +108,9 @@ def check_threshold(threshold: float) -> float:
 
 
 def predict_labels(p1: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Predicted label indices: 1 where ``p1 >= threshold``, else 0."""
-    return (np.asarray(p1) >= threshold).astype(np.int64)
+    """Predicted label indices: 1 where ``p1 >= threshold``, else 0 (`decision.decide` on [1 - p1, p1])."""
+    p1 = np.asarray(p1, dtype=np.float64).reshape(-1)
+    return decide(np.stack([1 - p1, p1], axis=1), threshold)
 
 
 def calibration_bins(y_true, p1, n_bins: int = N_CALIBRATION_BINS) -> dict[str, np.ndarray]:
@@ -216,7 +218,7 @@ def multiclass_metrics(y_true, probabilities, classes: Sequence[str]) -> dict:
     y, p = check_multiclass_inputs(y_true, probabilities)
     names = check_classes(classes, p.shape[1])
     labels = list(range(len(names)))
-    pred = np.argmax(p, axis=1)
+    pred = decide(p)
     precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     present = np.bincount(y, minlength=len(names)) > 0
     # one class against the rest: defined when the class and some other class are both present

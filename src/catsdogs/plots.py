@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
+from catsdogs.decision import decide
 from catsdogs.errors import UsageError
 from catsdogs.metrics import (
     calibration_bins,
@@ -104,7 +105,7 @@ def _checked(y_true, p1, classes, threshold) -> tuple[np.ndarray, np.ndarray, li
 def _multiclass(y_true, probabilities, classes) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """(labels, n x N probabilities, class names, predicted labels) of an N > 2 classifier."""
     y, p = check_multiclass_inputs(y_true, probabilities)
-    return y, p, check_classes(classes, p.shape[1]), np.argmax(p, axis=1)
+    return y, p, check_classes(classes, p.shape[1]), decide(p)
 
 
 MAX_ANNOTATED_CLASSES, MAX_ROC_CURVES = 15, 10
@@ -305,7 +306,7 @@ def most_wrong(paths: Sequence[str | os.PathLike], y_true, p1, n: int = 16, thre
     """
     if is_multiclass(p1):
         y, p = check_multiclass_inputs(y_true, p1)
-        predicted = np.argmax(p, axis=1)
+        predicted = decide(p)
         p_true, p_shown = p[np.arange(len(y)), y], p.max(axis=1)
     else:
         y, p = check_binary_inputs(y_true, positive_probability(p1))

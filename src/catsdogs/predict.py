@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from catsdogs.decision import class_probabilities, decide
 from catsdogs.engines import create_engine
 from catsdogs.errors import UsageError
 from catsdogs.images import ImageError, load_image, resize
-from catsdogs.runs import load_run_model, read_run_classes, read_threshold
+from catsdogs.run_files import load_run_model, read_run_classes, read_threshold
 from catsdogs.sources import iter_image_files
 
 DECODE_WORKERS = max(2, os.cpu_count() or 2)  # Pillow decodes without the GIL
@@ -28,14 +29,6 @@ class Prediction:
     label: str
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str = ""
-
-
-def class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """Model outputs -> n x N class probabilities: one sigmoid unit p becomes [1 - p, p]; a softmax stays."""
-    outputs = np.asarray(outputs, dtype=np.float32)
-    if outputs.ndim == 1:
-        outputs = outputs[:, None]
-    return np.concatenate([1 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs
 
 
 class Predictor:
@@ -74,10 +67,7 @@ class Predictor:
 
     def predicted_index(self, probabilities: np.ndarray) -> np.ndarray:
         """The predicted class index of each row of class probabilities."""
-        probabilities = np.atleast_2d(probabilities)
-        if len(self.classes) == 2:
-            return (probabilities[:, 1] >= self.threshold).astype(np.int64)
-        return np.argmax(probabilities, axis=1)
+        return decide(probabilities, self.threshold)
 
     def label_of(self, probabilities: np.ndarray) -> str:
         """The predicted label of one image's class probabilities."""

@@ -19,20 +19,18 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from catsdogs.data_files import MANIFEST_FIELDS, OWN_FILES, SPLITS
 from catsdogs.errors import UsageError
 from catsdogs.exclusions import read_exclusions
 from catsdogs.images import ImageError, decode_image, encode_jpeg
 from catsdogs.near_duplicates import cross_split_pairs, drop_near_duplicates, phash
 from catsdogs.options import DEFAULT_SEED
 from catsdogs.progress import Progress
-from catsdogs.sources import SPLIT_NAMES, SourceFile, scan_source
+from catsdogs.sources import SourceFile, scan_source
 
-SPLITS = SPLIT_NAMES
 SPLIT_PARAMETERS = {"train": "train", "validation": "val", "test": "test"}  # prepare()'s argument of each split
 DEFAULT_FRACTIONS = {"validation": 0.15, "test": 0.15}  # a user's own photos: 70/15/15 per class
 STUDY_SIZES = {"train": 3000, "val": 1000, "test": 1000}  # the study's 1500/500/500 per class (reproduce)
-MANIFEST_FIELDS = ["path", "class", "split", "sha256", "width", "height", "source"]
-OWN_FILES = ("manifest.csv", "rejected.csv", "unused.csv", "classes.json", "prepare.json")
 WORK_DIR = ".incomplete"
 
 SplitSize = int | float | None  # a count (total over the classes), a fraction (of each class) or the default
@@ -165,29 +163,29 @@ def _source_identity(source: Path) -> dict:
     return {"source": str(source.resolve()), "size": stat.st_size if source.is_file() else None}
 
 
-def _guard_data_dir(source: Path, data_dir: Path, force: bool) -> None:
-    """Refuse to write into SOURCE, or over a DATA that came from somewhere else (unless force)."""
+def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
+    """Refuse to write into SOURCE, or over a DATA that came from somewhere else (unless overwrite)."""
     source_abs, data_abs = source.resolve(), data_dir.resolve()
     if source_abs.is_dir() and (data_abs == source_abs or source_abs in data_abs.parents):
-        raise UsageError(f"--out {data_dir} is inside SOURCE {source}; choose a folder outside it")
+        raise UsageError(f"out {data_dir} is inside source {source}; choose a folder outside it", "out")
     if data_abs in source_abs.parents or data_abs == source_abs:
-        raise UsageError(f"SOURCE {source} is inside --out {data_dir}; choose another --out")
+        raise UsageError(f"source {source} is inside out {data_dir}; choose another out", "out")
     if not data_dir.exists():
         return
     if not data_dir.is_dir():
-        raise UsageError(f"--out {data_dir} exists and is not a folder")
+        raise UsageError(f"out {data_dir} exists and is not a folder", "out")
     contents = [p for p in data_dir.iterdir() if p.name != WORK_DIR]
-    if not contents or force:
+    if not contents or overwrite:
         return
     record = data_dir / "prepare.json"
     previous = json.loads(record.read_text()).get("source") if record.exists() else None
     if previous != str(source_abs):
         where = f"from {previous}" if previous else "not made by catsdogs prepare"
-        raise UsageError(f"--out {data_dir} is not empty and was {where}; use --force to replace it")
+        raise UsageError(f"out {data_dir} is not empty and was {where}; overwrite=True replaces it", "overwrite")
 
 
 def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,
-            test: SplitSize = None, seed: int = DEFAULT_SEED, force: bool = False,
+            test: SplitSize = None, seed: int = DEFAULT_SEED, overwrite: bool = False,
             workers: int = 2, exclude: str | Path | None = None, dedupe: str = "exact") -> PrepareSummary:
     """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout.
 
@@ -209,7 +207,7 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
         if split != "train" and sizes[split] is not None:
             parameter = SPLIT_PARAMETERS[split]
             raise UsageError(f"{parameter}: SOURCE gives its own {split} split; leave {parameter} out", parameter)
-    _guard_data_dir(source, data_dir, force)
+    _guard_data_dir(source, data_dir, overwrite)
 
     progress = Progress("checking photos", total=len(scan.files))
     photos: list[CheckedPhoto] = []
@@ -334,12 +332,3 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     writer.writerow(header)
     writer.writerows(rows)
     path.write_text(buffer.getvalue())
-
-
-def manifest_sha256(data_dir: Path) -> str:
-    """The hash that identifies a prepared DATA (used by runs and caches)."""
-    path = Path(data_dir) / "manifest.csv"
-    if not path.exists():
-        raise UsageError(f"{data_dir}: not a prepared DATA folder (no manifest.csv); run catsdogs prepare first",
-                         "data")
-    return hashlib.sha256(path.read_bytes()).hexdigest()

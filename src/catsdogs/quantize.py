@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catsdogs.decision import class_probabilities, decide
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.files import write_text_atomic
 
@@ -56,7 +57,7 @@ def report_path(path: Path) -> Path:
 def _refuse_existing(out: Path) -> None:
     """An int8 export never replaces a file: a UsageError when PATH or its report exists."""
     if Path(out).exists() or report_path(out).exists():
-        raise UsageError(f"{out} already exists; choose another --out or remove it", "out")
+        raise UsageError(f"{out} already exists; choose another out or remove it", "out")
 
 
 def quantize_int8(model, out: Path, calibration: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
@@ -105,24 +106,25 @@ def quantize_int8(model, out: Path, calibration: np.ndarray, test_images: np.nda
         shutil.rmtree(work, ignore_errors=True)
 
 
-def quantize_run(run: Path, out: Path, *, model=None, calibration_images: int = 200,
+def quantize_run(run: Path, out: Path, *, model, calibration_images: int = 200,
                  max_drop: float = MAX_DROP_POINTS) -> QuantizationReport:
-    """`quantize_int8` for a trained RUN: calibrated on images spread over its DATA's train split, measured on
-    its whole test split with the run's own decision rule (its tuned threshold, or the most probable class)."""
+    """`quantize_int8` for a trained RUN's `model`: calibrated on images spread over its DATA's train split,
+    measured on its whole test split with the run's own decision rule (its tuned threshold, or the most probable
+    class)."""
     from catsdogs.dataset import load_split, sample_images
-    from catsdogs.predict import Predictor, class_probabilities
-    from catsdogs.runs import read_config
+    from catsdogs.run_files import read_config, read_threshold
 
     _refuse_existing(out)  # before decoding anything
-    predictor = Predictor(run, model=model)
+    threshold = read_threshold(run)
+    image_size = int(model.input_shape[1])
     data = Path(read_config(run).get("data", ""))
     try:
-        calibration = sample_images(data, "train", predictor.image_size, calibration_images)
-        test = load_split(data, "test", predictor.image_size)
+        calibration = sample_images(data, "train", image_size, calibration_images)
+        test = load_split(data, "test", image_size)
     except (OSError, ValueError) as error:  # UsageError is a ValueError
         raise CatsdogsError(f"{run}: int8 needs the train and test splits of its DATA {data}: {error}") from None
-    return quantize_int8(predictor.model, out, calibration, test.images, test.labels,
-                         lambda outputs: predictor.predicted_index(class_probabilities(outputs)), max_drop=max_drop)
+    return quantize_int8(model, out, calibration, test.images, test.labels,
+                         lambda outputs: decide(class_probabilities(outputs), threshold), max_drop=max_drop)
 
 
 def quantize_graph(float32_path: Path, int8_path: Path, calibration: np.ndarray, work: Path) -> None:

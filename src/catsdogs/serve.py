@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 from catsdogs import __version__
 from catsdogs.images import ImageError, decode_image, resize
 from catsdogs.predict import Predictor
-from catsdogs.runs import METRICS, read_config, read_json
+from catsdogs.run_files import METRICS, read_config, read_json
 from catsdogs.serve_page import PAGE_HEADERS, page_html
 from catsdogs.upload_limit import UploadLimit
 

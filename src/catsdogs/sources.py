@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from catsdogs.data_files import SPLITS
 from catsdogs.errors import UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -52,7 +53,7 @@ class SourceScan:
         return [split for split in SPLIT_NAMES if split in found]
 
 
-SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_NAMES = SPLITS
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
                  "validation": "validation", "test": "test", "testing": "test"}
 CAT_DOG_NAMES = {"cat": "cat", "cats": "cat", "dog": "dog", "dogs": "dog"}

@@ -49,7 +49,7 @@ def _complete_rows(output: Path, header: list[str]) -> tuple[int, str | None]:
     rows = list(csv.reader(io.StringIO(data[:end].decode("utf-8"))))
     if rows and rows[0] != header:
         raise UsageError(f"{output} is not a predict CSV of this run (header {','.join(rows[0])}); "
-                         "choose another --output", "output")
+                         "choose another output", "output")
     return max(0, len(rows) - 1), (rows[-1][0] if len(rows) > 1 else None)
 
 
@@ -67,8 +67,8 @@ def stream_predictions(predictor, paths: list[Path], output: Path, *, resume: bo
     skipped, last = 0, None
     if output.exists() and output.stat().st_size:
         if not resume:
-            raise UsageError(f"{output} already exists; add --resume to continue it, or choose another --output",
-                             "output")
+            raise UsageError(f"{output} already exists; resume=True continues it, or choose another output",
+                             "resume")
         skipped, last = _complete_rows(output, header)
     total = count_files(paths) if progress else None
     files: Iterator[Path] = iter_image_files(paths)

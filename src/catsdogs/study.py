@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from catsdogs.data_files import prepared_from
 from catsdogs.evaluation import evaluate
 from catsdogs.preparation import STUDY_SIZES, prepare
 from catsdogs.published import PUBLISHED
 from catsdogs.report import write_report, write_results_markdown
-from catsdogs.runs import CHECKPOINT_DIR, CONFIG, METRICS, read_json
+from catsdogs.run_files import CHECKPOINT_DIR, CONFIG, METRICS, read_json
 from catsdogs.training import TrainOptions, train
 
 
@@ -52,8 +53,7 @@ def say(message: str) -> None:
 
 
 def _prepared(source: Path, data: Path, quick: bool) -> None:
-    record = data / "prepare.json"
-    if record.exists() and read_json(record)["source"] == str(Path(source).resolve()):
+    if prepared_from(data, source):
         say(f"data already prepared in {data}")
         return
     say(f"preparing {source} -> {data}")

@@ -15,28 +15,28 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from catsdogs.dataset import SplitArrays, load_split, read_classes, read_manifest, to_dataset
+from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
+from catsdogs.dataset import SplitArrays, load_split, to_dataset
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path, write_text_atomic
 from catsdogs.models import MODELS, ModelEntry, model_entry
 from catsdogs.models.heads import output_classes
 from catsdogs.options import TrainOptions
 from catsdogs.precision import keras_precision, resolve_precision
-from catsdogs.preparation import manifest_sha256
-from catsdogs.runs import (
+from catsdogs.run_files import (
     CHECKPOINT_DIR,
     CLASSES,
     CONFIG,
     CURVES,
     HISTORY,
     MODEL,
-    Run,
     library_versions,
     load_keras_model,
     read_history_csv,
     read_json,
     write_json,
 )
+from catsdogs.runs import Run
 
 STATE = "state.json"
 LAST = "last.keras"  # the whole model after the last complete epoch (checkpoint/)
@@ -199,7 +199,7 @@ class FitContext:
         """`model.fit` from `initial_epoch` up to `epochs` (default: the run's) with the run's callbacks.
 
         `part_of`: the whole model (RUN/model.keras) when `model` has the weights of only its layer `part` (the
-        features head), or of `part`, a model on some of `part_of`'s layers (catsdogs.models.transfer). Each
+        features head), or of `part`, a model on some of `part_of`'s layers (catsdogs.trainers.transfer). Each
         epoch then saves only the part (checkpoint/part-*.keras, milliseconds instead of a second for a
         backbone); the whole model is saved once, with the best part's weights, at the end (unless no epoch
         beat an earlier stage's model.keras).

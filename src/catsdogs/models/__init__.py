@@ -42,14 +42,14 @@ MODELS: dict[str, ModelEntry] = {
                             "the study's convnet + augmentation + Dropout(0.5)", default_epochs=100),
     "features": ModelEntry("catsdogs.models.pretrained:build_features",
                            "frozen pretrained base run once (features cached on disk), dense head trained on them",
-                           default_epochs=30, uses_backbone=True, trainer="catsdogs.models.features:fit_features",
+                           default_epochs=30, uses_backbone=True, trainer="catsdogs.trainers.features:fit_features",
                            takes_schedule=False),
     "transfer": ModelEntry("catsdogs.models.pretrained:build_transfer",
                            "augmentation + frozen pretrained base (run by the fastest verified engine) + head",
-                           default_epochs=8, uses_backbone=True, trainer="catsdogs.models.transfer:fit_transfer"),
+                           default_epochs=8, uses_backbone=True, trainer="catsdogs.trainers.transfer:fit_transfer"),
     "finetune": ModelEntry("catsdogs.models.finetune:build_finetune",
                            "transfer (or --from-run a transfer RUN), then the base's top unfrozen at a low rate",
-                           default_epochs=10, uses_backbone=True, trainer="catsdogs.models.finetune:fit_finetune",
+                           default_epochs=10, uses_backbone=True, trainer="catsdogs.trainers.finetune:fit_finetune",
                            default_patience=3, takes_schedule=False),
 }
 

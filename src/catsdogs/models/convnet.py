@@ -24,7 +24,7 @@ def study_convnet(image_size: int = STUDY_IMAGE_SIZE, *, augment: bool = False, 
     picks what is fastest here (see `jit_compile_setting`); "auto" is plain Keras' default.
     """
     if image_size < MIN_IMAGE_SIZE:
-        raise UsageError(f"the study's convnet needs --image-size >= {MIN_IMAGE_SIZE}, got {image_size}")
+        raise UsageError(f"the study's convnet needs image_size >= {MIN_IMAGE_SIZE}, got {image_size}", "image_size")
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = augmentation(seed)(inputs) if augment else inputs
     x = layers.Rescaling(1.0 / 255, name="rescale")(x)

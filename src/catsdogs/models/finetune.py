@@ -15,7 +15,6 @@ from keras import layers
 from catsdogs.errors import UsageError
 from catsdogs.models.backbones import get_backbone
 from catsdogs.models.pretrained import build_transfer, compile_classifier, find_base
-from catsdogs.models.transfer import fit_trainable_part
 
 FINETUNE_LEARNING_RATE = 1e-5
 
@@ -26,7 +25,7 @@ def unfreeze_top(model: keras.Model, count: int | None = None) -> int:
     base = find_base(model)
     count = get_backbone(base.name).top_layers(base) if count is None else count
     if count < 0:
-        raise UsageError(f"--unfreeze must be >= 0, got {count}")
+        raise UsageError(f"unfreeze must be >= 0, got {count}", "unfreeze")
     base.trainable = True
     first = len(base.layers) - min(count, len(base.layers))
     for index, layer in enumerate(base.layers):
@@ -43,16 +42,16 @@ def start_finetune(model: keras.Model, unfreeze: int | None = None,
 
 def load_transfer_run(run: Path, backbone: str | None, image_size: int | None) -> keras.Model:
     """The model of a completed transfer RUN; a UsageError when it is not one or does not match."""
-    from catsdogs.runs import load_run_model, read_config
+    from catsdogs.run_files import load_run_model, read_config
 
     config = read_config(run)
     if config.get("model") != "transfer" or config.get("status") != "complete":
-        raise UsageError(f"--from-run {run}: not a completed transfer run "
-                         f"(model {config.get('model')}, status {config.get('status')})")
+        raise UsageError(f"from_run {run}: not a completed transfer run "
+                         f"(model {config.get('model')}, status {config.get('status')})", "from_run")
     if backbone and get_backbone(backbone).name != config.get("backbone"):
-        raise UsageError(f"--backbone {backbone} differs from --from-run's {config.get('backbone')}")
+        raise UsageError(f"backbone {backbone} differs from from_run's {config.get('backbone')}", "backbone")
     if image_size and image_size != config.get("image_size"):
-        raise UsageError(f"--image-size {image_size} differs from --from-run's {config.get('image_size')}")
+        raise UsageError(f"image_size {image_size} differs from from_run's {config.get('image_size')}", "image_size")
     return load_run_model(run)
 
 
@@ -64,30 +63,3 @@ def build_finetune(image_size: int | None = None, *, backbone: str | None = None
     if from_run is None:
         return build_transfer(image_size, backbone=backbone, weights=weights, seed=seed, num_classes=num_classes)
     return start_finetune(load_transfer_run(Path(from_run), backbone, image_size), unfreeze, learning_rate)
-
-
-def transfer_epochs(options) -> int:
-    """Epochs of the transfer stage inside a finetune RUN: none when starting from a transfer RUN."""
-    from catsdogs.models import MODELS
-
-    return 0 if options.model_options.get("from_run") else MODELS["transfer"].default_epochs
-
-
-def fit_finetune(model: keras.Model, context) -> dict:
-    """Trainer of `finetune`: [transfer stage,] then fine-tuning with early stopping on validation.
-
-    The stage is read from the model (its base is frozen until fine-tuning starts) and the epoch, so
-    resuming works in either stage; RUN/model.keras is the best epoch of both. Fine-tuning runs the frozen
-    bottom of the base through the fastest verified engine (catsdogs.models.transfer); the transfer stage
-    trains the whole model in Keras.
-    """
-    options = context.options
-    first = transfer_epochs(options)
-    if not find_base(model).trainable or context.initial_epoch > first:
-        # transfer stage still to finish, or resumed while fine-tuning: Keras loads a nested base that is
-        # partly frozen as all trainable, so the freeze is applied again (and Adam's moments restart)
-        context.fit(model, context.split("train"), context.split("validation"), epochs=first, patience=0)
-        start_finetune(model, options.model_options.get("unfreeze"), options.learning_rate)
-    engine = fit_trainable_part(model, context, epochs=first + context.epochs,
-                                initial_epoch=max(context.initial_epoch, first), patience_from=first)
-    return {"transfer_epochs": first, "epochs": first + context.epochs, "frozen_part_engine": engine}

@@ -57,7 +57,7 @@ def build_features(image_size: int | None = None, *, backbone: str | None = None
                    dropout: float = FEATURES_DROPOUT, seed: int | None = None, num_classes: int = 2) -> keras.Model:
     """The frozen base, then a `head` model (Dense relu, Dropout, output) that trains on cached pooled features.
 
-    The whole model maps images to probabilities; `catsdogs.models.features.fit_features` trains only `head`.
+    The whole model maps images to probabilities; `catsdogs.trainers.features.fit_features` trains only `head`.
     """
     inputs, pooled = pooled_base(backbone, image_size, weights, augment=False, seed=seed)
     features = keras.Input((pooled.shape[-1],), name="features")

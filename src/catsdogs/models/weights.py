@@ -29,7 +29,7 @@ def resolve_weights(weights: str | os.PathLike | None) -> str | None:
     if str(weights) == "imagenet":
         return "imagenet"
     if not Path(weights).is_file():
-        raise UsageError(f"--weights {weights}: no such file (use imagenet, none or a weights file)")
+        raise UsageError(f"weights {weights}: no such file (use imagenet, none or a weights file)", "weights")
     return str(weights)
 
 

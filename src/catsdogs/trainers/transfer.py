@@ -18,9 +18,9 @@ import keras
 import numpy as np
 
 from catsdogs.dataset import SplitArrays
-from catsdogs.models.features import CACHE_SUBDIR, cached_features, choose_forward
 from catsdogs.models.pretrained import find_base
 from catsdogs.precision import jit_compile_setting
+from catsdogs.trainers.features import CACHE_SUBDIR, cached_features, choose_forward
 
 
 class AugmentedFeatures(keras.utils.PyDataset):

@@ -1,0 +1,94 @@
+"""The RUN folder format: the names of the files one experiment writes, and how to read and write them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from catsdogs.errors import UsageError
+from catsdogs.files import write_text_atomic
+
+CONFIG, CLASSES, MODEL, HISTORY, CURVES = "config.json", "classes.json", "model.keras", "history.csv", "curves.png"
+METRICS, THRESHOLD, CHECKPOINT_DIR = "metrics.json", "threshold.json", "checkpoint"
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically (a temporary file renamed into place)."""
+    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file; UsageError naming it when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"cannot read {path}: {error}", "run") from None
+
+
+def read_config(run: Path) -> dict:
+    """The run's config.json; a UsageError when RUN is not a catsdogs run."""
+    path = Path(run) / CONFIG
+    if not path.exists():
+        raise UsageError(f"{run}: not a catsdogs run (no {CONFIG})", "run")
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: expected a JSON object", "run")
+    return config
+
+
+def read_run_classes(run: Path) -> list[str]:
+    return read_json(Path(run) / CLASSES)
+
+
+def read_threshold(run: Path) -> float | None:
+    """The tuned threshold of a run, when one was saved."""
+    path = Path(run) / THRESHOLD
+    return float(read_json(path)["threshold"]) if path.exists() else None
+
+
+def load_run_model(run: Path):
+    """Load RUN/model.keras (Keras safe mode: no arbitrary code)."""
+    path = Path(run) / MODEL
+    if not path.exists():
+        read_config(run)
+        raise UsageError(f"{run}: no {MODEL} yet (training has not finished an epoch)", "run")
+    return load_keras_model(path)
+
+
+def load_keras_model(path: Path):
+    """`keras.models.load_model` in safe mode (no arbitrary code), with catsdogs' own layers registered."""
+    import keras
+
+    import catsdogs.models.augmentation  # noqa: F401  (registers RandomAffine for deserialization)
+
+    return keras.models.load_model(path, safe_mode=True)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that matter for reproducing a run."""
+    import keras
+    import numpy
+    import tensorflow
+
+    from catsdogs import __version__
+
+    return {"catsdogs": __version__, "keras": keras.__version__, "tensorflow": tensorflow.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(), "backend": keras.backend.backend()}
+
+
+def read_history_csv(path: Path) -> list[dict]:
+    """A history.csv as a list of dicts: epoch an int, numbers as floats, other text kept."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: _number(k, v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def _number(key: str, value: str):
+    try:
+        return int(value) if key == "epoch" else float(value)
+    except ValueError:
+        return value
