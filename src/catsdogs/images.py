@@ -28,7 +28,7 @@ FILE_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat
 
 def size_limit_reason(limit: int = MAX_FILE_BYTES) -> str:
     """The one reason given for a file over `limit` bytes."""
-    return f"larger than {limit // (1024 * 1024)} MB"
+    return f"larger than {limit // 2**20} MB" if limit >= 2**20 else f"larger than {limit} bytes"
 
 
 def _inside(path: str, root: str) -> bool:
