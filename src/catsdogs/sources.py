@@ -211,9 +211,10 @@ def scan_source(source: Path, *, allow_outside: bool = False) -> SourceScan:
     names = normalised_classes(set(labelled.values()))
     classes = sorted(set(names.values()))
     if len(classes) < 2:
-        raise UsageError(f"{source}: found {len(classes)} class ({', '.join(classes) or 'none'}); a classifier "
-                         "needs at least 2: one subfolder per class, Kaggle's cat.N.jpg names, train/val/test "
-                         "folders of class folders, or a CSV of path,label", "source")
+        why = f" ({len(refused)} refused, e.g. {_short(refused[0][0], 40)}: {_short(refused[0][1], 60)})" if refused else ""
+        raise UsageError(f"{source}: found {len(classes)} class ({_short(', '.join(classes)) or 'none'}){why}; a "
+                         "classifier needs at least 2: one subfolder per class, Kaggle's cat.N.jpg names, "
+                         "train/val/test folders of class folders, or a CSV of path,label", "source")
     files = [SourceFile(relpath, names[labelled[relpath]], candidates[relpath], splits.get(relpath))
              for relpath in sorted(labelled)]
     return SourceScan(files=files, refused=sorted(refused), layout=layout, classes=classes)
