@@ -39,7 +39,7 @@ import numpy as np
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
-from catsdogs.images import ImageError, decode_image, resize
+from catsdogs.images import ImageError, decode_image, read_photo_bytes, resize
 from catsdogs.label_errors import FOLDS, label_issues, out_of_fold_probabilities, require_cleanlab
 from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
 from catsdogs.progress import Progress
@@ -151,10 +151,11 @@ def _labels_file(features_file: Path) -> Path:
     return features_file.with_name("labels-" + features_file.name.removeprefix("features-"))
 
 
-def _decode(path: Path, size: int | None, want_hash: bool):
-    """(resized pixels or None, hash or None) of one photo; an unreadable photo gives zeros and no hash."""
+def _decode(path: Path, size: int | None, want_hash: bool, root: Path | None = None):
+    """(resized pixels or None, hash or None) of one photo; an unreadable photo gives zeros and no hash.
+    Read with `read_photo_bytes`: regular files inside `root` (DATA) only, at most 64 MB."""
     try:
-        pixels = decode_image(path.read_bytes()).pixels
+        pixels = decode_image(read_photo_bytes(path, root=root, root_name="DATA")).pixels
     except (OSError, ImageError):
         return (np.zeros((size, size, 3), np.uint8) if size else None), None
     return (resize(pixels, size) if size else None), (phash(pixels) if want_hash else None)
@@ -213,7 +214,8 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
             chunk = needs[start:start + batch_size]
             embed = [i for i in chunk if rows[i]["split"] in todo]
             results = list(pool.map(lambda i: _decode(Path(data_dir) / rows[i]["path"],
-                                                      image_size if rows[i]["split"] in todo else None, want_hash), chunk))
+                                                      image_size if rows[i]["split"] in todo else None, want_hash,
+                                                      Path(data_dir)), chunk))
             for i, (_, hashed) in zip(chunk, results):
                 if hashed is not None:
                     new_hashes[i] = hashed

@@ -81,7 +81,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     source = args.source or default_source()
     summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
-                      overwrite=args.force, exclude=args.exclude, dedupe=args.dedupe)
+                      overwrite=args.force, exclude=args.exclude, dedupe=args.dedupe,
+                      allow_outside=args.allow_outside_csv_paths)
     print(summary.line())
     print(summary.audit_line())
 
@@ -366,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "paths inside SOURCE")
     p.add_argument("--dedupe", choices=["exact", "near"], default="exact", help="exact (default): identical files "
                    "kept once; near: also one photo of each group of near-duplicates (perceptual hash)")
+    p.add_argument("--allow-outside-csv-paths", action="store_true", help="a CSV SOURCE may name files outside "
+                   "its own folder (absolute or ../ paths); refused rows by default")
 
     p.set_defaults(needs_tensorflow=False)
 

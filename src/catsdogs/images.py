@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,59 @@ ORIENTATION_TAG = 0x0112
 
 class ImageError(ValueError):
     """A file that cannot be used as a photo; the message is the reason (one line)."""
+
+
+FILE_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+              (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder"))
+
+
+def size_limit_reason(limit: int = MAX_FILE_BYTES) -> str:
+    """The one reason given for a file over `limit` bytes."""
+    return f"larger than {limit // 2**20} MB" if limit >= 2**20 else f"larger than {limit} bytes"
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def read_photo_bytes(path: str | os.PathLike, limit: int = MAX_FILE_BYTES, root: str | os.PathLike | None = None,
+                     root_name: str = "SOURCE") -> bytes:
+    """The bytes of the photo file at `path`, read safely, or `ImageError` with the reason (one line).
+
+    `lstat` first: only regular files are read (a FIFO, a device or a socket is refused without opening it);
+    with `root`, the file (after any symlink) must lie inside `root`; the size is checked before reading, and
+    at most `limit` + 1 bytes are ever read (a file growing meanwhile is still refused).
+    """
+    path = os.fspath(path)
+    try:
+        info = os.lstat(path)
+        is_link = stat.S_ISLNK(info.st_mode)
+        target = path
+        if root is not None:
+            target = os.path.realpath(path)
+            if not _inside(target, os.path.realpath(root)):
+                raise ImageError(f"{'symlink' if is_link else 'path'} leaves {root_name}")
+        if is_link:
+            info = os.stat(target)
+        _check_kind(info, limit)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        descriptor = os.open(target, flags)
+        with os.fdopen(descriptor, "rb") as handle:
+            _check_kind(os.fstat(handle.fileno()), limit)  # the file opened is the file checked
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise ImageError(f"cannot read: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise ImageError(size_limit_reason(limit))
+    return data
+
+
+def _check_kind(info: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in FILE_KINDS if test(info.st_mode)), "special file")
+        raise ImageError(f"not a regular file ({kind})")
+    if info.st_size > limit:
+        raise ImageError(size_limit_reason(limit))
 
 
 @dataclass(frozen=True)
@@ -41,7 +96,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
     if not data:
         raise ImageError("empty file")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError(f"file larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+        raise ImageError(size_limit_reason())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
@@ -85,11 +140,8 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Read an image file into a uint8 RGB array, resized to `size` x `size` when given."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ImageError(f"cannot read: {error.strerror or error}") from None
+    """Read an image file (`read_photo_bytes`) into a uint8 RGB array, resized to `size` x `size` when given."""
+    data = read_photo_bytes(path)
     pixels = decode_image(data, at_least=size).pixels
     return resize(pixels, size) if size else pixels
 

@@ -16,7 +16,7 @@ from catsdogs.engines import create_engine
 from catsdogs.errors import UsageError
 from catsdogs.images import ImageError, load_image, resize
 from catsdogs.run_files import load_run_model, read_run_classes, read_threshold
-from catsdogs.sources import iter_image_files
+from catsdogs.sources import OTHER_IMAGE_SUFFIXES, iter_image_files
 
 DECODE_WORKERS = max(2, os.cpu_count() or 2)  # Pillow decodes without the GIL
 
@@ -98,7 +98,11 @@ class Predictor:
                 yield from self._flush(list(zip(batch, pool.map(self._decode, batch))))
 
     def _decode(self, path: str) -> np.ndarray | str:
-        """The image at the model's size, or the reason it cannot be read."""
+        """The image at the model's size, or the reason it cannot be read (a FIFO, a device, a file over
+        64 MB, an image type we do not decode such as .svg or .heic: each an error row, never a hang)."""
+        suffix = Path(path).suffix.lower()
+        if suffix in OTHER_IMAGE_SUFFIXES:
+            return f"not a supported image type ({suffix})"
         try:
             return load_image(path, self.image_size)
         except ImageError as error:

@@ -143,11 +143,14 @@ def plan_split(available: dict[str, int], sizes: dict[str, SplitSize], carve: li
 
 
 def _check(source_file: SourceFile) -> CheckedPhoto | tuple[str, str]:
-    """Read and fully decode one file; return the photo, or (relpath, reason) when it is unusable."""
+    """Read (bounded: `images.read_photo_bytes`, or a zip entry) and fully decode one file; return the photo,
+    or (relpath, reason) when it is unusable."""
     try:
         data = source_file.read()
+    except ImageError as error:
+        return source_file.relpath, str(error)
     except OSError as error:
-        return source_file.relpath, f"cannot read: {error}"
+        return source_file.relpath, f"cannot read: {error.strerror or error}"
     try:
         decoded = decode_image(data)
     except ImageError as error:
@@ -186,7 +189,8 @@ def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
 
 def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,
             test: SplitSize = None, seed: int = DEFAULT_SEED, overwrite: bool = False,
-            workers: int = 2, exclude: str | Path | None = None, dedupe: str = "exact") -> PrepareSummary:
+            workers: int = 2, exclude: str | Path | None = None, dedupe: str = "exact",
+            allow_outside: bool = False) -> PrepareSummary:
     """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout.
 
     `train`, `val`, `test`: a count (total over the classes), a fraction of each class, or None (validation
@@ -194,6 +198,9 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
     column) are kept; missing ones are carved from train, stratified and seeded.
     `exclude`: a CSV of photos to leave out (`catsdogs.exclusions`); `dedupe`: "exact" (sha256) or "near"
     (also perceptual-hash near-duplicates: one photo of each group is kept, so it lands in one split).
+    `allow_outside`: a CSV SOURCE may name files outside its folder (absolute or `..` paths); refused rows
+    by default. Files that are not regular files, symlinks leaving SOURCE and files over 64 MB are never
+    read: each gets its row in rejected.csv.
     """
     source, data_dir = Path(source), Path(data_dir)
     if dedupe not in ("exact", "near"):
@@ -201,7 +208,7 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
     exclusions = read_exclusions(exclude) if exclude is not None else None
     sizes = {split: check_split_size(SPLIT_PARAMETERS[split], value)
              for split, value in zip(SPLITS, (train, val, test))}
-    scan = scan_source(source)
+    scan = scan_source(source, allow_outside=allow_outside)
     given = scan.given_splits
     for split in given:
         if split != "train" and sizes[split] is not None:
@@ -240,7 +247,7 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
     assignment, unused = _split(unique, scan.classes, sizes, carve, seed)
     counts = {split: {name: sum(1 for p, s in assignment if s == split and p.source.class_name == name)
                       for name in scan.classes} for split in SPLITS}
-    record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve if given else [],
+    record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve,
               "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts,
               "dedupe": dedupe, "exclude": str(Path(exclude).resolve()) if exclude is not None else None}
     _write(data_dir, source, scan.classes, assignment, sorted(rejected), unused, record)
@@ -268,6 +275,14 @@ def _split(photos: list[CheckedPhoto], classes: list[str], sizes: dict[str, Spli
     assignment = [(p, p.source.split) for p in photos if p.source.split not in (None, "train")]
     pool = {name: sorted((p for p in photos if p.source.class_name == name and p.source.split in (None, "train")),
                          key=lambda p: p.sha256) for name in classes}
+    for name, members in pool.items():
+        if not members:
+            elsewhere = {split: sum(1 for p, s in assignment if s == split and p.source.class_name == name)
+                         for split in SPLITS[1:]}
+            if any(elsewhere.values()):
+                found = ", ".join(f"{split} {n}" for split, n in elsewhere.items() if n)
+                raise UsageError(f"class '{name}' has no usable training photos (SOURCE gives it {found}); add its "
+                                 f"photos to train/{name}, or remove {name} from the other splits", "source")
     plan = plan_split({name: len(members) for name, members in pool.items()}, sizes, carve)
     unused: list[CheckedPhoto] = []
     for name, members in pool.items():

@@ -15,16 +15,24 @@ import io
 import os
 import posixpath
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from catsdogs.data_files import SPLITS
 from catsdogs.errors import UsageError
+from catsdogs.images import MAX_FILE_BYTES, ImageError, read_photo_bytes, size_limit_reason
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# image types Pillow does not decode here: inside a predict folder they get an error row instead of being skipped
+OTHER_IMAGE_SUFFIXES = {".svg", ".svgz", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".psd", ".raw", ".dng",
+                        ".cr2", ".nef", ".arw", ".orf", ".eps"}
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
-MAX_ENTRY_BYTES = 64 * 1024 * 1024
+MAX_ENTRY_BYTES = MAX_FILE_BYTES
+MAX_LABEL_CHARS = 100
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,7 @@ def _list_zip(path: Path) -> tuple[dict[str, Callable[[], bytes]], list[tuple[st
         if _unsafe_zip_name(info.filename):
             refused.append((info.filename, "unsafe path in zip (absolute or '..')"))
         elif info.file_size > MAX_ENTRY_BYTES:
-            refused.append((info.filename, f"file larger than {MAX_ENTRY_BYTES // 2**20} MB"))
+            refused.append((info.filename, size_limit_reason(MAX_ENTRY_BYTES)))
         else:
             readers[info.filename] = _zip_reader(archive, info)
     return readers, refused
@@ -105,22 +113,48 @@ def _list_zip(path: Path) -> tuple[dict[str, Callable[[], bytes]], list[tuple[st
 
 def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], bytes]:
     def read() -> bytes:
-        with archive.open(info) as handle:  # a lying header cannot make us read more than this
-            data = handle.read(MAX_ENTRY_BYTES + 1)
+        """The entry's bytes, or ImageError: a bad CRC, a lying size or corrupt compressed data is one
+        rejected entry, never the end of the whole prepare."""
+        try:
+            with archive.open(info) as handle:  # a lying header cannot make us read more than this
+                data = handle.read(MAX_ENTRY_BYTES + 1)
+        except ZIP_ERRORS as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ImageError(f"corrupt zip entry: {_short(reason)}") from None
         if len(data) > MAX_ENTRY_BYTES:
-            raise OSError(f"file larger than {MAX_ENTRY_BYTES // 2**20} MB")
+            raise ImageError(size_limit_reason(MAX_ENTRY_BYTES))
         return data
     return read
 
 
 def _list_folder(root: Path) -> dict[str, Callable[[], bytes]]:
+    """Readers of every file under `root` (`read_photo_bytes`: regular files only, no link leaving `root`)."""
     readers: dict[str, Callable[[], bytes]] = {}
     for folder, dirnames, filenames in os.walk(root):  # symlinked folders are not followed
         dirnames.sort()
         for name in filenames:
             full = Path(folder) / name
-            readers[full.relative_to(root).as_posix()] = full.read_bytes
+            readers[full.relative_to(root).as_posix()] = partial(read_photo_bytes, full, MAX_FILE_BYTES, root)
     return readers
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """`text` on one line and at most about `limit` characters, for messages."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def label_problem(label: str) -> str | None:
+    """Why a CSV label cannot be a class (a folder name in DATA), or None when it can."""
+    if not label:
+        return "empty label"
+    if len(label) > MAX_LABEL_CHARS:
+        return f"label longer than {MAX_LABEL_CHARS} characters ({len(label)})"
+    if any(c in label for c in "/\\\0") or label in (".", "..") or label.startswith("."):
+        return f"label {_short(label)!r} cannot be a folder name (no /, \\, NUL or leading dot)"
+    if any(ord(c) < 32 for c in label):
+        return f"label {_short(label)!r} cannot be a folder name (control character)"
+    return None
 
 
 def _is_hidden(relpath: str) -> bool:
@@ -128,29 +162,39 @@ def _is_hidden(relpath: str) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1] in IGNORED_NAMES
 
 
-def scan_source(source: Path) -> SourceScan:
-    """List SOURCE's photos with their classes (and given splits); UsageError when it has fewer than 2 classes."""
+def scan_source(source: Path, *, allow_outside: bool = False) -> SourceScan:
+    """List SOURCE's photos with their classes (and given splits); UsageError when it has fewer than 2 classes.
+
+    `allow_outside`: a labels CSV may name files outside its own folder (absolute or `..` paths); by default
+    such rows are refused.
+    """
     source = Path(source)
     if not source.exists():
         raise UsageError(f"{source}: no such file or folder", "source")
+    if not source.is_dir() and not source.is_file():
+        raise UsageError(f"{source}: not a folder or a regular file", "source")
     if source.is_dir():
         readers, refused = _list_folder(source), []
     elif zipfile.is_zipfile(source):
         readers, refused = _list_zip(source)
     elif source.suffix.lower() == ".csv":
-        readers, refused = {source.name: source.read_bytes}, []
-        readers.update(_csv_file_readers(source))
+        try:
+            text = read_photo_bytes(source)
+        except ImageError as error:
+            raise UsageError(f"{source}: {error}", "source") from None
+        readers, refused = {source.name: lambda: text}, []
+        readers.update(_csv_file_readers(source, text, allow_outside))
     else:
         raise UsageError(f"{source}: expected a folder, a .zip archive or a .csv of path,label", "source")
 
     labels_csv = _find_labels_csv(readers)
     if labels_csv is not None:
         layout = "csv"
-        labelled, splits, csv_refused = _read_labels_csv(labels_csv, readers)
+        labelled, splits, csv_refused, listed = _read_labels_csv(labels_csv, readers, allow_outside)
         refused += csv_refused
         candidates = {p: readers[p] for p in labelled}
         refused += [(p, "not listed in " + labels_csv) for p in readers
-                    if p not in labelled and p != labels_csv and not _is_hidden(p)]
+                    if p not in listed and p != labels_csv and not _is_hidden(p)]
     else:
         candidates = {}
         for relpath in sorted(readers):
@@ -168,9 +212,10 @@ def scan_source(source: Path) -> SourceScan:
     names = normalised_classes(set(labelled.values()))
     classes = sorted(set(names.values()))
     if len(classes) < 2:
-        raise UsageError(f"{source}: found {len(classes)} class ({', '.join(classes) or 'none'}); a classifier "
-                         "needs at least 2: one subfolder per class, Kaggle's cat.N.jpg names, train/val/test "
-                         "folders of class folders, or a CSV of path,label", "source")
+        why = f" ({len(refused)} refused, e.g. {_short(refused[0][0], 40)}: {_short(refused[0][1], 60)})" if refused else ""
+        raise UsageError(f"{source}: found {len(classes)} class ({_short(', '.join(classes)) or 'none'}){why}; a "
+                         "classifier needs at least 2: one subfolder per class, Kaggle's cat.N.jpg names, "
+                         "train/val/test folders of class folders, or a CSV of path,label", "source")
     files = [SourceFile(relpath, names[labelled[relpath]], candidates[relpath], splits.get(relpath))
              for relpath in sorted(labelled)]
     return SourceScan(files=files, refused=sorted(refused), layout=layout, classes=classes)
@@ -210,14 +255,24 @@ def _assign_classes(relpaths: list[str]) -> tuple[str, dict[str, str], dict[str,
     return layout, labelled, splits, refused
 
 
-def _csv_file_readers(csv_path: Path) -> dict[str, Callable[[], bytes]]:
-    """Readers of the files a CSV SOURCE names, relative to the CSV's folder (absolute paths kept as given)."""
+def _outside(path: str) -> bool:
+    """True when a CSV's path (relative to the CSV's folder) leaves that folder: absolute, or through `..`."""
+    normal = posixpath.normpath(path.replace("\\", "/"))
+    return normal.startswith("/") or normal == ".." or normal.startswith("../") or (len(path) > 1 and path[1] == ":")
+
+
+def _csv_file_readers(csv_path: Path, text: bytes, allow_outside: bool) -> dict[str, Callable[[], bytes]]:
+    """Readers of the files a CSV SOURCE names, relative to the CSV's folder (absolute paths kept as given).
+    Paths leaving the CSV's folder are read only with `allow_outside`; a symlink leaving it is refused too."""
     readers: dict[str, Callable[[], bytes]] = {}
-    for row in _csv_rows(csv_path.read_bytes(), csv_path.name):
+    root = None if allow_outside else csv_path.parent
+    for row in _csv_rows(text, csv_path.name):
+        if not row["path"] or (_outside(row["path"]) and not allow_outside):
+            continue
         path = Path(row["path"])
         full = path if path.is_absolute() else csv_path.parent / path
-        if full.is_file():
-            readers[posixpath.normpath(row["path"])] = full.read_bytes
+        if os.path.lexists(full):
+            readers[posixpath.normpath(row["path"])] = partial(read_photo_bytes, full, MAX_FILE_BYTES, root, "the CSV's folder")
     return readers
 
 
@@ -227,13 +282,20 @@ def _csv_rows(data: bytes, name: str) -> list[dict[str, str]]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UsageError(f"{name}: not a UTF-8 text CSV", "source") from None
+    try:
+        return _parse_csv(text, name)
+    except csv.Error as error:
+        raise UsageError(f"{name}: not a readable CSV ({_short(str(error))})", "source") from None
+
+
+def _parse_csv(text: str, name: str) -> list[dict[str, str]]:
     reader = csv.DictReader(io.StringIO(text))
     columns = {c.strip().lower(): c for c in reader.fieldnames or []}
     path_column = next((columns[c] for c in CSV_PATH_COLUMNS if c in columns), None)
     label_column = next((columns[c] for c in CSV_LABEL_COLUMNS if c in columns), None)
     if path_column is None or label_column is None:
         raise UsageError(f"{name}: a labels CSV needs a header with path and label columns, got "
-                         f"{', '.join(reader.fieldnames or []) or 'no header'}", "source")
+                         f"{_short(', '.join(reader.fieldnames or [])) or 'no header'}", "source")
     split_column = columns.get("split")
     return [{"path": (row[path_column] or "").strip(), "label": (row[label_column] or "").strip(),
              "split": (row[split_column] or "").strip() if split_column else ""} for row in reader]
@@ -243,48 +305,73 @@ def _find_labels_csv(readers: dict[str, Callable[[], bytes]]) -> str | None:
     """The top-most .csv in SOURCE whose header has path and label columns, if any."""
     for relpath in sorted((p for p in readers if p.lower().endswith(".csv") and not _is_hidden(p)),
                           key=lambda p: (p.count("/"), p)):
-        header = readers[relpath]()[:4096].decode("utf-8-sig", errors="replace").splitlines()[:1]
+        try:
+            data = readers[relpath]()
+        except ImageError:  # not a regular file, too large, a link leaving SOURCE: not the labels CSV
+            continue
+        header = data[:4096].decode("utf-8-sig", errors="replace").splitlines()[:1]
         names = {c.strip().lower() for c in next(csv.reader(header), [])}
         if names & set(CSV_PATH_COLUMNS) and names & set(CSV_LABEL_COLUMNS):
             return relpath
     return None
 
 
-def _read_labels_csv(labels_csv: str, readers: dict[str, Callable[[], bytes]]
-                     ) -> tuple[dict[str, str], dict[str, str], list[tuple[str, str]]]:
-    """(class of each listed photo, given split of each, refused rows) from a labels CSV inside SOURCE."""
+def _read_labels_csv(labels_csv: str, readers: dict[str, Callable[[], bytes]], allow_outside: bool = False
+                     ) -> tuple[dict[str, str], dict[str, str], list[tuple[str, str]], set[str]]:
+    """(class of each listed photo, given split of each, refused rows, every path listed) from a labels CSV.
+
+    Refused rows: an empty path, a label that cannot be a folder name (`label_problem`), a path leaving the
+    CSV's folder (unless `allow_outside`), a file not found, an unknown split, and every row of a path listed
+    with different labels (none of them is used).
+    """
     folder = posixpath.dirname(labels_csv)
-    labelled, splits, refused = {}, {}, []
+    accepted: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    refused: list[tuple[str, str]] = []
+    listed: set[str] = set()
     for number, row in enumerate(_csv_rows(readers[labels_csv](), labels_csv), start=2):
         where = f"{labels_csv} line {number}"
         path = row["path"]
         relpath = path if path.startswith("/") else posixpath.normpath(posixpath.join(folder, path))
-        if not path or not row["label"]:
-            refused.append((where, "empty path or label"))
-        elif "/" in row["label"] or "\\" in row["label"] or row["label"] in (".", ".."):
-            refused.append((where, f"label {row['label']!r} cannot be a folder name"))
+        listed.add(relpath)
+        problem = label_problem(row["label"])
+        if not path:
+            refused.append((where, "empty path"))
+        elif problem:
+            refused.append((where, problem))
+        elif _outside(path) and not allow_outside:
+            refused.append((where, f"path {_short(path)!r} leaves the CSV's folder (allow_outside=True to read it)"))
         elif relpath not in readers:
             refused.append((path, f"listed in {labels_csv} but not found"))
         elif row["split"] and not split_alias(row["split"]):
-            refused.append((where, f"unknown split {row['split']!r} (train, val or test)"))
-        elif relpath in labelled and labelled[relpath] != row["label"]:
-            refused.append((path, f"listed twice with different labels in {labels_csv}"))
+            refused.append((where, f"unknown split {_short(row['split'])!r} (train, val or test)"))
         else:
-            labelled[relpath] = row["label"]
-            if row["split"]:
-                splits[relpath] = split_alias(row["split"])
-    return labelled, splits, refused
+            accepted.setdefault(relpath, []).append((where, row))
+    labelled, splits = {}, {}
+    for relpath, rows in accepted.items():
+        if len({row["label"] for _, row in rows}) > 1:
+            refused += [(relpath, f"conflicting labels in CSV ({where}: {_short(row['label'], 40)!r})")
+                        for where, row in rows]
+            continue
+        labelled[relpath] = rows[0][1]["label"]
+        given = [row["split"] for _, row in rows if row["split"]]
+        if given:
+            splits[relpath] = split_alias(given[0])
+    return labelled, splits, refused, listed
 
 
 def iter_image_files(paths: list[Path]) -> Iterator[Path]:
-    """Expand files and folders (recursively, sorted) into image files; other files given by name stay."""
+    """Expand files and folders (recursively, sorted, symlinked folders not followed) into image files;
+    files given by name always stay. Inside a folder, a file is kept when its extension is an image type:
+    one we decode (IMAGE_SUFFIXES) or one we do not (OTHER_IMAGE_SUFFIXES, e.g. .svg, .heic: the caller
+    reports it); other files (.txt, .csv...) and hidden ones are skipped."""
+    wanted = IMAGE_SUFFIXES | OTHER_IMAGE_SUFFIXES
     for path in paths:
         if path.is_dir():
             for folder, dirnames, filenames in os.walk(path):
                 dirnames.sort()
                 for name in sorted(filenames):
                     candidate = Path(folder) / name
-                    if candidate.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(name):
+                    if candidate.suffix.lower() in wanted and not _is_hidden(name):
                         yield candidate
         else:
             yield path
