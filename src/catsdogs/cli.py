@@ -101,11 +101,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
     class_weight = None if args.class_weight == "none" else args.class_weight
     run = fit(source, args.out, data=args.data, backbones=args.backbone, train_size=args.train,
               val_size=args.val, test_size=args.test, seed=args.seed, class_weight=class_weight,
-              overwrite=args.overwrite, distribute=args.distribute, audit=args.audit,
-              **({"epochs": args.epochs} if args.epochs else {}))
+              overwrite=args.overwrite, distribute=args.distribute, audit=args.audit, budget=args.budget)
     metrics = run.metrics
-    print(f"fitted {run}: {run.config['fit']['chosen']} features, test accuracy {metrics['accuracy']:.4f} "
-          f"({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
+    print(f"fitted {run}: {run.config['fit']['chosen']} ({run.config.get('head')} head), test accuracy "
+          f"{metrics['accuracy']:.4f} ({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -387,9 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weight", choices=["auto", "balanced", "none"], default="auto",
                    help="auto (default): balanced when the largest class has 1.5x the photos of the smallest")
     p.add_argument("--overwrite", action="store_true", help="replace a finished RUN")
-    p.add_argument("--epochs", type=positive_int,
-                   help="the most epochs of each candidate's head (default 100; early stopping after 10 without "
-                   "improvement on validation)")
+    p.add_argument("--budget", default="10m", metavar="DURATION",
+                   help="wall time for the stages (10m, 90s, 1h30m; default 10m); 0: no budget, heads only")
     p.add_argument("--no-audit", dest="audit", action="store_false",
                    help="leave out the audit of the photos (RUN/audit, and its section of the report)")
     p.add_argument("--distribute", choices=["mirrored", "multi-worker"],

@@ -24,6 +24,7 @@ import numpy as np
 
 from catsdogs.decision import decide
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.models.frozen import single_view
 
 __all__ = ["GradCam", "explanation_figure", "explanations", "find_last_conv_layer", "gradcam", "overlay",
            "save_explanation"]
@@ -253,6 +254,7 @@ def _forward(model: keras.Model, image: np.ndarray, layer: str | None, targets: 
     `targets` None: the predicted class (the most probable one; p1 >= 0.5 for a sigmoid).
     """
     tf = _require_tensorflow()
+    model = single_view(model)  # a flip-averaged `heads` model calls its bases twice; Grad-CAM explains one view
     path = _resolve(model, layer) if layer else find_last_conv_layer(model).split("/")
     lower, upper = _split(model, path)
     feature = tf.cast(lower(_batch(model, image)), tf.float32)

@@ -1,9 +1,17 @@
-"""`catsdogs fit`: one call from a folder of photos to a classifier, like fastai's `vision_learner(...).fine_tune()`.
+"""`catsdogs fit`: one call from a folder of photos to a classifier, within a time budget (like fastai's
+`vision_learner(...).fine_tune()`).
 
-SOURCE -> RUN/data (prepared: checked, de-duplicated, split) -> one `features` run per candidate backbone
-(RUN/candidates/BACKBONE: a frozen ImageNet base, its features cached, a dense head trained on them) -> the
-candidate with the best validation accuracy is copied to RUN (an ordinary run folder) -> evaluated once on
-the test split -> RUN/report.html. Re-running the same command continues where it stopped.
+SOURCE -> RUN/data (prepared: checked, de-duplicated, split) -> the stages, cheapest first, each a run folder in
+RUN/candidates/ and each kept only if it beats the earlier ones on validation:
+  (a) `heads` on each candidate backbone: flip-averaged features of a frozen ImageNet base, cached, and the better
+      on validation of a logistic-regression head (C tuned) and a dense head;
+  (b) `heads` on the two best backbones together (their features side by side).
+The stage with the best validation accuracy (then log loss) is copied to RUN (an ordinary run folder), evaluated
+once on the test split, its photos audited with its own cached features, and RUN/report.html written.
+
+`budget` (default 10 minutes): this machine's speed on each backbone is measured on a few images first, the
+stages are planned to fit, the plan and its ETA printed; a stage that no longer fits is skipped. `budget=0`:
+no budget, stage (a) only. Re-running the same call continues where it stopped (finished stages are kept).
 """
 
 from __future__ import annotations
@@ -11,10 +19,14 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from catsdogs.data_files import prepared_from
+from catsdogs.budget import Budget, format_seconds, parse_duration
+from catsdogs.data_files import prepared_from, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.preparation import DEFAULT_SEED, SplitSize, prepare
 from catsdogs.run_files import CLASSES, CONFIG, CURVES, HISTORY, MODEL, read_json, write_json
@@ -22,9 +34,12 @@ from catsdogs.runs import Run
 from catsdogs.training import TrainOptions, train
 
 FIT_RECORD = "fit.json"
-FIT_EPOCHS, FIT_PATIENCE, FIT_LEARNING_RATE = 100, 10, 1e-3  # a dense head on features: seconds an epoch
+DEFAULT_BUDGET = "10m"
 UNBALANCED = 1.5  # largest / smallest class above this: class_weight="balanced"
-RUN_FILES = (CONFIG, CLASSES, MODEL, HISTORY, CURVES)
+RUN_FILES = (CONFIG, CLASSES, MODEL, HISTORY, CURVES, "learning_curve.json", "learning_curve.png")
+OVERHEAD_S = 15.0  # per stage: building the bases, exporting and checking an engine, fitting the heads
+FIXED_S = 30.0  # prepare, evaluation, audit and report, on top of the stages (scaled with the photos below)
+FIXED_S_PER_PHOTO = 0.02
 
 
 def default_candidates() -> list[str]:
@@ -37,75 +52,201 @@ def say(message: str) -> None:
     print(f"[fit] {message}", file=sys.stderr, flush=True)
 
 
-def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
-        backbones: Sequence[str] | None = None, train_size: SplitSize = None, val_size: SplitSize = None,
-        test_size: SplitSize = None, seed: int = DEFAULT_SEED, class_weight: str | None = "auto",
-        cache_dir: str | Path | None = None, overwrite: bool = False, report: bool = True, audit: bool = True,
-        distribute: str | None = None, epochs: int = FIT_EPOCHS) -> Run:
-    """Prepare SOURCE, train a classifier on each candidate backbone, keep the best on validation in OUT,
-    evaluate it on the test split and write OUT/report.html; returns the Run.
+@dataclass
+class Stage:
+    """One planned stage: a `heads` run on one backbone or several (`a+b`), and its estimated seconds."""
+
+    name: str
+    backbone: str
+    estimate_s: float
+    status: str = "planned"  # planned, done, skipped
+    seconds: float | None = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+
+    @property
+    def folder(self) -> str:
+        return self.backbone
+
+
+def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None = None,
+        backbones: Sequence[str] | None = None, budget: str | float = DEFAULT_BUDGET, train_size: SplitSize = None,
+        val_size: SplitSize = None, test_size: SplitSize = None, seed: int = DEFAULT_SEED,
+        class_weight: str | None = "auto", cache_dir: str | Path | None = None, overwrite: bool = False,
+        report: bool = True, audit: bool = True, distribute: str | None = None) -> Run:
+    """Prepare SOURCE, run the planned stages within `budget`, keep the best on validation in OUT, evaluate it
+    on the test split, audit the photos and write OUT/report.html; returns the Run.
 
     `data`: an already prepared DATA to use instead of preparing SOURCE into OUT/data (SOURCE may then be
-    None). `class_weight` "auto": balanced when the largest class has 1.5x the photos of the smallest.
-    `audit`: run `catsdogs audit` on the photos (OUT/audit/) and put its findings in the report.
-    `epochs`: the most epochs of each candidate's head (early stopping after 10 without improvement).
-    `distribute`: as in TrainOptions (multi-worker: every worker runs the same fit; only the chief writes
-    OUT, the others do the whole fit in their own temporary folder).
+    None). `budget`: a duration (`10m`, `90s`, `600`; 0: no budget, heads on each backbone only).
+    `class_weight` "auto": balanced when the largest class has 1.5x the photos of the smallest.
+    `distribute`: as in TrainOptions (multi-worker: only the chief writes OUT).
     """
-    from catsdogs.evaluation import evaluate
+    from catsdogs.distribute import Distribution
     from catsdogs.models.weights import weights_cache
 
+    limit = Budget(parse_duration(budget, "budget"))
     out = Path(out)
-    from catsdogs.distribute import Distribution
-
-    distribution = Distribution(distribute)  # hook: catsdogs.distribute
+    distribution = Distribution(distribute)
     if not distribution.is_chief:
         out = distribution.run_folder(out)
         shutil.rmtree(out, ignore_errors=True)
     _check_out(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(data) if data is not None else out / "data"
-    if data is None:
-        if source is None:
-            raise UsageError("give a SOURCE to prepare, or data= an already prepared DATA", "source")
-        _prepared(Path(source), data_dir, seed, train_size, val_size, test_size)
-    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
-    weights = _class_weight(data_dir, class_weight)
     candidates = list(backbones) if backbones else default_candidates()
     if not candidates:
         raise UsageError("backbones must name at least one backbone", "backbones")
-    results = {}
+    if data is None and source is None:
+        raise UsageError("give a SOURCE to prepare, or data= an already prepared DATA", "source")
+    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
+    photos = _count_photos(source, data)
+    with tempfile.TemporaryDirectory() as scratch, weights_cache(Path(scratch) / "keras"):  # OUT not written yet
+        speeds = {name: measure_speed(name) for name in candidates}
+    stages = plan(candidates, speeds, photos, limit)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data) if data is not None else out / "data"
+    if data is None:
+        _prepared(Path(source), data_dir, seed, train_size, val_size, test_size)
+    weights = _class_weight(data_dir, class_weight)
+    say(plan_line(stages, limit))
     with weights_cache(cache / "keras"):
-        for backbone in candidates:
-            results[backbone] = _candidate(data_dir, out / "candidates" / backbone, backbone, seed, weights, cache,
-                                           distribution.kind, epochs)
-    best = max(results, key=lambda name: (results[name]["val_accuracy"], -results[name]["val_loss"]))
-    scores = ", ".join(f"{name} {result['val_accuracy']:.4f}" for name, result in results.items())
-    say(f"chose {best} on validation accuracy ({scores})")
+        _run_stages(stages, data_dir, out, seed, weights, cache, distribution.kind, limit)
+    done = [stage for stage in stages if stage.status == "done"]
+    best = max(done, key=lambda stage: (stage.val_accuracy, -stage.val_loss))
+    scores = ", ".join(f"{stage.backbone} {stage.val_accuracy:.4f}" for stage in done)
+    say(f"chose {best.backbone} on validation accuracy ({scores})")
+    return _finish(out, data_dir, cache, best, stages, limit, report=report, audit=audit and distribution.is_chief)
+
+
+def _count_photos(source, data) -> int:
+    """How many photos fit will work on (before anything is written)."""
+    if data is not None:
+        return len(read_manifest(data))
+    from catsdogs.sources import scan_source
+
+    return len(scan_source(Path(source)).files)
+
+
+def measure_speed(backbone: str, batch: int = 8) -> float:
+    """Images per second of the frozen base of `backbone` here (Keras, after one warm-up batch)."""
+    import numpy as np
+
+    from catsdogs.models.backbones import get_backbone
+
+    spec = get_backbone(backbone)
+    base = spec.build_base(spec.image_size)
+    images = np.random.default_rng(0).uniform(-1, 1, (batch, spec.image_size, spec.image_size, 3)).astype("float32")
+    base.predict_on_batch(images)
+    started = time.perf_counter()
+    base.predict_on_batch(images)
+    return batch / max(time.perf_counter() - started, 1e-3)
+
+
+def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Budget) -> list[Stage]:
+    """The stages and their estimated seconds: (a) each backbone, (b) the two first together; a UsageError when
+    the budget cannot hold even the first stage."""
+    def extraction(name: str) -> float:  # two views of every photo (train, validation, test)
+        return 2 * photos / speeds[name] + OVERHEAD_S
+
+    stages = [Stage(f"heads {name}", name, extraction(name)) for name in candidates]
+    if len(candidates) >= 2:
+        pair = "+".join(candidates[:2])
+        stages.append(Stage(f"heads {pair}", pair, extraction(candidates[1]) + OVERHEAD_S))
+    fixed = FIXED_S + FIXED_S_PER_PHOTO * photos
+    if not limit.unlimited and stages[0].estimate_s + fixed > limit.seconds:
+        need = format_seconds(stages[0].estimate_s + fixed)
+        raise UsageError(f"budget {format_seconds(limit.seconds)} is too small for even the first stage (heads on "
+                         f"{candidates[0]}, about {need} for {photos} photos here); give budget at least {need}, "
+                         "or 0 for no budget", "budget")
+    if limit.unlimited:
+        stages = stages[:len(candidates)]
+    return stages
+
+
+def plan_line(stages: list[Stage], limit: Budget) -> str:
+    total = sum(stage.estimate_s for stage in stages)
+    steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}" for stage in stages)
+    within = "no budget" if limit.unlimited else f"budget {format_seconds(limit.seconds)}"
+    return f"plan ({within}): {steps}; ETA {format_seconds(total)} plus evaluation and report"
+
+
+def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class_weight: str | None, cache: Path,
+                distribute: str | None, limit: Budget) -> None:
+    """Run each stage that still fits the budget; the pair stage takes the two best single backbones."""
+    pace = 1.0  # actual / estimated seconds so far: later estimates are scaled by it
+    for stage in stages:
+        if "+" in stage.backbone:
+            singles = sorted((s for s in stages if s.status == "done" and "+" not in s.backbone),
+                             key=lambda s: (s.val_accuracy, -s.val_loss), reverse=True)
+            if len(singles) < 2:
+                stage.status = "skipped"
+                continue
+            stage.backbone = "+".join(s.backbone for s in singles[:2])
+        if stage.status == "planned" and any(s.status == "done" for s in stages) and \
+                not limit.allows(stage.estimate_s * pace):
+            stage.status = "skipped"
+            say(f"{stage.name}: skipped, {format_seconds(limit.left())} of the budget left "
+                f"(needs ~{format_seconds(stage.estimate_s * pace)})")
+            continue
+        started = time.monotonic()
+        result = _train_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight, cache,
+                              distribute)
+        stage.seconds = round(time.monotonic() - started, 1)
+        stage.status, stage.val_accuracy, stage.val_loss = "done", result["val_accuracy"], result["val_loss"]
+        pace = max(pace, stage.seconds / stage.estimate_s) if stage.estimate_s else pace
+        say(f"{stage.name}: validation accuracy {stage.val_accuracy:.4f} in {format_seconds(stage.seconds)}"
+            + ("" if limit.unlimited else f"; {format_seconds(max(0.0, limit.left()))} of the budget left"))
+
+
+def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,
+                 distribute: str | None) -> dict:
+    """Train (or reuse) the `heads` run of one stage; its validation numbers."""
+    status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
+    if status != "complete":
+        say(f"heads {backbone}: extracting flip-averaged features and fitting the heads")
+        train(TrainOptions(data=data_dir, model="heads", out=run, backbone=backbone, seed=seed,
+                           class_weight=class_weight, cache_dir=cache, overwrite=True, distribute=distribute))
+    best = Run(run).history[-1]
+    return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"])}
+
+
+def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[Stage], limit: Budget, *,
+            report: bool, audit: bool) -> Run:
+    """Copy the chosen stage into OUT, evaluate it on test, audit, write fit.json and the report."""
+    from catsdogs.evaluation import evaluate
+
+    chosen = out / "candidates" / best.folder
     for name in RUN_FILES:
-        source_file = out / "candidates" / best / name
-        if source_file.exists():
-            shutil.copy2(source_file, out / name)
+        if (chosen / name).exists():
+            shutil.copy2(chosen / name, out / name)
     config = read_json(out / CONFIG)
-    config.update(fit={"chosen": best, "chosen_on": "validation accuracy", "candidates": results})
+    record = {"chosen": best.backbone, "chosen_on": "validation accuracy, then log loss",
+              "budget_s": limit.seconds, "stages": [asdict(stage) for stage in stages]}
+    config.update(fit=record)
     write_json(out / CONFIG, config)
     run = Run(out)
     metrics = evaluate(out, data_dir, "test", cache_dir=cache, predictor=run.predictor())
-    write_json(out / FIT_RECORD, {"status": "complete", "chosen": best, "candidates": results,
-                                  "test_accuracy": metrics["accuracy"]})
+    audited = _audit(data_dir, out, cache, chosen) if audit else None
+    record.update(status="complete", test_accuracy=metrics["accuracy"], wall_time_s=round(limit.elapsed(), 1),
+                  learning_curve=config.get("learning_curve"))
+    if audited is not None:
+        record["audit_s"] = audited.wall_s
+    write_json(out / FIT_RECORD, record)
     if report:
+        from catsdogs.fit_report import fit_section
         from catsdogs.report import write_report
 
-        audited = _audit(data_dir, out, cache) if audit and distribution.is_chief else None
-        write_report([out, *(out / "candidates" / name for name in candidates if name != best)],
-                     out / "report.html", title=f"catsdogs fit: {out.name}",
-                     sections=[audit_section(audited)] if audited else [])
-    say(f"test accuracy {metrics['accuracy']:.4f} ({metrics['n']} photos); report: {out / 'report.html'}")
+        others = [out / "candidates" / s.folder for s in stages if s.status == "done" and s is not best]
+        sections = [fit_section(record)] + ([audit_section(audited)] if audited else [])
+        write_report([out, *others], out / "report.html", title=f"catsdogs fit: {out.name}", sections=sections)
+    say(f"test accuracy {metrics['accuracy']:.4f} ({metrics['n']} photos) in {format_seconds(limit.elapsed())}; "
+        f"report: {out / 'report.html'}")
     return run
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse an OUT that is not empty and not an unfinished fit (overwrite replaces a finished one)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out {out} exists and is not a folder; choose another out", "out")
     if not out.exists() or not any(out.iterdir()):
         return
     record = out / FIT_RECORD
@@ -113,7 +254,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise UsageError(f"out {out} exists and is not a catsdogs fit folder; choose another out", "out")
     if record.exists() and read_json(record).get("status") == "complete":
         if not overwrite:
-            raise UsageError(f"out {out} is already fitted; choose another out, or overwrite", "out")
+            raise UsageError(f"out {out} is already fitted; choose another out, or overwrite=True", "out")
         shutil.rmtree(out)
 
 
@@ -122,48 +263,38 @@ def _prepared(source: Path, data_dir: Path, seed: int, train_size, val_size, tes
         say(f"data already prepared in {data_dir}")
         return
     summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed, overwrite=True)
-    print(summary.line(), summary.audit_line(), sep="\n", file=sys.stderr)
+    say(summary.line())
+    say(summary.audit_line())
 
 
 def _class_weight(data_dir: Path, class_weight: str | None) -> str | None:
     """"auto" -> "balanced" when the training classes are unbalanced, else None."""
     if class_weight != "auto":
         return class_weight
-    from catsdogs.data_files import read_manifest
-
     counts: dict[str, int] = {}
     for row in read_manifest(data_dir, "train"):
         counts[row["class"]] = counts.get(row["class"], 0) + 1
     return "balanced" if max(counts.values()) > UNBALANCED * min(counts.values()) else None
 
 
-def _candidate(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,
-               distribute: str | None = None, epochs: int = FIT_EPOCHS) -> dict:
-    """Train (or finish, or reuse) the `features` run of one backbone; its validation numbers."""
-    status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
-    if status != "complete":
-        resume = (run / "checkpoint").exists()
-        say(f"{backbone}: {'resuming' if resume else 'training'} a head on its features")
-        train(TrainOptions(data=data_dir, model="features", out=run, backbone=backbone, epochs=epochs,
-                           patience=FIT_PATIENCE, learning_rate=FIT_LEARNING_RATE, seed=seed,
-                           class_weight=class_weight, cache_dir=cache, resume=resume, overwrite=not resume,
-                           distribute=distribute))
-    history = Run(run).history
-    best = min(history, key=lambda row: row["val_loss"])  # the saved model.keras (monitor val_loss)
-    return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
-            "epoch": int(best["epoch"]) + 1}
-
-
-def _audit(data_dir: Path, out: Path, cache: Path):
-    """`catsdogs audit` of the prepared photos into OUT/audit, or None (with the reason) when it cannot run."""
+def _audit(data_dir: Path, out: Path, cache: Path, chosen: Path):
+    """`catsdogs audit` of the prepared photos into OUT/audit with the chosen stage's first base and its cached
+    features (only the test split is embedded again), or None (with the reason) when it cannot run."""
     from catsdogs.auditing import audit
     from catsdogs.errors import CatsdogsError
+    from catsdogs.models.frozen import backbone_names
+    from catsdogs.run_files import load_run_model
+    from catsdogs.trainers.heads import branch_extractor
 
+    started = time.monotonic()
     try:
-        result = audit(data_dir, out / "audit", cache_dir=cache)
+        first = backbone_names(read_json(chosen / CONFIG)["backbone"])[0]
+        result = audit(data_dir, out / "audit", cache_dir=cache,
+                       extractor=branch_extractor(load_run_model(chosen), first))
     except CatsdogsError as error:
         say(f"audit skipped: {error}")
         return None
+    result.wall_s = round(time.monotonic() - started, 1)
     say(result.line())
     return result
 
@@ -179,4 +310,3 @@ def audit_section(result, shown: int = 5) -> str:
              f"<th>detail</th></tr></thead><tbody>{rows}</tbody></table></div>") if rows else ""
     return (f"<h2>Audit of the photos</h2><p>{escape(result.line())}</p>{table}"
             "<p class=\"muted\">Every finding, with thumbnails: audit/audit.html and audit/issues.csv beside this page.</p>")
-

@@ -364,3 +364,22 @@ def gallery_figure(records: Sequence[dict], classes: Sequence[str], thumb: int =
 def save_gallery(records: Sequence[dict], classes: Sequence[str], out_png: Path, thumb: int = 160) -> Path:
     """Write ``gallery_figure`` (e.g. of ``most_wrong`` records) to ``out_png``."""
     return _save(gallery_figure(records, classes, thumb), out_png)
+
+
+def learning_curve_figure(curve: dict) -> Figure:
+    """Validation accuracy and each class's recall against the number of training photos (catsdogs.learning_curve)."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    photos = curve["train_photos"]
+    ax.plot(photos, curve["val_accuracy"], "o-", color="black", linewidth=2, label="accuracy")
+    for name, values in list(curve["recall"].items())[:MAX_ROC_CURVES]:
+        ax.plot(photos, values, ".--", linewidth=1, label=f"recall {name}")
+    ax.set_xlabel("training photos")
+    ax.set_ylabel("validation")
+    ax.set_title("How many more photos?")
+    ax.legend(fontsize="small", loc="lower right")
+    return fig
+
+
+def save_learning_curve(curve: dict, out_png: Path) -> Path:
+    return _save(learning_curve_figure(curve), out_png)

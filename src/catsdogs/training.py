@@ -142,7 +142,7 @@ def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:
     backbone = options.backbone
     if backbone is None and options.model_options.get("from_run"):
         backbone = read_json(Path(options.model_options["from_run"]) / CONFIG).get("backbone")
-    return get_backbone(backbone).bf16_friendly
+    return all(get_backbone(name).bf16_friendly for name in (backbone.split("+") if backbone else [None]))
 
 
 def _builder_options(entry: ModelEntry, builder, options: TrainOptions, num_classes: int) -> dict:

@@ -47,6 +47,11 @@ MODELS: dict[str, ModelEntry] = {
     "transfer": ModelEntry("catsdogs.models.pretrained:build_transfer",
                            "augmentation + frozen pretrained base (run by the fastest verified engine) + head",
                            default_epochs=8, uses_backbone=True, trainer="catsdogs.trainers.transfer:fit_transfer"),
+    "heads": ModelEntry("catsdogs.models.frozen:build_heads",
+                        "frozen pretrained base(s) (backbone a+b for two), flip-averaged features cached on disk, the "
+                        "better on validation of a logistic-regression head (C tuned) and a dense head",
+                        default_epochs=1, uses_backbone=True, trainer="catsdogs.trainers.heads:fit_heads",
+                        takes_schedule=False),
     "finetune": ModelEntry("catsdogs.models.finetune:build_finetune",
                            "transfer (or --from-run a transfer RUN), then the base's top unfrozen at a low rate",
                            default_epochs=10, uses_backbone=True, trainer="catsdogs.trainers.finetune:fit_finetune",

@@ -68,6 +68,17 @@ class RandomAffine(layers.Layer):
                 "translation": self.translation, "flip": self.flip, "fill_mode": self.fill_mode, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="catsdogs")
+class HorizontalFlip(layers.Layer):
+    """Mirror images left-right, always (in training and inference): the second view of flip-averaged features."""
+
+    def call(self, images):
+        return keras.ops.flip(images, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def augmentation(seed: int | None = None) -> keras.Sequential:
     """The study's augmentation: random flips, rotations (10% of a turn), zooms (20%), shifts (10%) as one
     warp, then contrast (20%); on batches in the graph, only in training."""

@@ -65,18 +65,18 @@ class Backbone:
         """Whether bf16 speeds this base up on a bf16 CPU (not for depthwise-separable convolutions)."""
         return self.family not in DEPTHWISE_FAMILIES
 
-    def preprocess(self, x):
+    def preprocess(self, x, name: str = "preprocess"):
         """Apply `preprocess_input` to a raw RGB 0-255 tensor, as built-in Keras layers (models load anywhere)."""
         import numpy as np
         from keras import layers
 
         if self.preprocessing == "tf":
-            return layers.Rescaling(1 / 127.5, offset=-1.0, dtype="float32", name="preprocess")(x)
+            return layers.Rescaling(1 / 127.5, offset=-1.0, dtype="float32", name=name)(x)
         if self.preprocessing == "torch":
             mean, std = 255 * np.array(TORCH_MEAN), 255 * np.array(TORCH_STD)
-            return layers.Normalization(mean=mean, variance=std ** 2, dtype="float32", name="preprocess")(x)
+            return layers.Normalization(mean=mean, variance=std ** 2, dtype="float32", name=name)(x)
         if self.preprocessing == "caffe":  # a fixed linear map: channels reversed, ImageNet mean subtracted
-            layer = layers.Dense(3, trainable=False, dtype="float32", name="preprocess")
+            layer = layers.Dense(3, trainable=False, dtype="float32", name=name)
             y = layer(x)
             layer.set_weights([np.eye(3, dtype="float32")[::-1], -np.array(CAFFE_MEAN_BGR, "float32")])
             return y

@@ -51,6 +51,7 @@ def cache_file(cache_dir: Path, extractor: keras.Model, manifest_sha256: str, sp
     """Where the features of `split` computed by `extractor` are cached."""
     base = find_base(extractor)
     key = json.dumps({"version": CACHE_VERSION, "backbone": base.name, "input": list(extractor.input_shape),
+                      "output": extractor.layers[-1].name,
                       "weights": weights_fingerprint(extractor), "dtype": base.compute_dtype,
                       "manifest": manifest_sha256, "split": split}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -1,0 +1,26 @@
+"""The report section of a `catsdogs fit`: the plan against the budget, every stage's validation score and time,
+the choice, and the learning curve's advice ("how many more photos?")."""
+
+from __future__ import annotations
+
+from html import escape
+
+from catsdogs.budget import format_seconds
+
+
+def fit_section(record: dict) -> str:
+    """An HTML block from fit.json's record."""
+    rows = []
+    for stage in record["stages"]:
+        score = f"{stage['val_accuracy']:.4f}" if stage.get("val_accuracy") is not None else ""
+        taken = format_seconds(stage["seconds"]) if stage.get("seconds") is not None else ""
+        mark = " (chosen)" if stage["backbone"] == record["chosen"] and stage["status"] == "done" else ""
+        rows.append(f"<tr><td>{escape(stage['name'])}{mark}</td><td>{escape(stage['status'])}</td><td>{score}</td>"
+                    f"<td>~{format_seconds(stage['estimate_s'])}</td><td>{taken}</td></tr>")
+    budget = "none" if not record.get("budget_s") else format_seconds(record["budget_s"])
+    curve = record.get("learning_curve") or {}
+    advice = f"<p><b>How many more photos?</b> {escape(curve['advice'])} (learning_curve.png)</p>" if curve else ""
+    return (f"<h2>How fit chose</h2><p>Budget {escape(budget)}; chosen on {escape(record['chosen_on'])}: "
+            f"<b>{escape(record['chosen'])}</b>.</p>"
+            "<div class=\"scroll\"><table><thead><tr><th>stage</th><th>status</th><th>val accuracy</th>"
+            f"<th>planned</th><th>took</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>{advice}")

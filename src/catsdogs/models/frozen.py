@@ -1,0 +1,117 @@
+"""`heads`: one or more frozen ImageNet bases whose pooled features are averaged over the photo and its mirror
+image, and a head trained on those features (cached once, like `features`).
+
+Layout: image -> per base: (the photo, its mirror) -> [resize] -> preprocess -> base -> pool -> mean of the two
+views (`flipavg_<base>`) -> `pool` (the bases' features side by side) -> `head` (a model on the features: a
+standardisation and a logistic-regression layer, or a dense head; `catsdogs.trainers.heads` picks on validation).
+`backbone` names one base or several joined by `+` (`efficientnet_lite2+mobilenetv2`); the input size is the
+largest base's, and the other bases see the photo resized to their own size inside the model.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers
+
+from catsdogs.errors import UsageError
+from catsdogs.models.augmentation import HorizontalFlip
+from catsdogs.models.backbones import get_backbone
+from catsdogs.models.heads import probability_output
+from catsdogs.models.pretrained import compile_classifier
+
+HEADS_LEARNING_RATE = 1e-3
+DENSE_UNITS, DENSE_DROPOUT = 256, 0.5
+
+
+def backbone_names(backbone: str | None) -> list[str]:
+    """The canonical names of the bases in `backbone` (`a+b`), in order; the default backbone when None."""
+    parts = [part.strip() for part in (backbone or "").split("+")] if backbone else [None]
+    if any(part == "" for part in parts):
+        raise UsageError(f"backbone {backbone!r}: join backbone names with '+', e.g. efficientnet_lite2+mobilenetv2",
+                         "backbone")
+    names = [get_backbone(part).name for part in parts]
+    if len(set(names)) != len(names):
+        raise UsageError(f"backbone {backbone!r} names a base twice", "backbone")
+    return names
+
+
+def branch_layer(name: str) -> str:
+    """The layer holding one base's flip-averaged features."""
+    return f"flipavg_{name}"
+
+
+def build_heads(image_size: int | None = None, *, backbone: str | None = None, weights: str | None = "imagenet",
+                learning_rate: float = HEADS_LEARNING_RATE, seed: int | None = None, num_classes: int = 2) -> keras.Model:
+    """Frozen base(s) with flip-averaged pooled features and a logistic-regression head (untrained)."""
+    specs = [get_backbone(name) for name in backbone_names(backbone)]
+    size = image_size or max(spec.image_size for spec in specs)
+    inputs = keras.Input((size, size, 3), name="image")
+    views = {"image": inputs, "mirror": HorizontalFlip(name="mirror")(inputs)}
+    branches = []
+    for spec in specs:
+        base_size = size if len(specs) == 1 else spec.image_size
+        base = spec.build_base(base_size, weights)
+        base.trainable = False
+        pool = layers.GlobalAveragePooling2D(name=f"pool_{spec.name}")
+        pooled = []
+        for tag, view in views.items():
+            x = view if base_size == size else layers.Resizing(base_size, base_size, name=f"resize_{spec.name}_{tag}")(view)
+            pooled.append(pool(base(spec.preprocess(x, name=f"preprocess_{spec.name}_{tag}"), training=False)))
+        branches.append(layers.Average(name=branch_layer(spec.name))(pooled))
+    features = layers.Concatenate(name="pool")(branches) if len(branches) > 1 else layers.Identity(name="pool")(branches[0])
+    head = logistic_head(int(features.shape[-1]), num_classes)
+    return compile_classifier(keras.Model(inputs, head(features), name="heads"), learning_rate)
+
+
+def _standardize(dimension: int, mean: np.ndarray | None, variance: np.ndarray | None):
+    inputs = keras.Input((dimension,), name="features")
+    if mean is None:
+        mean, variance = np.zeros(dimension, np.float32), np.ones(dimension, np.float32)
+    return inputs, layers.Normalization(mean=mean, variance=variance, name="standardize")(inputs)
+
+
+def logistic_head(dimension: int, num_classes: int, mean: np.ndarray | None = None, variance: np.ndarray | None = None,
+                  coef: np.ndarray | None = None, intercept: np.ndarray | None = None) -> keras.Model:
+    """Standardised features -> one linear layer (sigmoid for 2 classes, softmax for more), as scikit-learn's
+    LogisticRegression on StandardScaler'd features (`coef`, `intercept`: its fitted values)."""
+    inputs, x = _standardize(dimension, mean, variance)
+    outputs = probability_output(x, num_classes)
+    head = keras.Model(inputs, outputs, name="head")
+    if coef is not None:
+        head.layers[-1].set_weights([np.asarray(coef, np.float32).T, np.asarray(intercept, np.float32)])
+    return head
+
+
+def dense_head(dimension: int, num_classes: int, mean: np.ndarray, variance: np.ndarray, *,
+               seed: int | None = None) -> keras.Model:
+    """Standardised features -> Dense(256, relu) -> Dropout(0.5) -> the output layer."""
+    inputs, x = _standardize(dimension, mean, variance)
+    x = layers.Dense(DENSE_UNITS, activation="relu", name="dense")(x)
+    outputs = probability_output(layers.Dropout(DENSE_DROPOUT, seed=seed, name="dropout")(x), num_classes)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def with_head(model: keras.Model, head: keras.Model) -> keras.Model:
+    """The same bases and features with another head, compiled."""
+    whole = compile_classifier(keras.Model(model.inputs, head(model.get_layer("pool").output), name="heads"),
+                               HEADS_LEARNING_RATE)
+    whole.optimizer.build(whole.trainable_variables)  # saved built: loading then restores it without a warning
+    return whole
+
+
+def single_view(model: keras.Model) -> keras.Model:
+    """A `heads` model without its mirror view (each base called once, on the photo), sharing its layers: what
+    Grad-CAM explains. Any other model is returned as it is."""
+    names = {layer.name for layer in model.layers}
+    if "mirror" not in names:
+        return model
+    bases = [layer.name.removeprefix("flipavg_") for layer in model.layers if layer.name.startswith("flipavg_")]
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    branches = []
+    for name in bases:
+        x = model.get_layer(f"resize_{name}_image")(inputs) if f"resize_{name}_image" in names else inputs
+        x = model.get_layer(f"preprocess_{name}_image")(x) if f"preprocess_{name}_image" in names else x
+        branches.append(model.get_layer(f"pool_{name}")(model.get_layer(name)(x, training=False)))
+    pooled = model.get_layer("pool")(branches if len(branches) > 1 else branches[0])
+    return keras.Model(inputs, model.get_layer("head")(pooled), name=f"{model.name}_single_view")

@@ -1,0 +1,111 @@
+"""Trainer of `heads`: flip-averaged features of each base (cached per base and DATA), then two heads fitted on
+them, a logistic regression (C chosen on validation) and a dense head (early-stopped on validation); the one with
+the better validation accuracy (then log loss) becomes the model's head.
+
+Seconds once the features are cached: `catsdogs fit` trains several of these (one base each, then the two best
+together) and refits them from the cache. The learning curve (the logistic head refitted on 25-100% of the
+training photos) is written beside the run (`catsdogs.learning_curve`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from catsdogs.decision import class_probabilities
+from catsdogs.models.frozen import backbone_names, branch_layer, dense_head, logistic_head, with_head
+from catsdogs.run_files import HISTORY
+from catsdogs.trainers.features import CACHE_SUBDIR, cached_features
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+DENSE_EPOCHS, DENSE_PATIENCE = 100, 10
+
+
+def branch_extractor(model: keras.Model, name: str) -> keras.Model:
+    """Images -> one base's flip-averaged features (the model's own layers)."""
+    return keras.Model(model.inputs, model.get_layer(branch_layer(name)).output, name=f"extractor_{name}")
+
+
+def split_features(model: keras.Model, context, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features side by side over the model's bases, labels) of a split, from the cache or extracted."""
+    cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
+    parts = [cached_features(branch_extractor(model, name), context, split, cache_dir)
+             for name in backbone_names(context.options.backbone)]
+    return np.concatenate([np.asarray(part.images, np.float32) for part in parts], axis=1), np.asarray(parts[0].labels)
+
+
+def scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, log loss) of class probabilities."""
+    probabilities = class_probabilities(probabilities)
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    return float(np.mean(probabilities.argmax(1) == labels)), float(-np.mean(np.log(picked)))
+
+
+def fit_logistic(train: tuple, validation: tuple, num_classes: int, *, balanced: bool, grid=C_GRID,
+                 seed: int = 0) -> dict:
+    """Logistic regression on standardised features for each C; the best on validation (accuracy, then log loss)."""
+    from sklearn.linear_model import LogisticRegression
+
+    (x, y), (vx, vy) = train, validation
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    best = None
+    for c in grid:
+        model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced" if balanced else None, random_state=seed)
+        model.fit((x - mean) / std, y)
+        accuracy, loss = scores(model.predict_proba((vx - mean) / std), vy)
+        if best is None or (accuracy, -loss) > (best["val_accuracy"], -best["val_loss"]):
+            best = {"C": c, "val_accuracy": accuracy, "val_loss": loss, "model": model}
+    coef, intercept = best["model"].coef_, best["model"].intercept_
+    best["head"] = logistic_head(x.shape[1], num_classes, mean, std ** 2, coef, intercept)
+    accuracy, loss = scores(best["head"].predict(x, verbose=0), y)
+    best.update(accuracy=accuracy, loss=loss)
+    return best
+
+
+def fit_dense(train: tuple, validation: tuple, num_classes: int, *, class_weight: dict | None, seed: int) -> dict:
+    """The dense head, Adam at 1e-3, early-stopped on validation loss (best weights kept)."""
+    from catsdogs.models.pretrained import compile_classifier
+
+    (x, y), (vx, vy) = train, validation
+    keras.utils.set_random_seed(seed)
+    head = compile_classifier(dense_head(x.shape[1], num_classes, x.mean(axis=0), x.var(axis=0) + 1e-12, seed=seed),
+                              1e-3)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=DENSE_PATIENCE, restore_best_weights=True)
+    head.fit(x, y, validation_data=(vx, vy), epochs=DENSE_EPOCHS, batch_size=64, callbacks=[stop], verbose=0,
+             class_weight=class_weight)
+    accuracy, loss = scores(head.predict(x, verbose=0), y)
+    val_accuracy, val_loss = scores(head.predict(vx, verbose=0), vy)
+    return {"head": head, "accuracy": accuracy, "loss": loss, "val_accuracy": val_accuracy, "val_loss": val_loss}
+
+
+def fit_heads(model: keras.Model, context) -> dict:
+    """Extract (or reuse) the features, fit both heads, keep the better; save the whole model and one history row."""
+    from catsdogs.learning_curve import write_learning_curve
+    from catsdogs.training import _save_model, _write_history, class_weights
+
+    started = time.perf_counter()
+    train, validation = split_features(model, context, "train"), split_features(model, context, "validation")
+    extraction = time.perf_counter() - started
+    num_classes = len(context.config["classes"])
+    balanced = bool(context.options.class_weight)
+    fitted = time.perf_counter()
+    logistic = fit_logistic(train, validation, num_classes, balanced=balanced, seed=context.options.seed)
+    dense = fit_dense(train, validation, num_classes, seed=context.options.seed,
+                      class_weight=class_weights(train[1], num_classes) if balanced else None)
+    chosen_name, chosen = max((("logistic", logistic), ("dense", dense)),
+                              key=lambda item: (item[1]["val_accuracy"], -item[1]["val_loss"]))
+    _save_model(with_head(model, chosen["head"]), context.run / "model.keras")
+    seconds = time.perf_counter() - fitted
+    _write_history(context.run / HISTORY, [{"epoch": 0, "accuracy": chosen["accuracy"], "loss": chosen["loss"],
+                                            "val_accuracy": chosen["val_accuracy"], "val_loss": chosen["val_loss"],
+                                            "seconds": round(seconds, 2)}])
+    curve = write_learning_curve(context.run, train, validation, context.config["classes"], c=logistic["C"],
+                                 balanced=balanced, seed=context.options.seed)
+    return {"backbone": "+".join(backbone_names(context.options.backbone)),
+            "head": chosen_name, "logistic_C": logistic["C"], "feature_extraction_s": round(extraction, 1),
+            "heads": {name: {"val_accuracy": round(r["val_accuracy"], 4), "val_loss": round(r["val_loss"], 4)}
+                      for name, r in (("logistic", logistic), ("dense", dense))},
+            "learning_curve": curve}

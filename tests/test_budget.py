@@ -1,0 +1,62 @@
+"""Time budgets (`fit --budget`): parsing, and a budget too small for the first stage refused before any write."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from catsdogs.budget import Budget, format_seconds, parse_duration
+from catsdogs.cli import main
+from catsdogs.errors import UsageError
+from catsdogs.fitting import plan
+
+from conftest import make_class_folders
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("10m", 600), ("90s", 90), ("1h30m", 5400), ("1.5h", 5400),
+                                                 ("600", 600), (0, 0), ("0", 0), (" 2M ", 120)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-5m", "nan", "abc", "10x", "inf", "", "m", "10m5", True])
+def test_bad_durations_name_the_parameter(text):
+    with pytest.raises(UsageError, match="budget must be a duration") as caught:
+        parse_duration(text)
+    assert caught.value.parameter == "budget"
+
+
+@pytest.mark.parametrize("text", ["-5m", "nan", "abc", "10x"])
+def test_bad_budget_on_the_command_line_is_exit_2(text, tmp_path: Path, capsys):
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "run"), f"--budget={text}"]) == 2
+    err = capsys.readouterr().err
+    assert "--budget must be a duration" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_plan_orders_stages_and_refuses_a_budget_too_small():
+    stages = plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(600))
+    assert [stage.backbone for stage in stages] == ["a", "b", "a+b"]
+    assert stages[0].estimate_s > stages[1].estimate_s  # a is ten times slower
+    with pytest.raises(UsageError, match="too small for even the first stage") as caught:
+        plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(60))
+    assert caught.value.parameter == "budget"
+    assert [stage.backbone for stage in plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(0))] == ["a", "b"]
+
+
+def test_budget_bookkeeping():
+    unlimited, small = Budget(0), Budget(5)
+    assert unlimited.unlimited and unlimited.left() == math.inf and unlimited.allows(1e9)
+    assert not small.unlimited and small.allows(1) and not small.allows(10)
+    assert format_seconds(425) == "7 min 05 s" and format_seconds(42) == "42 s"
+
+
+def test_too_small_a_budget_writes_nothing(tmp_path: Path, capsys):
+    photos = make_class_folders(tmp_path / "photos", per_class=6)
+    assert main(["fit", str(photos), "--out", str(tmp_path / "run"), "--budget", "1s", "--backbone",
+                 "mobilenetv2"]) == 2
+    err = capsys.readouterr().err
+    assert "too small for even the first stage" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
