@@ -4,6 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STUDY ?= study
 RUN_ARGS ?=
+# The default data and offline ImageNet weights (the command line reads the variables; tests require them)
+CATSDOGS_DEFAULT_SOURCE ?= $(abspath ../shared/data/dogs-vs-cats-train-5000.zip)
+CATSDOGS_WEIGHTS ?= $(abspath ../shared/weights/keras)
+run test test-fast bench: export CATSDOGS_DEFAULT_SOURCE := $(CATSDOGS_DEFAULT_SOURCE)
+run test test-fast bench: export CATSDOGS_WEIGHTS := $(CATSDOGS_WEIGHTS)
 
 .PHONY: run test test-fast lint install install-test browser bench clean
 

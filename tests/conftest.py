@@ -10,10 +10,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
 ZIP_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
 # ../shared beside the checkout, or beside a folder further up (a git worktree under the project)
-SHARED_ZIP = next((parent / ZIP_NAME for parent in Path(__file__).resolve().parents[1:] if (parent / ZIP_NAME).exists()),
-                  Path(__file__).resolve().parents[2] / ZIP_NAME)
+SHARED = next((parent / "shared" for parent in ROOT.parents if (parent / ZIP_NAME).exists()), ROOT.parent / "shared")
+# the default data and offline ImageNet weights: the variables the Makefile sets, else the project's ../shared
+SHARED_ZIP = Path(os.environ.get("CATSDOGS_DEFAULT_SOURCE") or SHARED / "data" / ZIP_NAME.name)
+SHARED_WEIGHTS = Path(os.environ.get("CATSDOGS_WEIGHTS") or SHARED / "weights" / "keras")
+
+
+def pytest_sessionstart(session) -> None:
+    """The tests need the project's ../shared (the default data and the offline weights): a missing one
+    fails the session at once (never a quiet skip); the command line and subprocesses find them through
+    $CATSDOGS_DEFAULT_SOURCE and $CATSDOGS_WEIGHTS, set here when the Makefile did not."""
+    missing = [str(path) for path in (SHARED_ZIP, SHARED_WEIGHTS) if not path.exists()]
+    if missing:
+        pytest.exit(f"the project's shared files are missing: {', '.join(missing)} (the tests need ../shared beside "
+                    "the checkout, or $CATSDOGS_DEFAULT_SOURCE and $CATSDOGS_WEIGHTS)", returncode=1)
+    os.environ["CATSDOGS_DEFAULT_SOURCE"] = str(SHARED_ZIP)
+    os.environ["CATSDOGS_WEIGHTS"] = str(SHARED_WEIGHTS)
 
 
 def make_photo(path: Path, kind: int, index: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG",
@@ -36,11 +51,6 @@ def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, ...] =
             make_photo(root / name / f"{i}.jpg", kind, i, kinds=len(names))
     return root
 
-
-# the project's offline ImageNet weights, as the command line finds them (the library reads only the variable)
-SHARED_WEIGHTS = SHARED_ZIP.parents[1] / "weights" / "keras"
-if SHARED_WEIGHTS.is_dir():
-    os.environ.setdefault("CATSDOGS_WEIGHTS", str(SHARED_WEIGHTS))
 
 SLOW_FILES = {"test_reproduce.py", "test_distribute.py", "test_n_classes.py", "test_fit.py", "test_backbones.py",
               "test_efficientnet_lite.py", "test_export.py", "test_quantize.py", "test_bench.py"}

@@ -138,3 +138,69 @@ def test_train_flags_come_from_train_options(capsys):
             assert "--" + item.name.replace("_", "-") in shown, item.name
     assert main(["train", "--data", "d", "--model", "baseline", "--out", "r", "--monitor", "loss"]) == 2
     assert "invalid choice: 'loss'" in capsys.readouterr().err
+
+
+def test_version_is_the_package_version_and_python_m_catsdogs_runs():
+    import catsdogs
+
+    result = subprocess.run([sys.executable, "-m", "catsdogs", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"catsdogs {catsdogs.__version__}"
+
+
+def test_top_level_debug_shows_the_traceback(tmp_path, capsys):
+    from catsdogs.errors import CatsdogsError
+
+    for args in (["--debug", "report", str(tmp_path), "--out", "x"], ["report", str(tmp_path), "--out", "x", "--debug"]):
+        with pytest.raises(CatsdogsError, match="not a catsdogs run"):
+            main(args)
+    assert main(["report", str(tmp_path), "--out", "x"]) == 2  # without --debug: one line
+    result = subprocess.run([sys.executable, "-m", "catsdogs", "--debug", "report", str(tmp_path), "--out", "x"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_overwrite_everywhere_and_force_as_its_alias(class_folders, tmp_path, capsys):
+    from conftest import make_class_folders
+
+    data = tmp_path / "data"
+    assert main(["prepare", str(class_folders), "--out", str(data), "--val", "4", "--test", "4"]) == 0
+    other = make_class_folders(tmp_path / "other", per_class=10)
+    assert main(["prepare", str(other), "--out", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "overwrite=True" not in err and "--force" not in err
+    assert main(["prepare", str(other), "--out", str(data), "--force", "--val", "3", "--test", "3"]) == 0
+    assert main(["prepare", "--source", str(class_folders), "--out", str(data), "--overwrite"]) == 0  # SOURCE as a flag
+    for command in ("prepare", "fit", "train", "download"):
+        assert main([command, "--help"]) == 0
+        shown = capsys.readouterr().out
+        assert "--overwrite" in shown and "--force" not in shown, command
+
+
+def test_data_positional_or_as_a_flag(tmp_path, capsys):
+    for args in (["audit", "--data", "/no/such/data", "--out", "a"], ["audit", "/no/such/data", "--out", "a"],
+                 ["train", "/no/such/data", "--model", "baseline", "--out", "x"]):
+        assert main(args) == 2
+        assert "not a prepared DATA" in capsys.readouterr().err, args
+    assert main(["audit", "--out", "a"]) == 2
+    assert "required: DATA (or --data)" in capsys.readouterr().err
+    assert main(["audit", "d1", "--data", "d2", "--out", "a"]) == 2
+    assert "DATA given twice" in capsys.readouterr().err
+
+
+def test_default_source_from_the_variable_else_the_working_folder(class_folders, tmp_path, monkeypatch, capsys):
+    from catsdogs.cli.common import default_source
+    from catsdogs.errors import UsageError
+
+    monkeypatch.setenv("CATSDOGS_DEFAULT_SOURCE", str(class_folders))
+    assert main(["prepare", "--out", str(tmp_path / "data"), "--val", "4", "--test", "4"]) == 0
+    assert (tmp_path / "data" / "manifest.csv").exists()
+    monkeypatch.delenv("CATSDOGS_DEFAULT_SOURCE")
+    work = tmp_path / "project" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    with pytest.raises(UsageError, match="train.zip"):
+        default_source()
+    zip_path = tmp_path / "project" / "shared" / "data" / "dogs-vs-cats-train-5000.zip"
+    zip_path.parent.mkdir(parents=True)
+    zip_path.write_bytes(b"")
+    assert default_source() == zip_path.resolve()

@@ -1,0 +1,7 @@
+"""`python -m catsdogs`: the `catsdogs` command."""
+
+import sys
+
+from catsdogs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""The `catsdogs` command: a thin layer over the library, one module per group of commands (each command's
+parser beside its handler). Here: the top-level parser, the library's errors in the command line's words,
+and the exit codes (0 done, 1 failed, 2 bad usage or input). Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from catsdogs import __version__
+from catsdogs.cli import bench, data, inference, results, training
+from catsdogs.cli.common import OneLineErrorParser, resolve_input, use_default_weights
+from catsdogs.errors import CatsdogsError
+
+GROUPS = (data, training, results, inference, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="catsdogs", description="Photos of two kinds or more -> a trained, evaluated, "
+                                "explainable classifier.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser.add_argument("--version", action="version", version=f"catsdogs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(commands)
+    return parser
+
+
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
+
+
+def in_flags(error: CatsdogsError, parser: argparse.ArgumentParser, command: str) -> str:
+    """The library's message in the command line's words: the parameter at fault, and any on/off option
+    named in it, become their flags (`epochs must be >= 1` -> `--epochs must be >= 1`, `overwrite=True` ->
+    `--overwrite`)."""
+    message = str(error)
+    sub = command_parser(parser, command)
+    flags: dict[str, str] = {}
+    for action in sub._actions:  # the first visible flag of each parameter (`--overwrite`, not `--force`)
+        if action.help != argparse.SUPPRESS and action.option_strings and action.option_strings[-1].startswith("--"):
+            flags.setdefault(action.dest, action.option_strings[-1])
+    switches = {dest for dest, flag in flags.items()
+                if isinstance(sub._option_string_actions[flag], argparse._StoreTrueAction)}
+    named = {getattr(error, "parameter", None), *switches, *(dest for dest in flags if "_" in dest)}
+    for name in named & set(flags):
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}=(True|'[^']*'|\S+)",
+                         lambda m, n=name: flags[n] if m.group(1) == "True" else f"{flags[n]} {m.group(1).strip(chr(39))}",
+                         message)
+        message = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/.-])", flags[name], message)
+    return message
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, absl) kept off stderr; `--debug` shows it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import keras  # noqa: F401  (imports tensorflow)
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, DATA/SOURCE folded into one name; SystemExit on bad usage, --help and --version."""
+    args = parser.parse_args(argv)
+    resolve_input(args, command_parser(parser, args.command))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parse(parser, argv)
+    except SystemExit as exit:  # usage errors (2) and --help/--version (0), already printed by argparse
+        return int(exit.code or 0)
+    try:
+        if args.needs_tensorflow:
+            use_default_weights()
+            if not args.debug:
+                import_tensorflow_quietly()
+        args.handler(args)
+    except CatsdogsError as error:
+        if args.debug:
+            raise
+        print(f"catsdogs {args.command}: error: {in_flags(error, parser, args.command)}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"catsdogs {args.command}: interrupted", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except Exception as error:  # noqa: BLE001 - the one place that turns surprises into one line
+        if args.debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"catsdogs {args.command}: error: {type(error).__name__}: {message} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,114 @@
+"""The training commands: `train` (one experiment, flags from TrainOptions), `fit` (photos -> the best
+classifier), `reproduce` (the whole study)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from catsdogs.cli.common import (
+    DEFAULT_SOURCE_HELP,
+    add_command,
+    add_force_alias,
+    add_input_argument,
+    add_overwrite_argument,
+    add_precision_argument,
+    add_split_arguments,
+    default_source,
+    non_negative_int,
+)
+from catsdogs.errors import UsageError
+from catsdogs.options import TrainOptions, add_option_arguments
+
+
+def register(commands) -> None:
+    add_fit(commands)
+    add_train(commands)
+    add_reproduce(commands)
+
+
+def add_train(commands) -> None:
+    p = add_command(commands, "train", cmd_train, "train one experiment into RUN")
+    add_option_arguments(p, TrainOptions, required=("model", "out"))
+    add_input_argument(p, "data", "a prepared DATA folder (or --data DATA)", required=True, flag=False)
+    add_force_alias(p)
+    p.add_argument("--weights", metavar="imagenet|none|PATH",
+                   help="the base's weights (default imagenet, from Keras' cache $KERAS_HOME/models; offline, "
+                   "place the file there or pass its path)")
+    p.add_argument("--from-run", metavar="RUN", help="finetune: start from this completed transfer RUN")
+    p.add_argument("--unfreeze", type=non_negative_int, metavar="N",
+                   help="finetune: unfreeze the top N layers of the base (default: its last block)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from catsdogs.models import model_entry
+    from catsdogs.run_files import read_config
+    from catsdogs.training import train
+
+    pretrained_flags = {"--backbone": args.backbone, "--weights": args.weights, "--from-run": args.from_run,
+                        "--unfreeze": args.unfreeze}
+    given = [flag for flag, value in pretrained_flags.items() if value is not None]
+    if given and not model_entry(args.model).uses_backbone:
+        raise UsageError(f"{', '.join(given)}: only for the pretrained models (features, transfer, finetune)")
+    model_options = {name: value for name, value in (("weights", args.weights), ("from_run", args.from_run),
+                                                     ("unfreeze", args.unfreeze)) if value is not None}
+    options = TrainOptions(model_options=model_options, **{item.name: getattr(args, item.name)
+                                                           for item in dataclasses.fields(TrainOptions)
+                                                           if item.metadata.get("cli", True)})
+    run = train(options)
+    config = read_config(run)
+    print(f"trained {args.model} into {run}: best epoch {config['best_epoch'] + 1}/{config['epochs']}, "
+          f"{config['monitor']} {config['monitor_best']:.4f}, {config['wall_time_s']:.0f} s")
+
+
+def add_fit(commands) -> None:
+    p = add_command(commands, "fit", cmd_fit, "one command from a folder of photos to the best classifier: prepare, "
+                    "train, evaluate, report")
+    add_input_argument(p, "source", f"a folder, .zip or .csv of photos in any layout prepare reads "
+                       f"({DEFAULT_SOURCE_HELP})")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN")
+    p.add_argument("--data", type=Path, help="an already prepared DATA (default: prepare SOURCE into RUN/data)")
+    p.add_argument("--backbone", action="append", metavar="B", help="a candidate backbone (repeat for several; "
+                   "default: efficientnet_lite2 and mobilenetv2, the best on validation is kept)")
+    add_split_arguments(p, "as in prepare (default: the rest)")
+    p.add_argument("--class-weight", choices=["auto", "balanced", "none"], default="auto",
+                   help="auto (default): balanced when the largest class has 1.5x the photos of the smallest")
+    add_overwrite_argument(p, "replace a finished RUN")
+    p.add_argument("--budget", default="10m", metavar="DURATION",
+                   help="wall time for the stages (10m, 90s, 1h30m; default 10m); 0: no budget, heads only")
+    p.add_argument("--no-audit", dest="audit", action="store_false",
+                   help="leave out the audit of the photos (RUN/audit, and its section of the report)")
+    p.add_argument("--distribute", choices=["mirrored", "multi-worker"],
+                   help="train the candidates as `train --distribute` does (multi-worker: TF_CONFIG)")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from catsdogs.fitting import fit
+
+    source = args.source if args.source or args.data else default_source()
+    class_weight = None if args.class_weight == "none" else args.class_weight
+    run = fit(source, args.out, data=args.data, backbones=args.backbone, train_size=args.train,
+              val_size=args.val, test_size=args.test, seed=args.seed, class_weight=class_weight,
+              overwrite=args.overwrite, distribute=args.distribute, audit=args.audit, budget=args.budget)
+    metrics = run.metrics
+    print(f"fitted {run}: {run.config['fit']['chosen']} ({run.config.get('head')} head), test accuracy "
+          f"{metrics['accuracy']:.4f} ({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
+
+
+def add_reproduce(commands) -> None:
+    p = add_command(commands, "reproduce", cmd_reproduce, "the whole study: prepare, every experiment, evaluate, "
+                    "report")
+    add_input_argument(p, "source", f"the photos ({DEFAULT_SOURCE_HELP})")
+    p.add_argument("--out", type=Path, required=True, metavar="STUDY")
+    p.add_argument("--quick", action="store_true", help="a few-minute demo instead of the full study")
+    p.add_argument("--backbone", help="pretrained base of the last three experiments "
+                   "(default: efficientnet_lite2 when installed, else mobilenetv2)")
+    add_precision_argument(p)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from catsdogs.study import reproduce
+
+    source = args.source or default_source()
+    reproduce(source, args.out, quick=args.quick, precision=args.precision, backbone=args.backbone)
