@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from catsdogs import __version__
+from catsdogs import __version__, set_verbosity
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.options import TrainOptions, add_option_arguments
 
@@ -210,8 +210,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from catsdogs.bench import bench
 
-    bench(args.data, None if args.data else default_source(), steps=args.steps, warmup=args.warmup,
-          batch_size=args.batch_size, precision=args.precision, run=args.run, photos=args.photos)
+    print("\n".join(bench(args.data, None if args.data else default_source(), steps=args.steps, warmup=args.warmup,
+                           batch_size=args.batch_size, precision=args.precision, run=args.run, photos=args.photos).lines()))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -537,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # usage errors (2) and --help/--version (0), already printed by argparse
         return int(exit.code or 0)
+    set_verbosity(2 if args.debug else 1)  # the library is quiet unless asked; the command line shows progress
     try:
         if getattr(args, "needs_tensorflow", True):
             use_shared_weights()

@@ -9,8 +9,8 @@ the test split -> RUN/report.html. Re-running the same command continues where i
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +34,8 @@ def default_candidates() -> list[str]:
 
 
 def say(message: str) -> None:
-    print(f"[fit] {message}", file=sys.stderr, flush=True)
+    """A progress message on the `catsdogs` logger (shown from verbosity 1, catsdogs.verbosity)."""
+    logging.getLogger(__name__).info(f"[fit] {message}")
 
 
 def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
@@ -122,7 +123,7 @@ def _prepared(source: Path, data_dir: Path, seed: int, train_size, val_size, tes
         say(f"data already prepared in {data_dir}")
         return
     summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed, overwrite=True)
-    print(summary.line(), summary.audit_line(), sep="\n", file=sys.stderr)
+    logging.getLogger(__name__).info(f"{summary.line()}\n{summary.audit_line()}")
 
 
 def _class_weight(data_dir: Path, class_weight: str | None) -> str | None:
