@@ -97,3 +97,20 @@ def test_audit_extractor_leaves_the_global_rng_alone(tmp_path: Path, monkeypatch
     except Exception as error:  # noqa: BLE001 - no ImageNet weights here: the seed is what this test checks
         pytest.skip(f"mobilenetv2 not buildable here: {error}")
     assert calls == [] and np.random.random() == expected
+
+
+def test_bench_result_is_returned_and_printed_by_its_caller():
+    """bench no longer prints: its result's lines are the table, the last three the headline."""
+    from catsdogs.bench import BenchResult, Throughput
+    from catsdogs.bench_inference import EndToEnd, EngineSpeed
+
+    training = [Throughput("plain", 100, 10.0), Throughput("ours", 100, 2.0), Throughput("plain input", 100, 5.0),
+                Throughput("ours input", 100, 1.0)]
+    endings = [EndToEnd("plain Keras", 10.0, 1.0), EndToEnd("keras", 20.0, 1.0), EndToEnd("auto", 40.0, 0.99, 0.9)]
+    result = BenchResult("data: d", training, 1.5, 2e8, {"float32": 100.0, "bfloat16": 200.0}, "float32", 3.0,
+                         [EngineSpeed("convnet", "keras", "float32", 50.0)], endings, "mobilenetv2", 3, trained=True)
+    lines = result.lines()
+    assert lines[0] == "data: d" and "same label as plain Keras: 99.0%, accuracy 0.900" in lines[-6]
+    assert lines[-3:] == ["train speedup vs plain Keras: 5.0x", "inference speedup vs Keras: 4.0x",
+                          "training FLOP/s vs measured peak: 30%"]
+    assert result.numbers()["train"] == 50.0 and result.numbers()["achieved_gflops"] == pytest.approx(30.0)
