@@ -75,6 +75,19 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _verbosity_restored():
+    """The `catsdogs` logger as each test found it (the CLI's main() sets verbosity 1, some tests 0)."""
+    import logging
+
+    logger = logging.getLogger("catsdogs")
+    level, handlers, propagate = logger.level, list(logger.handlers), logger.propagate
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+
+
 @pytest.fixture
 def class_folders(tmp_path: Path) -> Path:
     return make_class_folders(tmp_path / "source")

@@ -51,6 +51,9 @@ def test_shards_are_written_once_and_resume_an_interrupted_write(tiny_data: Path
 
 
 def test_storage_is_chosen_by_size(monkeypatch, capsys):
+    from catsdogs.verbosity import set_verbosity
+
+    set_verbosity(1)  # the choice is said from verbosity 1 on
     monkeypatch.setenv("CATSDOGS_IN_MEMORY_MB", "100")
     assert choose_storage(1000, 160, split="train") == "memory"  # 77 MB
     assert choose_storage(10_000, 160, split="train") == "shards"  # 768 MB

@@ -9,6 +9,7 @@ The notebook API (each name is imported on first use, so `import catsdogs` stays
     run.predict(["my_cat.jpg"])                              # [Prediction(path, label, probabilities, error)]
     run.interpret().confusion_matrix()                       # matplotlib figures, inline in Jupyter
     catsdogs.Run("runs/baseline")                            # open a run folder again
+    catsdogs.set_verbosity(1)                                # progress and Keras' epoch lines (default: quiet)
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ _API = {
     "reproduce": "catsdogs.study",
     "export_model": "catsdogs.export",
     "create_app": "catsdogs.serve",
+    "set_verbosity": "catsdogs.verbosity",
+    "get_verbosity": "catsdogs.verbosity",
 }
 __all__ = sorted(_API)
 
@@ -46,3 +49,8 @@ def __getattr__(name: str):
     if name in _API:
         return getattr(import_module(_API[name]), name)
     raise AttributeError(f"module 'catsdogs' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (imported on first use) and the module's own names, for tab completion."""
+    return sorted(set(__all__) | set(globals()))

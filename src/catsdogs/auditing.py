@@ -42,7 +42,7 @@ from catsdogs.files import atomic_path
 from catsdogs.images import ImageError, decode_image, read_photo_bytes, resize
 from catsdogs.label_errors import FOLDS, label_issues, out_of_fold_probabilities, require_cleanlab
 from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
-from catsdogs.progress import Progress
+from catsdogs.progress import progress
 
 KINDS = ("near_duplicate", "label", "outlier")
 ISSUE_FIELDS = ["path", "split", "kind", "score", "detail"]
@@ -134,15 +134,12 @@ def default_backbone() -> str:
 def build_extractor(backbone: str, cache_dir: Path):
     """The `features` model's extractor (image -> pooled features) of `backbone` with ImageNet weights,
     offline: weights come from Keras' cache under cache_dir/keras with $CATSDOGS_WEIGHTS linked in."""
-    import keras
-
     from catsdogs.models.pretrained import build_features
     from catsdogs.models.weights import weights_cache
     from catsdogs.trainers.features import feature_extractor
 
     with weights_cache(Path(cache_dir) / "keras"):
         model = build_features(backbone=backbone, num_classes=2)
-    keras.utils.set_random_seed(0)
     return feature_extractor(model)
 
 
@@ -207,7 +204,7 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
     todo = [split for split in SPLIT_ORDER if split not in features_by_split and any(r["split"] == split for r in rows)]
     needs = [i for i, row in enumerate(rows) if want_hash or row["split"] in todo]
     run = _embedder(extractor, model, sum(1 for row in rows if row["split"] in todo))
-    progress = Progress("audit: decoding and embedding" if todo else "audit: hashing", total=len(needs), unit="images")
+    bar = progress(len(needs), "audit: decoding and embedding" if todo else "audit: hashing", unit="images")
     computed: dict[str, list[np.ndarray]] = {split: [] for split in todo}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(needs), batch_size):
@@ -228,8 +225,8 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
                     if count:
                         computed[split].append(out[position:position + count])
                         position += count
-            progress.update(len(chunk))
-    progress.close()
+            bar.update(len(chunk))
+    bar.close()
     for split in todo:
         features_by_split[split] = np.concatenate(computed[split])
         if split in feature_files:

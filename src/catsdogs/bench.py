@@ -9,7 +9,7 @@ The last three lines are the headline numbers.
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +21,11 @@ import numpy as np
 
 from catsdogs.data_files import manifest_sha256
 from catsdogs.dataset import load_split, to_dataset
+from catsdogs.models.convnet import STUDY_IMAGE_SIZE
 from catsdogs.precision import keras_precision, resolve_precision
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,36 +89,96 @@ def _timed(function: Callable[[], T]) -> tuple[T, float]:
     return value, time.perf_counter() - started
 
 
+@dataclass
+class BenchResult:
+    """What `bench` measured; `lines()` is the table the command line prints (the last three: the headline)."""
+
+    header: str
+    training: list[Throughput]  # plain Keras, catsdogs, plain Keras input alone, catsdogs input alone
+    decode_seconds: float
+    flops: float  # forward FLOPs of one image
+    peak: dict[str, float]  # GFLOP/s of a matmul, by precision
+    precision: str
+    latency_ms: float
+    speeds: list  # catsdogs.bench_inference.EngineSpeed
+    endings: list  # catsdogs.bench_inference end-to-end results
+    backbone: str
+    photos: int
+    trained: bool  # a trained RUN given: the end-to-end labels agree meaningfully
+
+    @property
+    def achieved(self) -> float:
+        """Achieved training GFLOP/s: a training step costs about 3 forward passes."""
+        return 3 * self.flops * self.training[1].rate / 1e9
+
+    def numbers(self) -> dict:
+        plain, ours = self.training[:2]
+        return {"plain_train": plain.rate, "train": ours.rate, "achieved_gflops": self.achieved,
+                "peak_gflops": self.peak, "decode_s": self.decode_seconds, "latency_ms": self.latency_ms,
+                "engines": [vars(speed) for speed in self.speeds], "end_to_end": [vars(item) for item in self.endings]}
+
+    def lines(self) -> list[str]:
+        plain, ours, plain_input, ours_input = self.training
+        lines = [self.header, "", "training"]
+        lines += [f"  {item.label:<55} {item.rate:8.1f} images/s" for item in self.training]
+        lines += [f"  {'catsdogs one-time decode of the train split':<55} {self.decode_seconds:8.1f} s",
+                  f"  {'input share of a plain-Keras training step':<55} {min(plain.rate / plain_input.rate, 1):8.0%}",
+                  f"  {'input share of a catsdogs training step':<55} {min(ours.rate / ours_input.rate, 1):8.0%}",
+                  f"  {'model forward FLOPs per image':<55} {self.flops / 1e6:8.0f} MFLOP",
+                  f"  {'achieved training FLOP/s (3 x forward)':<55} {self.achieved:8.0f} GFLOP/s"]
+        lines += [f"  {f'measured peak: 2048x2048 matmul, {name}':<55} {value:8.0f} GFLOP/s"
+                  for name, value in self.peak.items()]
+        lines += ["", "inference engines (batch of 32 test images; int8: ONNX Runtime static quantization, QDQ)"]
+        lines += [f"  {speed.line()}" for speed in self.speeds]
+        lines += ["", f"end to end over {self.photos} full-size JPEGs of the test split, decoding included "
+                  f"({self.backbone} backbone)"]
+        for item in self.endings:
+            agreement = f"  same label as plain Keras: {item.agreement:.1%}" if self.trained else ""  # else coin flips
+            accuracy = f", accuracy {item.accuracy:.3f}" if item.accuracy is not None else ""
+            lines.append(f"  {item.label:<58} {item.rate:8.1f} images/s{agreement}{accuracy}")
+        lines += [f"  single-image predict latency, study convnet, warm (median of 20): {self.latency_ms:.1f} ms", "",
+                  f"train speedup vs plain Keras: {ours.rate / plain.rate:.1f}x",
+                  f"inference speedup vs Keras: {self.endings[2].rate / self.endings[0].rate:.1f}x",
+                  f"training FLOP/s vs measured peak: {self.achieved / self.peak[self.precision]:.0%}"]
+        return lines
+
+
 def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int = 32, precision: str = "auto",
-              run: Path | None = None, photos: int = 200, out=sys.stdout) -> dict:
-    """Measure and print training speed against plain Keras and a measured matmul peak, the inference engines
-    side by side, and end-to-end prediction over full-size JPEGs; returns the numbers.
+              run: Path | None = None, photos: int = 200) -> BenchResult:
+    """Measure training speed against plain Keras and a measured matmul peak, the inference engines side by
+    side, and end-to-end prediction over full-size JPEGs (each part announced on the `catsdogs` logger).
 
     `run`: a trained RUN with a pretrained backbone for the engine table and the end-to-end check (default: the
     default backbone with ImageNet weights and an untrained head; speed does not depend on the head).
     """
-    import keras
     import tensorflow as tf
-
-    from catsdogs.bench_inference import end_to_end, engine_speeds
-    from catsdogs.export import float32_rebuild
-    from catsdogs.models.convnet import STUDY_IMAGE_SIZE, study_convnet
 
     manifest_sha256(data)  # a clear UsageError when DATA is not a prepared folder
     if run is not None:
         from catsdogs.run_files import load_run_model
 
         load_run_model(run)  # a clear UsageError now, not after minutes of training
-    size = STUDY_IMAGE_SIZE
     precision = resolve_precision(precision)
-    say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
-    say(f"data: {data}; {steps} timed training steps of {batch_size} images after {warmup} warm-up steps; "
-        f"precision {precision}; {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} threads")
+    header = (f"data: {data}; {steps} timed training steps of {batch_size} images after {warmup} warm-up steps; "
+              f"precision {precision}; {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} threads")
+    peak = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}  # the measured peak in each precision
+    logger.info("bench: training, plain Keras and catsdogs")
+    training, decode_seconds, ours_model, train = _training_side(data, steps, warmup, batch_size, precision)
+    logger.info("bench: inference engines and end to end")
+    speeds, endings, backbone, files = _inference_side(data, ours_model, train, precision, run, photos)
+    return BenchResult(header, training, decode_seconds, model_flops(ours_model), peak, precision,
+                       _single_image_latency(ours_model, train.paths[:20], STUDY_IMAGE_SIZE), speeds, endings,
+                       backbone, files, run is not None)
 
-    # the measured peak: a big matmul in each precision
-    peak = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}
 
-    # plain Keras: decode JPEGs every epoch with image_dataset_from_directory, float32
+def _training_side(data: Path, steps: int, warmup: int, batch_size: int, precision: str):
+    """Plain Keras (JPEGs decoded every epoch by image_dataset_from_directory, float32) against catsdogs
+    (decoded once, timed apart; the precision policy), and each input pipeline alone."""
+    import keras
+
+    from catsdogs.models.convnet import study_convnet
+
+    size = STUDY_IMAGE_SIZE
     keras.utils.set_random_seed(0)
     plain_train = keras.utils.image_dataset_from_directory(
         data / "train", image_size=(size, size), batch_size=batch_size, label_mode="binary", seed=0, verbose=False)
@@ -124,7 +186,6 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     plain_seconds = _timed_fit(plain_model, plain_train.repeat(), steps, warmup, batch_size)
     plain = Throughput("plain Keras (float32, image_dataset_from_directory)", steps * batch_size, plain_seconds)
 
-    # catsdogs: decode once (timed separately), in-memory uint8, precision policy
     (train, decode_seconds) = _timed(lambda: load_split(data, "train", size))
     with keras_precision(precision):
         ours_model = study_convnet(size)
@@ -137,30 +198,21 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
     ours_batches = to_dataset(train, batch_size, shuffle=True).repeat()  # built once, as in training
     _drain(ours_batches, 2)
     ours_input = Throughput("catsdogs input pipeline alone", *_timed(lambda: _drain(ours_batches, steps)))
-    latency_ms = _single_image_latency(ours_model, train.paths[:20], size)
+    return [plain, ours, plain_input, ours_input], decode_seconds, ours_model, train
 
-    flops = model_flops(ours_model)
-    achieved = 3 * flops * ours.rate / 1e9  # a training step costs about 3 forward passes
-    say()
-    say("training")
-    for item in (plain, ours, plain_input, ours_input):
-        say(f"  {item.label:<55} {item.rate:8.1f} images/s")
-    say(f"  {'catsdogs one-time decode of the train split':<55} {decode_seconds:8.1f} s")
-    say(f"  {'input share of a plain-Keras training step':<55} {min(plain.rate / plain_input.rate, 1):8.0%}")
-    say(f"  {'input share of a catsdogs training step':<55} {min(ours.rate / ours_input.rate, 1):8.0%}")
-    say(f"  {'model forward FLOPs per image':<55} {flops / 1e6:8.0f} MFLOP")
-    say(f"  {'achieved training FLOP/s (3 x forward)':<55} {achieved:8.0f} GFLOP/s")
-    for name, value in peak.items():
-        say(f"  {f'measured peak: 2048x2048 matmul, {name}':<55} {value:8.0f} GFLOP/s")
 
-    # the engines side by side: the study's convnet (its float32 twin where trained in bf16) and a backbone
-    test = load_split(data, "test", size)
+def _inference_side(data: Path, ours_model, train, precision: str, run: Path | None, photos: int):
+    """The engines side by side (the study's convnet, its float32 twin where trained in bf16, and a backbone),
+    then end to end over full-size JPEGs: (speeds, endings, backbone name, number of photos)."""
+    from catsdogs.bench_inference import end_to_end, engine_speeds
+    from catsdogs.export import float32_rebuild
+    from catsdogs.predict import Predictor
+
+    test = load_split(data, "test", STUDY_IMAGE_SIZE)
     convnet = float32_rebuild(ours_model) if precision != "float32" else ours_model
     speeds = engine_speeds("study convnet", convnet, test.images, train.images[:64])
     with tempfile.TemporaryDirectory(prefix="catsdogs-bench-run-") as folder:
         run_folder, backbone = (Path(run), _run_backbone(Path(run))) if run else _backbone_run(Path(folder))
-        from catsdogs.predict import Predictor
-
         model = Predictor(run_folder).model
         backbone_size = int(model.input_shape[1])
         backbone_test = load_split(data, "test", backbone_size)
@@ -172,24 +224,7 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
         same_classes = run is not None and Predictor(run_folder, model=model).classes == test.classes
         endings = end_to_end(run_folder, files, int8 if int8.exists() else None,
                              test.labels[:photos] if same_classes else None)
-    say()
-    say("inference engines (batch of 32 test images; int8: ONNX Runtime static quantization, QDQ)")
-    for speed in speeds:
-        say(f"  {speed.line()}")
-    say()
-    say(f"end to end over {len(files)} full-size JPEGs of the test split, decoding included ({backbone} backbone)")
-    for item in endings:
-        agreement = f"  same label as plain Keras: {item.agreement:.1%}" if run else ""  # untrained: coin flips
-        accuracy = f", accuracy {item.accuracy:.3f}" if item.accuracy is not None else ""
-        say(f"  {item.label:<58} {item.rate:8.1f} images/s{agreement}{accuracy}")
-    say(f"  single-image predict latency, study convnet, warm (median of 20): {latency_ms:.1f} ms")
-    say()
-    say(f"train speedup vs plain Keras: {ours.rate / plain.rate:.1f}x")
-    say(f"inference speedup vs Keras: {endings[2].rate / endings[0].rate:.1f}x")
-    say(f"training FLOP/s vs measured peak: {achieved / peak[precision]:.0%}")
-    return {"plain_train": plain.rate, "train": ours.rate, "achieved_gflops": achieved, "peak_gflops": peak,
-            "decode_s": decode_seconds, "latency_ms": latency_ms,
-            "engines": [vars(speed) for speed in speeds], "end_to_end": [vars(item) for item in endings]}
+    return speeds, endings, backbone, len(files)
 
 
 def _run_backbone(run: Path) -> str:
@@ -241,12 +276,13 @@ def _single_image_latency(model, paths: list[Path], size: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def bench(data: Path | None, source: Path | None, **options) -> dict:
-    """Run the benchmark on DATA, or on a temporary DATA prepared from SOURCE."""
+def bench(data: Path | None, source: Path | None, **options) -> BenchResult:
+    """Run the benchmark on DATA, or on a temporary DATA prepared from SOURCE; `.lines()` of the result is
+    its table, `.numbers()` its numbers."""
     if data is not None:
         return run_bench(Path(data), **options)
     from catsdogs.preparation import prepare
 
     with tempfile.TemporaryDirectory(prefix="catsdogs-bench-") as folder:
-        print(prepare(source, Path(folder) / "data").line(), file=sys.stderr)
+        logger.info(prepare(source, Path(folder) / "data").line())
         return run_bench(Path(folder) / "data", **options)

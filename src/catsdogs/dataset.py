@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +13,9 @@ from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
 from catsdogs.images import load_image
-from catsdogs.progress import Progress
+from catsdogs.progress import progress
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,15 +58,15 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
             if len(images) == len(rows):
                 return SplitArrays(images, labels, paths, classes)
     images = np.empty((len(rows), image_size, image_size, 3), dtype=np.uint8)
-    progress = Progress(f"decoding {split}", total=len(rows), unit="images")
+    bar = progress(len(rows), f"decoding {split}", unit="images")
 
     def decode(index: int) -> None:
         images[index] = load_image(paths[index], image_size)
-        progress.update()
+        bar.update()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(decode, range(len(rows))))
-    progress.close()
+    bar.close()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache_file) as partial:
@@ -92,8 +94,8 @@ def choose_storage(count: int, image_size: int, storage: str = "auto", split: st
     size, budget = decoded_bytes(count, image_size), in_memory_budget()
     if size <= budget:
         return "memory"
-    print(f"{split or 'split'}: {count} images at {image_size} px = {size / 2**30:.1f} GiB decoded, over the "
-          f"{budget / 2**30:.1f} GiB in-memory budget: memory-mapped shards on disk", file=sys.stderr, flush=True)
+    logger.info(f"{split or 'split'}: {count} images at {image_size} px = {size / 2**30:.1f} GiB decoded, over "
+                f"the {budget / 2**30:.1f} GiB in-memory budget: memory-mapped shards on disk")
     return "shards"
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,4 +232,4 @@ class Distribution:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logging.getLogger(__name__).warning(message)

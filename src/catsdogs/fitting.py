@@ -17,8 +17,8 @@ no budget, stage (a) only. Re-running the same call continues where it stopped (
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -49,7 +49,8 @@ def default_candidates() -> list[str]:
 
 
 def say(message: str) -> None:
-    print(f"[fit] {message}", file=sys.stderr, flush=True)
+    """A progress message on the `catsdogs` logger (shown from verbosity 1, catsdogs.verbosity)."""
+    logging.getLogger(__name__).info(f"[fit] {message}")
 
 
 @dataclass

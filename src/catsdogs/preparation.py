@@ -25,7 +25,7 @@ from catsdogs.exclusions import read_exclusions
 from catsdogs.images import ImageError, decode_image, encode_jpeg
 from catsdogs.near_duplicates import cross_split_pairs, drop_near_duplicates, phash
 from catsdogs.options import DEFAULT_SEED
-from catsdogs.progress import Progress
+from catsdogs.progress import progress
 from catsdogs.sources import SourceFile, scan_source
 
 SPLIT_PARAMETERS = {"train": "train", "validation": "val", "test": "test"}  # prepare()'s argument of each split
@@ -216,17 +216,17 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
             raise UsageError(f"{parameter}: SOURCE gives its own {split} split; leave {parameter} out", parameter)
     _guard_data_dir(source, data_dir, overwrite)
 
-    progress = Progress("checking photos", total=len(scan.files))
+    bar = progress(len(scan.files), "checking photos")
     photos: list[CheckedPhoto] = []
     rejected = list(scan.refused)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(_check, scan.files, chunksize=16):
-            progress.update()
+            bar.update()
             if isinstance(result, CheckedPhoto):
                 photos.append(result)
             else:
                 rejected.append(result)
-    progress.close()
+    bar.close()
 
     excluded = 0
     if exclusions is not None:

@@ -1,4 +1,7 @@
-"""A small progress line on stderr: redrawn in place on a terminal, a line every few seconds in logs."""
+"""A small progress line on stderr: redrawn in place on a terminal, a line every few seconds in logs.
+
+Library code asks `progress(total, label)`: a real line at verbosity 1 or more (catsdogs.verbosity), a no-op
+below."""
 
 from __future__ import annotations
 
@@ -43,6 +46,25 @@ class Progress:
             print(" " * 79, end="\r", file=self.stream, flush=True)
         elif self.done:
             print(self._line(), file=self.stream, flush=True)
+
+
+class NoProgress:
+    """Progress's interface, showing nothing (verbosity 0)."""
+
+    done = 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int | None, label: str, unit: str = "files") -> Progress | NoProgress:
+    """A progress line for `total` units of work at verbosity >= 1, else one that shows nothing."""
+    from catsdogs.verbosity import get_verbosity
+
+    return Progress(label, total=total, unit=unit) if get_verbosity() >= 1 else NoProgress()
 
 
 def _duration(seconds: float) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catsdogs.progress import Progress
+from catsdogs.progress import progress
 
 SHARD_SIZE = 1024
 INDEX = "index.json"
@@ -153,7 +153,7 @@ def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size
             return ShardedImages(folder)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    progress = Progress(label, total=len(paths), unit="images")
+    bar = progress(len(paths), label, unit="images")
     files, counts = [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for number, start in enumerate(range(0, len(paths), shard_size)):
@@ -162,7 +162,7 @@ def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size
             target = folder / name
             if not (target.exists() and _shard_rows(target) == (len(chunk), image_size)):
                 buffer = np.empty((len(chunk), image_size, image_size, 3), np.uint8)
-                list(pool.map(_decode_into, [(buffer, i, path, image_size, decode, progress)
+                list(pool.map(_decode_into, [(buffer, i, path, image_size, decode, bar)
                                              for i, path in enumerate(chunk)]))
                 partial = folder / f".partial-{name}"
                 with open(partial, "wb") as handle:
@@ -170,10 +170,10 @@ def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size
                 os.replace(partial, target)
                 del buffer
             else:
-                progress.update(len(chunk))
+                bar.update(len(chunk))
             files.append(name)
             counts.append(len(chunk))
-    progress.close()
+    bar.close()
     index = {"version": FORMAT_VERSION, "image_size": image_size, "shard_size": shard_size, "files": files,
              "counts": counts}
     partial = folder / f".partial-{INDEX}"
@@ -183,9 +183,9 @@ def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size
 
 
 def _decode_into(job) -> None:
-    buffer, index, path, image_size, decode, progress = job
+    buffer, index, path, image_size, decode, bar = job
     buffer[index] = decode(path, image_size)
-    progress.update()
+    bar.update()
 
 
 def _shard_rows(path: Path) -> tuple[int, int] | None:

@@ -17,8 +17,9 @@ from itertools import islice
 from pathlib import Path
 
 from catsdogs.errors import UsageError
-from catsdogs.progress import Progress
+from catsdogs.progress import progress as progress_line
 from catsdogs.sources import iter_image_files
+from catsdogs.verbosity import get_verbosity
 
 
 @dataclass
@@ -70,6 +71,7 @@ def stream_predictions(predictor, paths: list[Path], output: Path, *, resume: bo
             raise UsageError(f"{output} already exists; resume=True continues it, or choose another output",
                              "resume")
         skipped, last = _complete_rows(output, header)
+    progress = progress and get_verbosity() >= 1
     total = count_files(paths) if progress else None
     files: Iterator[Path] = iter_image_files(paths)
     if skipped:
@@ -80,8 +82,8 @@ def stream_predictions(predictor, paths: list[Path], output: Path, *, resume: bo
                              "resume needs the same PATH arguments", "resume")
         del done
     started = time.perf_counter()
-    bar = Progress(f"predicting -> {output.name}", total=(total - skipped) if total is not None else None,
-                   unit="images") if progress else None
+    bar = progress_line((total - skipped) if total is not None else None, f"predicting -> {output.name}",
+                        unit="images") if progress else None
     written = errors = 0
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "a", newline="") as handle:

@@ -6,7 +6,7 @@ STUDY/cache (decoded images, cached features, Keras' model cache), STUDY/results
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,8 @@ STUDY = [
 ]
 QUICK_SPLIT = {"train": 400, "val": 200, "test": 200}
 def say(message: str) -> None:
-    print(f"[reproduce] {message}", file=sys.stderr, flush=True)
+    """A progress message on the `catsdogs` logger (shown from verbosity 1, catsdogs.verbosity)."""
+    logging.getLogger(__name__).info(f"[reproduce] {message}")
 
 
 def _prepared(source: Path, data: Path, quick: bool) -> None:
@@ -57,7 +58,7 @@ def _prepared(source: Path, data: Path, quick: bool) -> None:
         say(f"data already prepared in {data}")
         return
     say(f"preparing {source} -> {data}")
-    print(prepare(source, data, **(QUICK_SPLIT if quick else STUDY_SIZES)).line(), file=sys.stderr)
+    logging.getLogger(__name__).info(prepare(source, data, **(QUICK_SPLIT if quick else STUDY_SIZES)).line())
 
 
 def _run_experiment(experiment: Experiment, data: Path, runs: Path, cache: Path, *, quick: bool,

@@ -6,7 +6,6 @@ import csv
 import inspect
 import io
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +36,7 @@ from catsdogs.run_files import (
     write_json,
 )
 from catsdogs.runs import Run
+from catsdogs.verbosity import keras_verbose
 
 STATE = "state.json"
 LAST = "last.keras"  # the whole model after the last complete epoch (checkpoint/)
@@ -219,7 +219,7 @@ class FitContext:
             model.fit(batches,
                       validation_data=self.dataset(validation), epochs=epochs, initial_epoch=start,
                       callbacks=self._callbacks(stopping, part=part_of is not None), shuffle=False,
-                      verbose=(1 if os.isatty(2) else 2) if self._chief else 0,
+                      verbose=keras_verbose(self._chief),
                       class_weight=class_weights(train.labels, len(train.classes)) if self.options.class_weight
                       else None)
         best_part = self.run / CHECKPOINT_DIR / PART_BEST

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 
-from catsdogs import __version__
+from catsdogs import __version__, set_verbosity
 from catsdogs.cli import bench, data, inference, results, training
 from catsdogs.cli.common import OneLineErrorParser, resolve_input, use_default_weights
 from catsdogs.errors import CatsdogsError
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(parser, argv)
     except SystemExit as exit:  # usage errors (2) and --help/--version (0), already printed by argparse
         return int(exit.code or 0)
+    set_verbosity(2 if args.debug else 1)  # the library is quiet unless asked; the command line shows progress
     try:
         if args.needs_tensorflow:
             use_default_weights()

@@ -24,5 +24,6 @@ def register(commands) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from catsdogs.bench import bench
 
-    bench(args.data, None if args.data else default_source(), steps=args.steps, warmup=args.warmup,
-          batch_size=args.batch_size, precision=args.precision, run=args.run, photos=args.photos)
+    result = bench(args.data, None if args.data else default_source(), steps=args.steps, warmup=args.warmup,
+                   batch_size=args.batch_size, precision=args.precision, run=args.run, photos=args.photos)
+    print("\n".join(result.lines()))

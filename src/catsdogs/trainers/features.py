@@ -23,7 +23,7 @@ from catsdogs.dataset import SplitArrays
 from catsdogs.files import atomic_path
 from catsdogs.models.pretrained import find_base
 from catsdogs.precision import jit_compile_setting
-from catsdogs.progress import Progress
+from catsdogs.progress import progress
 
 CACHE_VERSION = 2  # 2: features in a .npy (memory-mappable) beside a labels .npy, instead of one .npz
 CACHE_SUBDIR = "cache"  # inside RUN when TrainOptions.cache_dir is None
@@ -70,15 +70,15 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
         first = np.asarray(images[:batch_size]).astype(np.float32)
         chosen["forward"], chosen["engine"] = choose_forward(extractor, first, len(images), engine_min_images)
     forward, engine = chosen["forward"], chosen["engine"]
-    progress = Progress(f"extracting {label} features ({engine})", total=len(images), unit="images")
+    bar = progress(len(images), f"extracting {label} features ({engine})", unit="images")
     shape = (len(images), *extractor.output_shape[1:])
     features = (np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape) if out is not None
                 else np.zeros(shape, np.float32))
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
         features[start:start + len(batch)] = keras.ops.convert_to_numpy(forward(batch))
-        progress.update(len(batch))
-    progress.close()
+        bar.update(len(batch))
+    bar.close()
     if out is not None:
         features.flush()
     return features
