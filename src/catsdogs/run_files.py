@@ -40,7 +40,37 @@ def read_config(run: Path) -> dict:
 
 
 def read_run_classes(run: Path) -> list[str]:
-    return read_json(Path(run) / CLASSES)
+    """RUN/classes.json: a list of distinct class names (strings); a UsageError naming the file otherwise."""
+    path = Path(run) / CLASSES
+    if not path.exists():
+        raise UsageError(f"{path} is missing; restore it from the DATA the run was trained on "
+                         "(DATA/classes.json)", "run")
+    classes = read_json(path)
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise UsageError(f"{path} must be a JSON list of class names; restore it from the DATA the run was "
+                         "trained on (DATA/classes.json)", "run")
+    if len(set(classes)) != len(classes):
+        raise UsageError(f"{path} lists a class twice; restore it from the DATA the run was trained on", "run")
+    return classes
+
+
+def check_run(run: Path, model) -> list[str]:
+    """The run's classes, once checked against the model's outputs and config.json (UsageError naming the file
+    and the fix otherwise): the same number as the model tells apart (one sigmoid unit: two), in config's order."""
+    from catsdogs.models.heads import output_classes
+
+    run = Path(run)
+    classes = read_run_classes(run)
+    outputs = output_classes(model)
+    if len(classes) != outputs:
+        raise UsageError(f"{run / CLASSES} lists {len(classes)} classes but the model has {outputs} outputs; "
+                         "restore classes.json from the DATA the run was trained on", "run")
+    configured = read_config(run).get("classes") if (run / CONFIG).exists() else None
+    if configured is not None and list(configured) != classes:
+        raise UsageError(f"{run / CLASSES} ({', '.join(classes)}) does not match {run / CONFIG}'s classes "
+                         f"({', '.join(map(str, configured))}); restore classes.json from the DATA the run was "
+                         "trained on", "run")
+    return classes
 
 
 def read_threshold(run: Path) -> float | None:
@@ -60,11 +90,23 @@ def load_run_model(run: Path):
 
 def load_keras_model(path: Path):
     """`keras.models.load_model` in safe mode (no arbitrary code), with catsdogs' own layers registered."""
+    import zipfile
+
     import keras
 
     import catsdogs.models.augmentation  # noqa: F401  (registers RandomAffine for deserialization)
 
-    return keras.models.load_model(path, safe_mode=True)
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UsageError(f"cannot load {path}: not a Keras model file (truncated or corrupt); train the run again "
+                         "or restore the file", "run")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, UsageError) or not path.is_file():
+            raise
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise UsageError(f"cannot load {path}: {reason}", "run") from None
 
 
 def library_versions() -> dict[str, str]:

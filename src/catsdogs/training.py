@@ -62,7 +62,7 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
         shutil.rmtree(run, ignore_errors=True)  # a worker's own scratch RUN from an earlier run
     if options.overwrite:
         _clear_run_folder(run)
-    state = _check_run_folder(run, options.resume)
+    state = _check_run_folder(run, options.resume, options.model)
     epochs = options.epochs or entry.default_epochs
     _check_schedule(entry, options)
     classes = read_classes(options.data)
@@ -271,12 +271,17 @@ def _clear_run_folder(run: Path) -> None:
     shutil.rmtree(run)
 
 
-def _check_run_folder(run: Path, resume: bool) -> dict | None:
-    """Refuse to overwrite an existing RUN; with resume, return the saved training state."""
+def _check_run_folder(run: Path, resume: bool, model: str | None = None) -> dict | None:
+    """Refuse to overwrite an existing RUN; with resume, return the saved training state (refused when the
+    run trained another model)."""
     state_file = run / CHECKPOINT_DIR / STATE
     if resume:
-        if (run / CONFIG).exists() and read_json(run / CONFIG).get("status") == "complete":
+        config = read_json(run / CONFIG) if (run / CONFIG).exists() else {}
+        if config.get("status") == "complete":
             raise UsageError(f"{run} is already complete; train into a new out to train again", "resume")
+        if model is not None and config.get("model") not in (None, model):
+            raise UsageError(f"{run} trained model {config['model']}, not {model}; resume with "
+                             f"model={config['model']!r}, or train {model} into a new out", "model")
         if not state_file.exists():
             raise UsageError(f"{run}: nothing to resume (no finished epoch saved)", "resume")
         return read_json(state_file)
