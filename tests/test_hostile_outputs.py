@@ -97,3 +97,127 @@ def test_a_corrupt_onnx_file_is_one_line_naming_it(tmp_path: Path):
     with pytest.raises(CatsdogsError) as error:
         load_engine("onnx", graph)
     assert _one_line(error).startswith(f"cannot load {graph}: ")
+
+
+# ---- item 6: arguments ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("threshold", [2, -1, float("nan"), float("inf"), -float("inf")])
+def test_thresholds_outside_0_1_are_refused(tiny_run: Path, threshold: float):
+    from catsdogs.evaluation import evaluate
+
+    with pytest.raises(UsageError, match="threshold must be a number between 0 and 1") as error:
+        Predictor(tiny_run, threshold=threshold)
+    assert error.value.parameter == "threshold"
+    with pytest.raises(UsageError, match="threshold must be"):
+        evaluate(tiny_run, threshold=threshold)
+
+
+def test_json_written_is_strict_and_nan_becomes_null(tmp_path: Path):
+    import numpy as np
+
+    from catsdogs.run_files import json_text, write_json
+
+    value = {"a": float("nan"), "b": [float("inf"), 1.5], "c": np.float32("nan"), "d": np.float64(0.25)}
+    write_json(tmp_path / "x.json", value)
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": None, "d": 0.25}
+    assert json.loads(json_text([1.0, float("-inf")])) == [1.0, None]
+
+
+@pytest.mark.parametrize("megabytes", [float("nan"), float("inf"), 1e308, 0, -3])
+def test_serve_refuses_bad_upload_limits_before_loading(tmp_path: Path, megabytes: float):
+    serve = pytest.importorskip("catsdogs.serve")
+    with pytest.raises(UsageError, match="max_upload_mb must be a number > 0"):
+        serve.create_app(tmp_path / "not-a-run", max_upload_mb=megabytes)  # refused before reading the run
+
+
+def _read_only_folder(tmp_path: Path, monkeypatch) -> Path:
+    import os
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores permissions: say the folder is read-only as it would be
+        real_access = os.access
+        monkeypatch.setattr("catsdogs.files.os.access",
+                            lambda path, mode: False if Path(path) == folder else real_access(path, mode))
+    return folder
+
+
+def test_out_paths_that_cannot_be_written_are_one_line(tmp_path: Path, monkeypatch):
+    from catsdogs.files import check_out_dir, check_out_file
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(UsageError, match=f"out {a_file} is an existing file"):
+        check_out_dir(a_file)
+    with pytest.raises(UsageError, match=f"cannot write {a_file / 'sub' / 'r.html'}: {a_file} is a file"):
+        check_out_file(a_file / "sub" / "r.html")
+    with pytest.raises(UsageError, match="is a folder"):
+        check_out_file(tmp_path)
+    locked = _read_only_folder(tmp_path, monkeypatch)
+    with pytest.raises(UsageError, match="read-only"):
+        check_out_dir(locked / "run")
+    with pytest.raises(UsageError, match="read-only"):
+        check_out_file(locked / "report.html", "output")
+    assert check_out_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+
+
+def test_each_command_checks_its_out(tiny_run: Path, tiny_data: Path, tmp_path: Path):
+    import numpy as np
+
+    from catsdogs.explain import save_explanation
+    from catsdogs.export import export_model
+    from catsdogs.fitting import fit
+    from catsdogs.report import write_report
+    from catsdogs.stream import stream_predictions
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(UsageError, match="is an existing file"):
+        catsdogs.train(data=tiny_data, model="baseline", out=a_file, epochs=1)
+    with pytest.raises(UsageError, match="is an existing file"):
+        fit(None, a_file, data=tiny_data)
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        write_report([tiny_run], a_file / "report.html")
+    predictor = Predictor(tiny_run)
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        stream_predictions(predictor, [tiny_data / "test"], a_file / "p.csv", progress=False)
+    image = np.zeros((48, 48, 3), np.uint8)
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        save_explanation(predictor.model, image, predictor.classes, a_file / "x.png")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        export_model(predictor.model, "onnx", a_file / "m.onnx", image[None])
+    assert a_file.read_text() == "x"
+
+
+# ---- item 4: names that reach other languages ---------------------------------------------------------------
+def test_predict_csv_cells_cannot_be_formulas(tiny_run: Path, tmp_path: Path):
+    import csv
+
+    from catsdogs.stream import safe_cell, stream_predictions
+
+    assert [safe_cell(c) for c in ("=1+1", "+a", "-b", "@c", "\tx", "\ry", "cat.jpg")] == \
+        ["'=1+1", "'+a", "'-b", "'@c", "'\tx", "'\ry", "cat.jpg"]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    from conftest import make_photo
+
+    names = ["=HYPERLINK(1).jpg", "+1.jpg", "@x.jpg", "plain.jpg"]
+    for i, name in enumerate(names):
+        make_photo(folder / name, i % 2, i)
+    (folder / "-2.jpg").write_bytes(b"broken")
+    out = tmp_path / "out.csv"
+    stream_predictions(Predictor(tiny_run), [folder], out, progress=False)
+    rows = list(csv.reader(out.open()))[1:]
+    cells = [Path(row[0].lstrip("'")).name for row in rows]
+    assert sorted(cells) == sorted([*names, "-2.jpg"])
+    for row in rows:
+        assert not row[0].startswith(("=", "+", "-", "@")) or row[0].startswith("'")
+    by_name = {Path(row[0]).name: row for row in rows}
+    assert by_name["plain.jpg"][0] == str(folder / "plain.jpg")  # paths start with the folder: only names differ
+    # a path whose whole text starts with a formula character is escaped
+    assert safe_cell("=" + str(folder)) == "'=" + str(folder)
+    # resume still finds its place with escaped rows
+    summary = stream_predictions(Predictor(tiny_run), [folder], out, resume=True, progress=False)
+    assert summary.skipped == 5 and summary.written == 0

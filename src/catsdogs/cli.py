@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -171,13 +170,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictions = predictor.predict_paths(args.paths)
     if args.format == "json":
         threshold = predictor.threshold if len(predictor.classes) == 2 else None
-        print(json.dumps([{**vars(p), "threshold": threshold} for p in predictions], indent=2))
+        from catsdogs.run_files import json_text
+
+        print(json_text([{**vars(p), "threshold": threshold} for p in predictions]))
     else:
+        from catsdogs.stream import csv_header, csv_row
+
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", *(f"p_{name}" for name in predictor.classes), "error"])
+        writer.writerow(csv_header(predictor.classes))
         for p in predictions:
-            probabilities = [f"{p.probabilities[name]:.6f}" if p.probabilities else "" for name in predictor.classes]
-            writer.writerow([p.path, p.label, *probabilities, p.error])
+            writer.writerow(csv_row(p, predictor.classes))
             sys.stdout.flush()
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)} (the other files were classified)")

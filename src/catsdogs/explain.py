@@ -406,6 +406,9 @@ def save_explanation(
     target: int | None = None,
 ) -> Path:
     """Write `explanation_figure` as a PNG; returns ``out_png``."""
+    from catsdogs.files import check_out_file
+
+    check_out_file(out_png)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     fig = explanation_figure(model, image, classes, layer, threshold, target)

@@ -52,11 +52,12 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     `distribute`: as in TrainOptions (multi-worker: every worker runs the same fit; only the chief writes
     OUT, the others do the whole fit in their own temporary folder).
     """
+    from catsdogs.distribute import Distribution
     from catsdogs.evaluation import evaluate
+    from catsdogs.files import check_out_dir
     from catsdogs.models.weights import weights_cache
 
-    out = Path(out)
-    from catsdogs.distribute import Distribution
+    out = check_out_dir(out)  # a file in the way, a read-only folder: one line naming it, before any work
 
     distribution = Distribution(distribute)  # hook: catsdogs.distribute
     if not distribution.is_chief:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,27 @@ CONFIG, CLASSES, MODEL, HISTORY, CURVES = "config.json", "classes.json", "model.
 METRICS, THRESHOLD, CHECKPOINT_DIR = "metrics.json", "threshold.json", "checkpoint"
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as None (null): JSON has no NaN; every JSON catsdogs writes is valid."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar
+        return json_safe(value.item())
+    return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON text (NaN and infinities written as null; `allow_nan=False` guards the rest)."""
+    return json.dumps(json_safe(value), indent=indent, default=str, allow_nan=False)
+
+
 def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically (a temporary file renamed into place)."""
-    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
+    """Write strict JSON atomically (a temporary file renamed into place)."""
+    write_text_atomic(path, json_text(value) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -76,7 +95,14 @@ def check_run(run: Path, model) -> list[str]:
 def read_threshold(run: Path) -> float | None:
     """The tuned threshold of a run, when one was saved."""
     path = Path(run) / THRESHOLD
-    return float(read_json(path)["threshold"]) if path.exists() else None
+    if not path.exists():
+        return None
+    value = read_json(path)
+    threshold = value.get("threshold") if isinstance(value, dict) else None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise UsageError(f"{path}: threshold must be a number between 0 and 1, got {threshold!r}; tune it again "
+                         "(tune_threshold) or delete the file", "run")
+    return float(threshold)
 
 
 def load_run_model(run: Path):

@@ -32,12 +32,14 @@ from starlette.exceptions import HTTPException
 
 from catsdogs import __version__
 from catsdogs.images import ImageError, decode_image, resize
+from catsdogs.options import check_limit, check_threshold
 from catsdogs.predict import Predictor
 from catsdogs.run_files import METRICS, read_config, read_json
 from catsdogs.serve_page import PAGE_HEADERS, page_html
 from catsdogs.upload_limit import UploadLimit
 
 DEFAULT_MAX_UPLOAD_MB = 10
+MAX_UPLOAD_MB_LIMIT = 4096  # one upload held in memory: more is a typo (1e308, inf)
 MAX_FILES = 32
 DECODE_SLOTS = 2  # photos decoded at once: bounds memory (a 50-megapixel photo is 150 MB decoded)
 OVERLAY_SIDE = 320  # longest side of the Grad-CAM overlay sent back, in pixels
@@ -226,9 +228,9 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
                samples: np.ndarray | None = None) -> FastAPI:
     """The API and page for RUN; loads the model now (a `UsageError` when RUN is not a usable run)."""
     run = Path(run)
+    max_upload_mb = check_limit(max_upload_mb, "max_upload_mb", MAX_UPLOAD_MB_LIMIT)  # before loading the model
+    check_threshold(threshold)
     read_config(run)
-    if max_upload_mb <= 0:
-        raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 1_000_000)
     engine = Engine(Predictor(run, threshold=threshold, tta=tta, engine=engine, samples=samples))
     info = _model_info(engine, threshold, max_upload_bytes)

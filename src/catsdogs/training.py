@@ -18,7 +18,7 @@ import numpy as np
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.dataset import SplitArrays, load_split, to_dataset
 from catsdogs.errors import UsageError
-from catsdogs.files import atomic_path, write_text_atomic
+from catsdogs.files import atomic_path, check_out_dir, write_text_atomic
 from catsdogs.models import MODELS, ModelEntry, model_entry
 from catsdogs.models.heads import output_classes
 from catsdogs.options import TrainOptions
@@ -54,6 +54,8 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     elif kwargs:
         options = replace(options, **kwargs)
     from catsdogs.distribute import Distribution
+
+    check_out_dir(options.out)  # a file in the way, a read-only folder: one line naming it, before any work
 
     distribution = Distribution(options.distribute)  # hook: catsdogs.distribute (no-op without it)
     run = distribution.run_folder(options.out)  # the chief writes RUN, other workers a temporary folder
