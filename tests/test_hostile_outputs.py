@@ -221,3 +221,39 @@ def test_predict_csv_cells_cannot_be_formulas(tiny_run: Path, tmp_path: Path):
     # resume still finds its place with escaped rows
     summary = stream_predictions(Predictor(tiny_run), [folder], out, resume=True, progress=False)
     assert summary.skipped == 5 and summary.written == 0
+
+
+def test_plots_and_report_take_names_with_dollars(tmp_path: Path):
+    import numpy as np
+
+    from catsdogs.plots import gallery_figure, render_plain, save_evaluation_plots
+
+    y, p = np.array([0, 1, 0, 1]), np.array([0.2, 0.7, 0.6, 0.1])
+    written = save_evaluation_plots(y, p, ["$\\frac$", "a$b_{"], 0.5, tmp_path / "two")
+    assert all(path.stat().st_size > 1000 for path in written.values())
+    three = np.random.default_rng(0).dirichlet([1, 1, 1], 6)
+    save_evaluation_plots(np.array([0, 1, 2, 0, 1, 2]), three, ["$x", "$\\frac$", "c$"], 0.5, tmp_path / "three")
+    records = [{"path": str(tmp_path / "$\\frac$.jpg"), "label": 0, "predicted": 1, "p1": 0.9}]
+    render_plain(gallery_figure(records, ["$\\frac$", "b"]), tmp_path / "g.png")
+
+
+def test_serve_has_no_cdn_pages_escapes_names_and_sends_its_csp(run: Path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+
+    from catsdogs.serve import create_app
+
+    config = json.loads((run / "config.json").read_text())
+    hostile = ["<img src=x onerror=alert(1)>", "dog"]
+    for name in ("classes.json", "config.json"):
+        value = hostile if name == "classes.json" else {**config, "classes": hostile}
+        (run / name).write_text(json.dumps(value))
+    client = TestClient(create_app(run))
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    schema = client.get("/openapi.json")
+    assert schema.status_code == 200 and "<img" not in schema.json()["info"]["description"]
+    assert "&lt;img" in schema.json()["info"]["description"]
+    for response in (schema, client.get("/healthz"), client.get("/nowhere"), client.get("/")):
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+        assert response.headers["x-content-type-options"] == "nosniff"

@@ -306,7 +306,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, reachable from other machines; there is no authentication",
               file=sys.stderr)
-    print(f"serving {args.run} at {serve.url_of(sock)} (API docs: {serve.url_of(sock)}docs; Ctrl+C stops)", flush=True)
+    print(f"serving {args.run} at {serve.url_of(sock)} (API schema: {serve.url_of(sock)}openapi.json; Ctrl+C stops)",
+          flush=True)
     serve.serve_forever(app, sock, log_level="info" if args.debug else "warning")
 
 

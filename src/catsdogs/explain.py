@@ -415,5 +415,7 @@ def save_explanation(
     FigureCanvasAgg(fig)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    from catsdogs.plots import render_plain
+
+    render_plain(fig, out, format="png")  # class names with `$` are not TeX
     return out

@@ -9,6 +9,7 @@ Every error is JSON `{"error": "..."}`. The model is loaded once; a lock seriali
 from __future__ import annotations
 
 import base64
+import html
 import io
 import queue
 import socket
@@ -35,7 +36,7 @@ from catsdogs.images import ImageError, decode_image, resize
 from catsdogs.options import check_limit, check_threshold
 from catsdogs.predict import Predictor
 from catsdogs.run_files import METRICS, read_config, read_json
-from catsdogs.serve_page import PAGE_HEADERS, page_html
+from catsdogs.serve_page import PAGE_HEADERS, SecurityHeaders, page_html
 from catsdogs.upload_limit import UploadLimit
 
 DEFAULT_MAX_UPLOAD_MB = 10
@@ -235,10 +236,14 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
     engine = Engine(Predictor(run, threshold=threshold, tta=tta, engine=engine, samples=samples))
     info = _model_info(engine, threshold, max_upload_bytes)
 
-    app = FastAPI(title="catsdogs", version=__version__,
-                  description=f"Classify photos as {' or '.join(info.classes)} with the run `{info.run}`.")
+    # /docs and /redoc would load scripts and fonts from public CDNs: off (the schema stays at /openapi.json);
+    # names in the description are escaped (renderers of the schema read it as Markdown and HTML)
+    classes, name = " or ".join(html.escape(c) for c in info.classes), html.escape(info.run)
+    app = FastAPI(title="catsdogs", version=__version__, docs_url=None, redoc_url=None,
+                  description=f"Classify photos as {classes} with the run {name}.")
     app.state.engine, app.state.info, app.state.max_upload_bytes = engine, info, max_upload_bytes
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(SecurityHeaders)  # outermost: the page's CSP on every response, errors included
     _add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
