@@ -257,3 +257,19 @@ def test_serve_has_no_cdn_pages_escapes_names_and_sends_its_csp(run: Path):
     for response in (schema, client.get("/healthz"), client.get("/nowhere"), client.get("/")):
         assert "default-src 'none'" in response.headers["content-security-policy"]
         assert response.headers["x-content-type-options"] == "nosniff"
+
+
+# ---- item 10: saying the right thing ------------------------------------------------------------------------
+def test_val_acc_is_the_saved_epochs_and_epochs_are_1_based(run: Path, tmp_path: Path):
+    from catsdogs.report import write_results_markdown
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["best_epoch"] in (1, 2) and config["monitor"] == "val_loss"
+    (run / "history.csv").write_text("epoch,accuracy,loss,val_accuracy,val_loss\n"
+                                     "0,0.8,0.5,0.9229,0.20\n1,0.9,0.4,0.9320,0.25\n")
+    opened = catsdogs.Run(run)
+    assert opened.saved_epoch["epoch"] == 0 and opened.best_val_acc == pytest.approx(0.9229)
+    table = write_results_markdown([run], tmp_path / "results.md").read_text()
+    assert "0.923" in table and "0.932" not in table
+    (run / "config.json").write_text(json.dumps({**config, "monitor": "val_accuracy"}))
+    assert catsdogs.Run(run).best_val_acc == pytest.approx(0.932)

@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from catsdogs.run_files import read_config
 
     config = read_config(run)
-    print(f"trained {args.model} into {run}: best epoch {config['best_epoch'] + 1}/{config['epochs']}, "
+    print(f"trained {args.model} into {run}: best epoch {config['best_epoch']}/{config['epochs']}, "
           f"{config['monitor']} {config['monitor_best']:.4f}, {config['wall_time_s']:.0f} s")
 
 

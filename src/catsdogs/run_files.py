@@ -160,3 +160,17 @@ def _number(key: str, value: str):
         return int(value) if key == "epoch" else float(value)
     except ValueError:
         return value
+
+
+def monitor_mode(monitor: str) -> str:
+    """"max" for accuracies and AUCs, "min" for losses."""
+    return "max" if "acc" in monitor or "auc" in monitor else "min"
+
+
+def best_row(rows: list[dict], monitor: str) -> dict | None:
+    """The history row with the best `monitor` value (the first of equals), or None."""
+    scored = [row for row in rows if isinstance(row.get(monitor), float)]
+    if not scored:
+        return None
+    pick = max if monitor_mode(monitor) == "max" else min
+    return pick(scored, key=lambda row: row[monitor])

@@ -30,8 +30,10 @@ from catsdogs.run_files import (
     CURVES,
     HISTORY,
     MODEL,
+    best_row,
     library_versions,
     load_keras_model,
+    monitor_mode,
     read_history_csv,
     read_json,
     write_json,
@@ -294,20 +296,6 @@ def _check_run_folder(run: Path, resume: bool, model: str | None = None) -> dict
     return None
 
 
-def monitor_mode(monitor: str) -> str:
-    """"max" for accuracies and AUCs, "min" for losses."""
-    return "max" if "acc" in monitor or "auc" in monitor else "min"
-
-
-def best_row(rows: list[dict], monitor: str) -> dict | None:
-    """The history row with the best `monitor` value (the first of equals), or None."""
-    scored = [row for row in rows if isinstance(row.get(monitor), float)]
-    if not scored:
-        return None
-    pick = max if monitor_mode(monitor) == "max" else min
-    return pick(scored, key=lambda row: row[monitor])
-
-
 class EpochTimer(keras.callbacks.Callback):
     """Adds each epoch's wall time to the logs (`seconds`), for history.csv and the run's wall time."""
 
@@ -405,7 +393,8 @@ def _finish(run: Path, config: dict, monitor: str) -> None:
     save_curves(rows, run / CURVES, title=f"{run.name}: {config['model']}")
     best = best_row(rows, monitor)
     seconds = sum(row.get("seconds", 0.0) for row in rows) + config.get("feature_extraction_s", 0.0)
-    config.update(status="complete", best_epoch=best["epoch"] if best else None, epochs_run=len(rows),
+    # best_epoch is 1-based, as the log and fit.json count (history.csv keeps Keras' 0-based column)
+    config.update(status="complete", best_epoch=best["epoch"] + 1 if best else None, epochs_run=len(rows),
                   wall_time_s=round(seconds, 1), monitor_best=best[monitor] if best else None)
     write_json(run / CONFIG, config)
     shutil.rmtree(run / CHECKPOINT_DIR, ignore_errors=True)
