@@ -273,3 +273,43 @@ def test_val_acc_is_the_saved_epochs_and_epochs_are_1_based(run: Path, tmp_path:
     assert "0.923" in table and "0.932" not in table
     (run / "config.json").write_text(json.dumps({**config, "monitor": "val_accuracy"}))
     assert catsdogs.Run(run).best_val_acc == pytest.approx(0.932)
+
+
+# ---- item 8: DATA that changed ------------------------------------------------------------------------------
+@pytest.fixture
+def data(tiny_data: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_data, tmp_path / "data"))
+
+
+def _first(data: Path, split: str) -> Path:
+    from catsdogs.data_files import read_manifest
+
+    return data / read_manifest(data, split)[0]["path"]
+
+
+def test_a_deleted_photo_is_named_and_leaves_no_run(data: Path, tmp_path: Path):
+    gone = _first(data, "train")
+    gone.unlink()
+    out = tmp_path / "runs" / "r"
+    with pytest.raises(UsageError) as error:
+        catsdogs.train(data=data, model="baseline", out=out, epochs=1, image_size=48, batch_size=8)
+    assert _one_line(error) == f"{gone} is missing: DATA changed since it was prepared; prepare DATA again"
+    assert not out.exists()
+
+
+def test_a_photo_broken_after_the_check_leaves_no_half_run(data: Path, tmp_path: Path):
+    broken = _first(data, "validation")
+    broken.write_bytes(b"no longer a photo")
+    out = tmp_path / "r"
+    with pytest.raises(UsageError, match=f"{broken} cannot be used .*prepare DATA again"):
+        catsdogs.train(data=data, model="baseline", out=out, epochs=1, image_size=48, batch_size=8)
+    assert not out.exists()  # the re-run is not blocked
+
+
+def test_evaluate_names_a_deleted_test_photo(run: Path, data: Path):
+    from catsdogs.evaluation import evaluate
+
+    gone = _first(data, "test")
+    gone.unlink()
+    with pytest.raises(UsageError, match=f"{gone} is missing: .*prepare DATA again"):
+        evaluate(run, data, "test", explain=False)

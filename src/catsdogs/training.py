@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
-from catsdogs.dataset import SplitArrays, load_split, to_dataset
+from catsdogs.dataset import SplitArrays, check_split_files, load_split, to_dataset
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path, check_out_dir, write_text_atomic
 from catsdogs.models import MODELS, ModelEntry, model_entry
@@ -70,6 +70,8 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     epochs = options.epochs or entry.default_epochs
     _check_schedule(entry, options)
     classes = read_classes(options.data)
+    for split in ("train", "validation"):  # a photo deleted from DATA: named now, before RUN is written
+        check_split_files(options.data, split)
     train_images = len(read_manifest(options.data, "train"))
     precision = resolve_precision(options.precision, bf16_friendly=_bf16_friendly(entry, options))
     builder = entry.load_builder()
@@ -102,6 +104,7 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     if entry.uses_backbone:
         from catsdogs.models.pretrained import find_base
         config["backbone"] = find_base(model).name
+    created = not run.exists() or not any(run.iterdir())
     run.mkdir(parents=True, exist_ok=True)
     (run / CHECKPOINT_DIR).mkdir(exist_ok=True)
     write_json(run / CONFIG, config)
@@ -114,8 +117,13 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
         distribution.check_same_start(start)
     context = FitContext(options, run, epochs, start, image_size, options.patience or entry.default_patience,
                          config=dict(config), distribution=distribution)
-    with keras_precision(precision), distribution.scope():
-        config.update(entry.load_trainer()(model, context) or {})
+    try:
+        with keras_precision(precision), distribution.scope():
+            config.update(entry.load_trainer()(model, context) or {})
+    except BaseException:
+        if created and not (run / CHECKPOINT_DIR / STATE).exists():  # no epoch finished: no half RUN left
+            shutil.rmtree(run, ignore_errors=True)  # to block the re-run (nothing to resume)
+        raise
     _finish(run, config, options.monitor)
     return Run(run)
 
