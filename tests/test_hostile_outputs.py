@@ -313,3 +313,26 @@ def test_evaluate_names_a_deleted_test_photo(run: Path, data: Path):
     gone.unlink()
     with pytest.raises(UsageError, match=f"{gone} is missing: .*prepare DATA again"):
         evaluate(run, data, "test", explain=False)
+
+
+# ---- item 5: serve's memory under huge-pixel uploads -----------------------------------------------------------
+def test_huge_images_are_decoded_reduced_and_memory_is_returned():
+    import io
+
+    from PIL import Image
+
+    from catsdogs.images import MAX_PIXELS, ImageError, decode_image
+    from catsdogs.memory import release_memory
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3100), (200, 10, 10)).save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue(), at_least=150)
+    assert decoded.original_pixels == 4000 * 3100
+    assert 150 <= min(decoded.pixels.shape[:2]) < 300 and tuple(decoded.pixels[0, 0]) == (200, 10, 10)
+    assert decode_image(buffer.getvalue()).pixels.shape == (3100, 4000, 3)  # without at_least: full size
+    assert isinstance(release_memory(), bool)
+    side = int(MAX_PIXELS ** 0.5) + 1
+    header_only = io.BytesIO()
+    Image.new("1", (side, side)).save(header_only, format="PNG")  # 1 bit a pixel: small to make
+    with pytest.raises(ImageError, match="too large"):
+        decode_image(header_only.getvalue(), at_least=150)

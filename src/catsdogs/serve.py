@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 
 from catsdogs import __version__
 from catsdogs.images import ImageError, decode_image, resize
+from catsdogs.memory import release_memory
 from catsdogs.options import check_limit, check_threshold
 from catsdogs.predict import Predictor
 from catsdogs.run_files import METRICS, read_config, read_json
@@ -43,6 +44,7 @@ DEFAULT_MAX_UPLOAD_MB = 10
 MAX_UPLOAD_MB_LIMIT = 4096  # one upload held in memory: more is a typo (1e308, inf)
 MAX_FILES = 32
 DECODE_SLOTS = 2  # photos decoded at once: bounds memory (a 50-megapixel photo is 150 MB decoded)
+TRIM_ABOVE_PIXELS = 4_000_000  # after decoding a larger upload, freed memory goes back to the OS
 OVERLAY_SIDE = 320  # longest side of the Grad-CAM overlay sent back, in pixels
 
 
@@ -160,10 +162,15 @@ class Engine:
         """Decode one upload into the model's input (and a small copy for overlays); HTTPException if bad."""
         with self._decode_slots:
             try:
-                pixels = decode_image(data, at_least=self.predictor.image_size).pixels  # as catsdogs predict
+                decoded = decode_image(data, at_least=self.predictor.image_size)  # as catsdogs predict
             except ImageError as error:
                 raise HTTPException(_status_of(str(error)), f"{filename}: {error}") from None
-            return Photo(filename, resize(pixels, self.predictor.image_size), _shrink(pixels, OVERLAY_SIDE))
+            pixels, large = decoded.pixels, decoded.original_pixels > TRIM_ABOVE_PIXELS
+            photo = Photo(filename, resize(pixels, self.predictor.image_size), _shrink(pixels, OVERLAY_SIDE))
+            del decoded, pixels
+        if large:  # the full-size decode is freed: give its memory back to the OS, not to glibc's arenas
+            release_memory()
+        return photo
 
     def probabilities(self, photos: list[Photo]) -> np.ndarray:
         """Class probabilities (n x N) of the photos, through the predictor's compiled forward pass (TTA included)."""
