@@ -336,3 +336,46 @@ def test_huge_images_are_decoded_reduced_and_memory_is_returned():
     Image.new("1", (side, side)).save(header_only, format="PNG")  # 1 bit a pixel: small to make
     with pytest.raises(ImageError, match="too large"):
         decode_image(header_only.getvalue(), at_least=150)
+
+
+# ---- item 9: TF_CONFIG ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config, words", [
+    ({"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 2}}, "task index 2 is not between 0 and 1"),
+    ({"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": -1}}, "task index -1"),
+    ({"cluster": {"worker": "h:1,h:2"}, "task": {"type": "worker", "index": 0}}, "cluster.worker must be a list"),
+    ({"cluster": {"worker": ["h:1"]}, "task": {"type": "chief", "index": 0}}, "task type 'chief' is not in the cluster"),
+    ({"cluster": {"worker": ["h:1", "h2"]}, "task": {"type": "worker", "index": 0}}, "address 'h2' in cluster.worker"),
+    ({"cluster": {"worker": ["h:1", "h:99999"]}, "task": {"type": "worker", "index": 0}}, "has no port"),
+    ({"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": "0"}}, "task index '0'"),
+    (["h:1"], "expected a JSON object"),
+])
+def test_tf_config_is_validated_up_front(config, words: str):
+    from catsdogs.distribute import Distribution, read_tf_config
+
+    environ = {"TF_CONFIG": json.dumps(config)}
+    with pytest.raises(UsageError) as error:
+        read_tf_config(environ)
+    assert words in _one_line(error) and error.value.parameter == "distribute"
+    with pytest.raises(UsageError, match="TF_CONFIG: "):
+        Distribution(None, environ)  # before any strategy is made
+
+
+def test_waiting_for_peers_says_who_and_times_out(caplog):
+    import logging
+    import socket
+
+    from catsdogs.distribute import ClusterSpec, wait_for_peers
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        up = f"127.0.0.1:{listening.getsockname()[1]}"
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            down = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refuses connections
+            cluster = ClusterSpec((up, "127.0.0.1:1", down), "worker", 1)
+            with caplog.at_level(logging.INFO, logger="catsdogs.distribute"):
+                with pytest.raises(CatsdogsError, match=f"peers {down} did not start within 0.3 s"):
+                    wait_for_peers(cluster, timeout=0.3, interval=0.1)
+            assert f"waiting for {down}" in caplog.text and up not in caplog.text.split("waiting for")[-1]
+            wait_for_peers(ClusterSpec((up, "127.0.0.1:1"), "worker", 1), timeout=1)  # all up: returns
