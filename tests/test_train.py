@@ -150,7 +150,7 @@ def test_one_cycle_run_trains_with_adamw_and_records_it(tiny_data: Path, tmp_pat
     assert model.optimizer.__class__.__name__ == "AdamW"
     steps_per_epoch = int(np.ceil(config["train_images"] / 32))
     # model.keras is the best epoch's model, saved with its optimizer's step count
-    assert int(model.optimizer.iterations) == steps_per_epoch * (config["best_epoch"] + 1)
+    assert int(model.optimizer.iterations) == steps_per_epoch * config["best_epoch"]  # 1-based
     schedule = keras.optimizers.schedules.deserialize(model.optimizer.get_config()["learning_rate"])
     assert float(schedule(0)) == pytest.approx(3e-4)  # saved with the model, so --resume continues it
 

@@ -12,7 +12,7 @@ import numpy as np
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
-from catsdogs.images import load_image
+from catsdogs.images import ImageError, load_image
 from catsdogs.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,28 @@ class SplitArrays:
     classes: list[str]
 
 
+def check_split_files(data_dir: Path, split: str) -> list[Path]:
+    """The files of a split, once each is found (a `stat`, no read); a UsageError naming the first missing one
+    and the fix otherwise (DATA changed since it was prepared)."""
+    data_dir = Path(data_dir)
+    paths = [data_dir / row["path"] for row in read_manifest(data_dir, split)]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError(f"{missing[0]} is missing{more}: DATA changed since it was prepared; prepare DATA "
+                         "again", "data")
+    return paths
+
+
+def load_data_image(path: Path, image_size: int) -> np.ndarray:
+    """One image of a prepared DATA; a UsageError naming it and the fix when it cannot be read any more."""
+    try:
+        return load_image(path, image_size)
+    except ImageError as error:
+        raise UsageError(f"{path} cannot be used ({error}): DATA changed since it was prepared; prepare DATA "
+                         "again", "data") from None
+
+
 def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path | None = None,
                workers: int = 2, storage: str = "auto") -> SplitArrays:
     """Decode and resize every image of a split once; with `cache_dir`, reuse the result across runs.
@@ -38,7 +60,7 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
     data_dir = Path(data_dir)
     classes = read_classes(data_dir)
     rows = read_manifest(data_dir, split)
-    paths = [data_dir / row["path"] for row in rows]
+    paths = check_split_files(data_dir, split)  # a deleted photo: named, before any decoding
     labels = np.array([classes.index(row["class"]) for row in rows], dtype=np.int32)
     storage = choose_storage(len(rows), image_size, storage, split)
     if storage == "shards":
@@ -47,7 +69,7 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
         folder = (Path(cache_dir) / f"images-{manifest_sha256(data_dir)[:16]}-{split}-{image_size}.shards"
                   if cache_dir is not None else shards.temporary_shard_folder())
         images = shards.write_shards(paths, image_size, folder, workers=workers, label=f"decoding {split}",
-                                     decode=lambda path, size: load_image(path, size))
+                                     decode=load_data_image)
         return SplitArrays(images, labels, paths, classes)
     cache_file = None
     if cache_dir is not None:
@@ -61,7 +83,7 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
     bar = progress(len(rows), f"decoding {split}", unit="images")
 
     def decode(index: int) -> None:
-        images[index] = load_image(paths[index], image_size)
+        images[index] = load_data_image(paths[index], image_size)
         bar.update()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -80,7 +102,7 @@ def sample_images(data_dir: Path, split: str, image_size: int, count: int) -> np
     if not rows:
         raise UsageError(f"{data_dir}: the {split} split is empty")
     rows = rows[:: max(1, len(rows) // count)][:count]
-    return np.stack([load_image(Path(data_dir) / row["path"], image_size) for row in rows])
+    return np.stack([load_data_image(Path(data_dir) / row["path"], image_size) for row in rows])
 
 
 def choose_storage(count: int, image_size: int, storage: str = "auto", split: str = "") -> str:

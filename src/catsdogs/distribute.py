@@ -34,6 +34,8 @@ from catsdogs.errors import UsageError
 
 Distribute = Literal["mirrored", "multi-worker"]
 KINDS = ("mirrored", "multi-worker")
+PEER_TIMEOUT_S = 300  # how long a worker waits for the others to start
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,75 @@ def read_tf_config(environ: dict | None = None) -> ClusterSpec | None:
         return None
     try:
         config = json.loads(text)
-        cluster, task = config.get("cluster", {}), config.get("task", {})
-        workers = tuple(cluster.get("chief", [])) + tuple(cluster.get("worker", []))
-        task_type, task_index = str(task.get("type", "worker")), int(task.get("index", 0))
-    except (ValueError, TypeError, AttributeError) as error:
-        raise UsageError(f"TF_CONFIG is not valid JSON of the form TensorFlow documents: {error}",
-                         "distribute") from None
+    except ValueError as error:
+        raise UsageError(f"TF_CONFIG is not valid JSON: {error}", "distribute") from None
+    cluster, task = _check_tf_config(config)
+    workers = tuple(cluster.get("chief", [])) + tuple(cluster.get("worker", []))
     if not workers:
         raise UsageError("TF_CONFIG names no worker (cluster.worker)", "distribute")
-    return ClusterSpec(workers, task_type, task_index, has_chief=bool(cluster.get("chief")))
+    return ClusterSpec(workers, task["type"], task["index"], has_chief=bool(cluster.get("chief")))
+
+
+def _check_tf_config(config) -> tuple[dict, dict]:
+    """TF_CONFIG's cluster and task, checked as TensorFlow would only find out later (UsageError): each task
+    type a list of "host:port" addresses, the task's type one of them, its index within the list."""
+    def bad(what: str) -> UsageError:
+        return UsageError(f"TF_CONFIG: {what} (the form: {{\"cluster\": {{\"worker\": [\"host1:port\", "
+                          f"\"host2:port\"]}}, \"task\": {{\"type\": \"worker\", \"index\": 0}}}})",
+                          "distribute")
+
+    if not isinstance(config, dict) or not isinstance(config.get("cluster", {}), dict):
+        raise bad("expected a JSON object with a cluster object")
+    cluster, task = config.get("cluster", {}), config.get("task", {"type": "worker", "index": 0})
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise bad(f"cluster.{kind} must be a list of \"host:port\" strings, got {addresses!r}")
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise bad(f"address {address!r} in cluster.{kind} has no port (host:port)")
+    if not isinstance(task, dict):
+        raise bad(f"task must be an object, got {task!r}")
+    task_type, index = task.get("type", "worker"), task.get("index", 0)
+    if task_type not in cluster:
+        raise bad(f"task type {task_type!r} is not in the cluster ({', '.join(cluster) or 'empty'})")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
+        raise bad(f"task index {index!r} is not between 0 and {len(cluster[task_type]) - 1} "
+                  f"(cluster.{task_type} has {len(cluster[task_type])} addresses)")
+    return cluster, {"type": str(task_type), "index": index}
+
+
+def wait_for_peers(cluster: ClusterSpec, timeout: float = PEER_TIMEOUT_S, interval: float = 1.0) -> None:
+    """Wait until every other task of the cluster accepts connections, saying (logging) who is awaited;
+    a CatsdogsError naming the missing ones after `timeout` seconds."""
+    import socket
+    import time
+
+    from catsdogs.errors import CatsdogsError
+
+    own = cluster.workers[cluster.task_index + (1 if cluster.has_chief and cluster.task_type == "worker" else 0)]
+    waiting = [address for address in cluster.workers if address != own]
+    deadline, said = time.monotonic() + timeout, None
+    while waiting:
+        waiting = [address for address in waiting if not _accepts(address, socket)]
+        if not waiting:
+            return
+        if said != waiting:
+            logger.info("waiting for %s (TF_CONFIG peers; up to %.0f s)", ", ".join(waiting), timeout)
+            said = list(waiting)
+        if time.monotonic() > deadline:
+            raise CatsdogsError(f"TF_CONFIG peers {', '.join(waiting)} did not start within {timeout:g} s; start "
+                                "every worker with the same TF_CONFIG (its own task index), or check the addresses")
+        time.sleep(interval)
+
+
+def _accepts(address: str, socket) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def resolve_distribute(option: str | None, environ: dict | None = None) -> str | None:
@@ -136,10 +198,13 @@ def split_cpu(devices: int) -> None:
 class Distribution:
     """One process's view of a distributed (or not) training run."""
 
-    def __init__(self, kind: str | None, environ: dict | None = None) -> None:
-        self.kind = resolve_distribute(kind, environ)
+    def __init__(self, kind: str | None, environ: dict | None = None, *,
+                 peer_timeout: float = PEER_TIMEOUT_S) -> None:
+        self.kind = resolve_distribute(kind, environ)  # TF_CONFIG checked here, before TensorFlow sees it
         self.cluster = read_tf_config(environ) if self.kind == "multi-worker" else None
         self.strategy = make_strategy(self.kind) if self.kind else None
+        if self.cluster is not None and len(self.cluster.workers) > 1:
+            wait_for_peers(self.cluster, peer_timeout)  # this worker's server is up: say who is awaited
 
     @property
     def replicas(self) -> int:

@@ -106,8 +106,10 @@ def _samples(model, samples: np.ndarray | None) -> np.ndarray:
 def _verified(name: str, model, folder: Path, key: str, samples: np.ndarray, reference: Engine) -> Engine:
     """Export (once) and load engine `name`; CatsdogsError when it does not match Keras within ATOL."""
     onnx_path = folder / f"model-{key}.onnx"
-    if not onnx_path.exists():
+    if not intact(onnx_path):  # missing, or changed since written (another model's, corrupt): exported again
+        discard(onnx_path)
         _export_onnx(model, onnx_path, samples)
+        record_sha256(onnx_path)
     return _checked(load_engine(name, onnx_path), samples, reference(samples))
 
 
@@ -123,13 +125,46 @@ def _checked(engine: Engine, samples: np.ndarray, expected: np.ndarray, toleranc
 def _int8(run: Path, model, path: Path) -> Engine:
     """The run's int8 graph, quantized on first use (catsdogs.quantize: refused past a 0.5-point accuracy drop on
     the test split), run by OpenVINO when installed (the faster on int8 here), else ONNX Runtime."""
-    if not path.exists():
+    if not intact(path):  # missing, or changed since written: quantized again, never used unchecked
         from catsdogs.quantize import quantize_run
 
+        discard(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         quantize_run(run, path, model=model)
+        record_sha256(path)
     runtime = "openvino" if "openvino" in list_engines() else "onnx"
     return Engine("int8", load_engine(runtime, path).forward)
+
+
+def _sha256_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_sha256(path: Path) -> None:
+    """Write PATH.sha256 beside an engine file just written: `intact` checks it before each use."""
+    write_text_atomic(_sha256_path(path), _sha256(path) + "\n")
+
+
+def intact(path: Path) -> bool:
+    """Whether an engine file exists and still has the sha256 recorded when it was written."""
+    recorded = _sha256_path(path)
+    if not (path.is_file() and recorded.is_file()):
+        return False
+    return recorded.read_text().strip() == _sha256(path)
+
+
+def discard(path: Path) -> None:
+    """Remove an engine file, its recorded hash and its quantization report (to write it again)."""
+    for stale in (path, _sha256_path(path), path.with_name(path.name + ".quantization.json")):
+        stale.unlink(missing_ok=True)
 
 
 def _export_onnx(model, path: Path, samples: np.ndarray, tolerance: float = ATOL) -> None:
@@ -140,7 +175,18 @@ def _export_onnx(model, path: Path, samples: np.ndarray, tolerance: float = ATOL
 
 
 def load_engine(name: str, onnx_path: Path) -> Engine:
-    """An ONNX graph run by ONNX Runtime (`onnx`) or OpenVINO (`openvino`), in float32."""
+    """An ONNX graph run by ONNX Runtime (`onnx`) or OpenVINO (`openvino`), in float32; a one-line CatsdogsError
+    naming the file when it cannot be loaded (corrupt, not ONNX)."""
+    try:
+        return _load_engine(name, onnx_path)
+    except ImportError:
+        raise
+    except Exception as error:  # noqa: BLE001 - runtimes raise their own types (InvalidProtobuf, RuntimeError)
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise CatsdogsError(f"cannot load {onnx_path}: {reason}") from None
+
+
+def _load_engine(name: str, onnx_path: Path) -> Engine:
     if name == "onnx":
         import onnxruntime
 

@@ -17,6 +17,7 @@ from catsdogs.metrics import compute_metrics, tune_threshold
 from catsdogs.plots import GALLERY_PNG, most_wrong, save_evaluation_plots, save_gallery
 from catsdogs.predict import Predictor
 from catsdogs.run_files import METRICS, THRESHOLD, read_config, read_run_classes, write_json
+from catsdogs.stream import safe_cell
 
 TUNING_SPLIT = "validation"
 EXPLAIN_EXAMPLES = 4
@@ -97,6 +98,6 @@ def _write_predictions(path: Path, paths: list[Path], labels: np.ndarray, probab
     predicted = predictor.predicted_index(probabilities)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "true_label", "label", *(f"p_{name}" for name in classes)])
-        writer.writerows([str(p), classes[y], classes[q], *(f"{v:.6f}" for v in row)]
+        writer.writerow(["path", "true_label", "label", *(safe_cell(f"p_{name}") for name in classes)])
+        writer.writerows([safe_cell(str(p)), safe_cell(classes[y]), safe_cell(classes[q]), *(f"{v:.6f}" for v in row)]
                          for p, y, q, row in zip(paths, labels, predicted, probabilities))

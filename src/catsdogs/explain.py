@@ -408,11 +408,16 @@ def save_explanation(
     target: int | None = None,
 ) -> Path:
     """Write `explanation_figure` as a PNG; returns ``out_png``."""
+    from catsdogs.files import check_out_file
+
+    check_out_file(out_png)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     fig = explanation_figure(model, image, classes, layer, threshold, target)
     FigureCanvasAgg(fig)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    from catsdogs.plots import render_plain
+
+    render_plain(fig, out, format="png")  # class names with `$` are not TeX
     return out

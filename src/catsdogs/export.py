@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.files import check_out_file
 
 if TYPE_CHECKING:
     import keras
@@ -80,6 +81,7 @@ def export_model(
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if out.exists() or out.is_symlink():
         raise UsageError(f"{out} already exists; choose another out or remove it", "out")
+    check_out_file(out)
     height, width = _input_size(model)
     images = _check_images(sample_images, height, width)
     _check_runtime(fmt)

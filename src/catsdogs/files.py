@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from catsdogs.errors import UsageError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -30,3 +32,35 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as partial:
         partial.write_text(text)
+
+
+def _writable_folder(folder: Path, what: Path, parameter: str) -> None:
+    """A UsageError naming `what` when `folder` (existing or to be made) cannot hold it."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(f"cannot write {what}: {existing} is a file, not a folder", parameter)
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {what}: {existing} is read-only (permission denied); choose another "
+                         f"{parameter}", parameter)
+
+
+def check_out_dir(path: str | os.PathLike, parameter: str = "out") -> Path:
+    """`path` as an output folder: a one-line UsageError naming it when it is a file or cannot be made there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{parameter} {path} is an existing file, not a folder; choose another {parameter}",
+                         parameter)
+    _writable_folder(path, path, parameter)
+    return path
+
+
+def check_out_file(path: str | os.PathLike, parameter: str = "out") -> Path:
+    """`path` as an output file: a one-line UsageError naming it when it is a folder or its folder cannot be
+    written (a file in the way, read-only)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{parameter} {path} is a folder; give a file name", parameter)
+    _writable_folder(path.parent if str(path.parent) else Path("."), path, parameter)
+    return path

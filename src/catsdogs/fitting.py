@@ -84,10 +84,11 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     `distribute`: as in TrainOptions (multi-worker: only the chief writes OUT).
     """
     from catsdogs.distribute import Distribution
+    from catsdogs.files import check_out_dir
     from catsdogs.models.weights import weights_cache
 
     limit = Budget(parse_duration(budget, "budget"))
-    out = Path(out)
+    out = check_out_dir(out)  # a file in the way, a read-only folder: one line naming it, before any work
     distribution = Distribution(distribute)
     if not distribution.is_chief:
         out = distribution.run_folder(out)

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 MIN_SIDE = 32
 MAX_PIXELS = 50_000_000  # well above any photo; a 100-megapixel image or a bomb is refused
 MAX_FILE_BYTES = 64 * 1024 * 1024
+REDUCE_ABOVE = 12_000_000  # pixels: a bigger non-JPEG image needed at `at_least` is reduced right after decoding
 ORIENTATION_TAG = 0x0112
 
 
@@ -82,6 +83,7 @@ class DecodedImage:
     pixels: np.ndarray  # uint8, H x W x 3
     original_format: str
     converted: bool  # True when the stored pixels differ from a plain RGB decode (mode, rotation)
+    original_pixels: int = 0  # width x height of the file (before any draft or reduction)
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
@@ -91,7 +93,9 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
     The header is checked against `max_pixels` before any pixel is decoded, so a decompression bomb
     never reaches memory. EXIF orientation is applied; grayscale, palette, RGBA and CMYK become RGB.
     `at_least`: the photo is only needed at this many pixels a side; a JPEG is then decoded in draft mode
-    (scaled by 1/2, 1/4 or 1/8 inside the decoder, never below `at_least`), several times faster.
+    (scaled by 1/2, 1/4 or 1/8 inside the decoder, never below `at_least`), several times faster; another
+    format over REDUCE_ABOVE pixels is reduced by an integer factor (box filter, never below `at_least`) right
+    after decoding, before any conversion: a 49-megapixel PNG costs one decode, not five full-size copies.
     """
     if not data:
         raise ImageError("empty file")
@@ -111,6 +115,10 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
             if at_least and fmt == "JPEG":
                 image.draft("RGB", (at_least, at_least))
             image.load()  # full decode: truncated files fail here
+            factor = min(width, height) // at_least if at_least and fmt != "JPEG" else 0
+            if width * height > REDUCE_ABOVE and factor >= 2 and image.mode in ("RGB", "RGBA", "L", "LA", "I",
+                                                                                 "F", "CMYK", "I;16"):
+                image = image.reduce(factor)
             orientation = image.getexif().get(ORIENTATION_TAG, 1)
             converted = orientation != 1 or mode != "RGB"
             image = ImageOps.exif_transpose(image)
@@ -128,7 +136,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
         if "cannot identify image file" in reason:
             reason = "not an image"
         raise ImageError(f"cannot decode: {reason}") from None
-    return DecodedImage(pixels=np.asarray(rgb, dtype=np.uint8), original_format=fmt, converted=converted)
+    return DecodedImage(pixels=np.asarray(rgb, dtype=np.uint8), original_format=fmt, converted=converted,
+                        original_pixels=width * height)
 
 
 def resize(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union, get_args, get_origin, get_type_hints
@@ -126,3 +127,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def check_threshold(threshold: float | None, parameter: str = "threshold") -> float | None:
+    """A decision threshold: None, or a finite number in [0, 1]; a UsageError otherwise (nan, inf, 2, -1)."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1:
+        raise UsageError(f"{parameter} must be a number between 0 and 1, got {threshold!r}", parameter)
+    return float(threshold)
+
+
+def check_limit(value: float, parameter: str, maximum: float) -> float:
+    """A positive finite limit no larger than `maximum` (nan, inf and 1e308 refused with a UsageError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= maximum:
+        raise UsageError(f"{parameter} must be a number > 0 and at most {maximum:g}, got {value!r}", parameter)
+    return float(value)

@@ -44,10 +44,22 @@ GREY = (128, 128, 128)
 TRAIN_STYLE, VAL_STYLE = "bo", "b"  # Chollet's plots: dots for training, a line for validation
 
 
+def render_plain(fig: Figure, target, **savefig_options) -> None:
+    """`fig.savefig(target)` with every text drawn as plain text: class and file names such as `$x$` or
+    `a_$b` are never read as TeX (mathtext would crash on unbalanced `$`, or show formulas)."""
+    import matplotlib
+    from matplotlib.text import Text
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+        fig.savefig(target, **savefig_options)
+
+
 def figure_png(fig: Figure) -> bytes:
-    """The figure rendered as PNG bytes."""
+    """The figure rendered as PNG bytes (text never read as TeX)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    render_plain(fig, buf, format="png", dpi=DPI)
     return buf.getvalue()
 
 

@@ -15,7 +15,8 @@ from catsdogs.decision import class_probabilities, decide
 from catsdogs.engines import create_engine
 from catsdogs.errors import UsageError
 from catsdogs.images import ImageError, load_image, resize
-from catsdogs.run_files import load_run_model, read_run_classes, read_threshold
+from catsdogs.options import check_threshold
+from catsdogs.run_files import check_run, load_run_model, read_threshold
 from catsdogs.sources import OTHER_IMAGE_SUFFIXES, iter_image_files
 
 DECODE_WORKERS = max(2, os.cpu_count() or 2)  # Pillow decodes without the GIL
@@ -42,8 +43,9 @@ class Predictor:
     def __init__(self, run: Path, *, threshold: float | None = None, tta: bool = False, batch_size: int = 64,
                  model=None, engine: str = "keras", samples: np.ndarray | None = None):
         self.run = Path(run)
+        threshold = check_threshold(threshold)  # before loading anything: nan, inf, 2, -1 refused
         self.model = model if model is not None else load_run_model(self.run)
-        self.classes = read_run_classes(self.run)
+        self.classes = check_run(self.run, self.model)  # classes.json against the model and config.json
         self.tuned_threshold = read_threshold(self.run) if len(self.classes) == 2 else None
         if threshold is not None and len(self.classes) != 2:
             raise UsageError(f"threshold needs 2 classes; this run has {len(self.classes)} (the predicted class "

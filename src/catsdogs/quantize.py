@@ -112,7 +112,10 @@ def quantize_run(run: Path, out: Path, *, model, calibration_images: int = 200,
     measured on its whole test split with the run's own decision rule (its tuned threshold, or the most probable
     class)."""
     from catsdogs.dataset import load_split, sample_images
+    from catsdogs.files import check_out_file
     from catsdogs.run_files import read_config, read_threshold
+
+    check_out_file(out)
 
     _refuse_existing(out)  # before decoding anything
     threshold = read_threshold(run)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from catsdogs import __version__
 from catsdogs.errors import UsageError
+from catsdogs.files import check_out_file
 from catsdogs.plots import EVALUATION_PLOTS, GALLERY_PNG, figure_png, gallery_figure, most_wrong
 from catsdogs.runs import Run
 
@@ -118,6 +119,7 @@ def _markdown_escape(text: str) -> str:
 def write_results_markdown(run_dirs: Sequence[Path], out_md: Path, *, published: dict[str, dict] | None = None) -> Path:
     """results.md: one table row per run with train/val/test accuracy, epochs, wall time and,
     when given, the study's published numbers."""
+    check_out_file(out_md)
     header, rows = _summary(_load_runs(run_dirs), MARKDOWN_COLUMNS, published)
 
     def line(cells: Sequence[str]) -> str:
@@ -324,6 +326,7 @@ def write_report(run_dirs: Sequence[Path], out_html: Path, *, title: str = "cats
                  published: dict[str, dict] | None = None, sections: Sequence[str] = ()) -> Path:
     """Write one self-contained, phone-friendly HTML page comparing the runs (images embedded); `sections`
     are extra HTML blocks placed after the comparison (e.g. `catsdogs fit`'s audit)."""
+    check_out_file(out_html)
     runs = _load_runs(run_dirs)
     anchors = [f"run-{i}" for i in range(1, len(runs) + 1)]
     header, rows = _summary(runs, HTML_COLUMNS, published)

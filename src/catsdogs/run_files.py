@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,27 @@ CONFIG, CLASSES, MODEL, HISTORY, CURVES = "config.json", "classes.json", "model.
 METRICS, THRESHOLD, CHECKPOINT_DIR = "metrics.json", "threshold.json", "checkpoint"
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as None (null): JSON has no NaN; every JSON catsdogs writes is valid."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar
+        return json_safe(value.item())
+    return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON text (NaN and infinities written as null; `allow_nan=False` guards the rest)."""
+    return json.dumps(json_safe(value), indent=indent, default=str, allow_nan=False)
+
+
 def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically (a temporary file renamed into place)."""
-    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
+    """Write strict JSON atomically (a temporary file renamed into place)."""
+    write_text_atomic(path, json_text(value) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -40,13 +59,50 @@ def read_config(run: Path) -> dict:
 
 
 def read_run_classes(run: Path) -> list[str]:
-    return read_json(Path(run) / CLASSES)
+    """RUN/classes.json: a list of distinct class names (strings); a UsageError naming the file otherwise."""
+    path = Path(run) / CLASSES
+    if not path.exists():
+        raise UsageError(f"{path} is missing; restore it from the DATA the run was trained on "
+                         "(DATA/classes.json)", "run")
+    classes = read_json(path)
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise UsageError(f"{path} must be a JSON list of class names; restore it from the DATA the run was "
+                         "trained on (DATA/classes.json)", "run")
+    if len(set(classes)) != len(classes):
+        raise UsageError(f"{path} lists a class twice; restore it from the DATA the run was trained on", "run")
+    return classes
+
+
+def check_run(run: Path, model) -> list[str]:
+    """The run's classes, once checked against the model's outputs and config.json (UsageError naming the file
+    and the fix otherwise): the same number as the model tells apart (one sigmoid unit: two), in config's order."""
+    from catsdogs.models.heads import output_classes
+
+    run = Path(run)
+    classes = read_run_classes(run)
+    outputs = output_classes(model)
+    if len(classes) != outputs:
+        raise UsageError(f"{run / CLASSES} lists {len(classes)} classes but the model has {outputs} outputs; "
+                         "restore classes.json from the DATA the run was trained on", "run")
+    configured = read_config(run).get("classes") if (run / CONFIG).exists() else None
+    if configured is not None and list(configured) != classes:
+        raise UsageError(f"{run / CLASSES} ({', '.join(classes)}) does not match {run / CONFIG}'s classes "
+                         f"({', '.join(map(str, configured))}); restore classes.json from the DATA the run was "
+                         "trained on", "run")
+    return classes
 
 
 def read_threshold(run: Path) -> float | None:
     """The tuned threshold of a run, when one was saved."""
     path = Path(run) / THRESHOLD
-    return float(read_json(path)["threshold"]) if path.exists() else None
+    if not path.exists():
+        return None
+    value = read_json(path)
+    threshold = value.get("threshold") if isinstance(value, dict) else None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise UsageError(f"{path}: threshold must be a number between 0 and 1, got {threshold!r}; tune it again "
+                         "(tune_threshold) or delete the file", "run")
+    return float(threshold)
 
 
 def load_run_model(run: Path):
@@ -60,11 +116,23 @@ def load_run_model(run: Path):
 
 def load_keras_model(path: Path):
     """`keras.models.load_model` in safe mode (no arbitrary code), with catsdogs' own layers registered."""
+    import zipfile
+
     import keras
 
     import catsdogs.models.augmentation  # noqa: F401  (registers RandomAffine for deserialization)
 
-    return keras.models.load_model(path, safe_mode=True)
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UsageError(f"cannot load {path}: not a Keras model file (truncated or corrupt); train the run again "
+                         "or restore the file", "run")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, UsageError) or not path.is_file():
+            raise
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise UsageError(f"cannot load {path}: {reason}", "run") from None
 
 
 def library_versions() -> dict[str, str]:
@@ -92,3 +160,17 @@ def _number(key: str, value: str):
         return int(value) if key == "epoch" else float(value)
     except ValueError:
         return value
+
+
+def monitor_mode(monitor: str) -> str:
+    """"max" for accuracies and AUCs, "min" for losses."""
+    return "max" if "acc" in monitor or "auc" in monitor else "min"
+
+
+def best_row(rows: list[dict], monitor: str) -> dict | None:
+    """The history row with the best `monitor` value (the first of equals), or None."""
+    scored = [row for row in rows if isinstance(row.get(monitor), float)]
+    if not scored:
+        return None
+    pick = max if monitor_mode(monitor) == "max" else min
+    return pick(scored, key=lambda row: row[monitor])

@@ -10,6 +10,7 @@ from catsdogs.run_files import (
     CLASSES,
     HISTORY,
     METRICS,
+    best_row,
     load_run_model,
     read_config,
     read_history_csv,
@@ -115,9 +116,17 @@ class Run:
         return history[-1].get("accuracy") if history else None
 
     @property
+    def saved_epoch(self) -> dict | None:
+        """The history row of the epoch saved as model.keras: the best on the run's checkpoint monitor
+        (`monitor`, val_loss by default), not the best validation accuracy."""
+        return best_row(self.history, str(self.config.get("monitor") or "val_loss"))
+
+    @property
     def best_val_acc(self) -> float | None:
-        values = [row["val_accuracy"] for row in self.history if isinstance(row.get("val_accuracy"), float)]
-        return max(values) if values else None
+        """The validation accuracy of the saved model (its epoch's, see `saved_epoch`)."""
+        row = self.saved_epoch
+        value = row.get("val_accuracy") if row else None
+        return value if isinstance(value, float) else None
 
     @property
     def epochs_text(self) -> str:

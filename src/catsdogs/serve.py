@@ -9,6 +9,7 @@ Every error is JSON `{"error": "..."}`. The model is loaded once; a lock seriali
 from __future__ import annotations
 
 import base64
+import html
 import io
 import queue
 import socket
@@ -32,14 +33,18 @@ from starlette.exceptions import HTTPException
 
 from catsdogs import __version__
 from catsdogs.images import ImageError, decode_image, resize
+from catsdogs.memory import release_memory
+from catsdogs.options import check_limit, check_threshold
 from catsdogs.predict import Predictor
 from catsdogs.run_files import METRICS, read_config, read_json
-from catsdogs.serve_page import PAGE_HEADERS, page_html
+from catsdogs.serve_page import PAGE_HEADERS, SecurityHeaders, page_html
 from catsdogs.upload_limit import UploadLimit
 
 DEFAULT_MAX_UPLOAD_MB = 10
+MAX_UPLOAD_MB_LIMIT = 4096  # one upload held in memory: more is a typo (1e308, inf)
 MAX_FILES = 32
 DECODE_SLOTS = 2  # photos decoded at once: bounds memory (a 50-megapixel photo is 150 MB decoded)
+TRIM_ABOVE_PIXELS = 4_000_000  # after decoding a larger upload, freed memory goes back to the OS
 OVERLAY_SIDE = 320  # longest side of the Grad-CAM overlay sent back, in pixels
 
 
@@ -157,10 +162,15 @@ class Engine:
         """Decode one upload into the model's input (and a small copy for overlays); HTTPException if bad."""
         with self._decode_slots:
             try:
-                pixels = decode_image(data, at_least=self.predictor.image_size).pixels  # as catsdogs predict
+                decoded = decode_image(data, at_least=self.predictor.image_size)  # as catsdogs predict
             except ImageError as error:
                 raise HTTPException(_status_of(str(error)), f"{filename}: {error}") from None
-            return Photo(filename, resize(pixels, self.predictor.image_size), _shrink(pixels, OVERLAY_SIDE))
+            pixels, large = decoded.pixels, decoded.original_pixels > TRIM_ABOVE_PIXELS
+            photo = Photo(filename, resize(pixels, self.predictor.image_size), _shrink(pixels, OVERLAY_SIDE))
+            del decoded, pixels
+        if large:  # the full-size decode is freed: give its memory back to the OS, not to glibc's arenas
+            release_memory()
+        return photo
 
     def probabilities(self, photos: list[Photo]) -> np.ndarray:
         """Class probabilities (n x N) of the photos, through the predictor's compiled forward pass (TTA included)."""
@@ -226,17 +236,21 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
                samples: np.ndarray | None = None) -> FastAPI:
     """The API and page for RUN; loads the model now (a `UsageError` when RUN is not a usable run)."""
     run = Path(run)
+    max_upload_mb = check_limit(max_upload_mb, "max_upload_mb", MAX_UPLOAD_MB_LIMIT)  # before loading the model
+    check_threshold(threshold)
     read_config(run)
-    if max_upload_mb <= 0:
-        raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_upload_bytes = int(max_upload_mb * 1_000_000)
     engine = Engine(Predictor(run, threshold=threshold, tta=tta, engine=engine, samples=samples))
     info = _model_info(engine, threshold, max_upload_bytes)
 
-    app = FastAPI(title="catsdogs", version=__version__,
-                  description=f"Classify photos as {' or '.join(info.classes)} with the run `{info.run}`.")
+    # /docs and /redoc would load scripts and fonts from public CDNs: off (the schema stays at /openapi.json);
+    # names in the description are escaped (renderers of the schema read it as Markdown and HTML)
+    classes, name = " or ".join(html.escape(c) for c in info.classes), html.escape(info.run)
+    app = FastAPI(title="catsdogs", version=__version__, docs_url=None, redoc_url=None,
+                  description=f"Classify photos as {classes} with the run {name}.")
     app.state.engine, app.state.info, app.state.max_upload_bytes = engine, info, max_upload_bytes
     app.add_middleware(UploadLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(SecurityHeaders)  # outermost: the page's CSP on every response, errors included
     _add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

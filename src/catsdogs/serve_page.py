@@ -21,3 +21,25 @@ PAGE_HEADERS = {
 def page_html() -> str:
     """The page's HTML, read once from the package's data files."""
     return resources.files("catsdogs").joinpath("static", "serve.html").read_text(encoding="utf-8")
+
+
+class SecurityHeaders:
+    """ASGI middleware adding PAGE_HEADERS (CSP, nosniff, no-store) to every HTTP response that lacks them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                         for name, value in PAGE_HEADERS.items() if name.lower().encode("latin-1") not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 
 from catsdogs.errors import UsageError
+from catsdogs.files import check_out_file
 from catsdogs.progress import progress as progress_line
 from catsdogs.sources import iter_image_files
 from catsdogs.verbosity import get_verbosity
@@ -31,13 +32,24 @@ class StreamSummary:
     seconds: float
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading `'` before = + - @ tab or CR (OWASP's advice against
+    CSV injection: `=HYPERLINK(...)` as a photo name is then not a formula)."""
+    text = str(text)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def csv_header(classes: list[str]) -> list[str]:
-    return ["path", "label", *(f"p_{name}" for name in classes), "error"]
+    return [safe_cell(cell) for cell in ("path", "label", *(f"p_{name}" for name in classes), "error")]
 
 
 def csv_row(prediction, classes: list[str]) -> list[str]:
+    """One predict CSV row (the one writer of predict's CSV, streamed or not): names made spreadsheet-safe."""
     probabilities = [f"{prediction.probabilities[name]:.6f}" if prediction.probabilities else "" for name in classes]
-    return [prediction.path, prediction.label, *probabilities, prediction.error]
+    return [safe_cell(prediction.path), safe_cell(prediction.label), *probabilities, safe_cell(prediction.error)]
 
 
 def _complete_rows(output: Path, header: list[str]) -> tuple[int, str | None]:
@@ -63,7 +75,7 @@ def stream_predictions(predictor, paths: list[Path], output: Path, *, resume: bo
     """Classify `paths` (files and folders) into the CSV `output`, appending as it goes."""
     import time
 
-    output, paths = Path(output), [Path(p) for p in paths]
+    output, paths = check_out_file(output, "output"), [Path(p) for p in paths]
     header = csv_header(predictor.classes)
     skipped, last = 0, None
     if output.exists() and output.stat().st_size:
@@ -77,7 +89,7 @@ def stream_predictions(predictor, paths: list[Path], output: Path, *, resume: bo
     if skipped:
         done = list(islice(files, skipped - 1))  # only to check the order: the last one must be `last`
         check = next(files, None)
-        if check is None or str(check) != last:
+        if check is None or safe_cell(str(check)) != last:
             raise UsageError(f"{output}: its rows are not the first files of these PATHs in order; "
                              "resume needs the same PATH arguments", "resume")
         del done

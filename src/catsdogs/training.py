@@ -15,9 +15,9 @@ import keras
 import numpy as np
 
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
-from catsdogs.dataset import SplitArrays, load_split, to_dataset
+from catsdogs.dataset import SplitArrays, check_split_files, load_split, to_dataset
 from catsdogs.errors import UsageError
-from catsdogs.files import atomic_path, write_text_atomic
+from catsdogs.files import atomic_path, check_out_dir, write_text_atomic
 from catsdogs.models import MODELS, ModelEntry, model_entry
 from catsdogs.models.heads import output_classes
 from catsdogs.options import TrainOptions
@@ -29,8 +29,10 @@ from catsdogs.run_files import (
     CURVES,
     HISTORY,
     MODEL,
+    best_row,
     library_versions,
     load_keras_model,
+    monitor_mode,
     read_history_csv,
     read_json,
     write_json,
@@ -55,6 +57,8 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
         options = replace(options, **kwargs)
     from catsdogs.distribute import Distribution
 
+    check_out_dir(options.out)  # a file in the way, a read-only folder: one line naming it, before any work
+
     distribution = Distribution(options.distribute)  # hook: catsdogs.distribute (no-op without it)
     run = distribution.run_folder(options.out)  # the chief writes RUN, other workers a temporary folder
     entry = model_entry(options.model)
@@ -62,10 +66,12 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
         shutil.rmtree(run, ignore_errors=True)  # a worker's own scratch RUN from an earlier run
     if options.overwrite:
         _clear_run_folder(run)
-    state = _check_run_folder(run, options.resume)
+    state = _check_run_folder(run, options.resume, options.model)
     epochs = options.epochs or entry.default_epochs
     _check_schedule(entry, options)
     classes = read_classes(options.data)
+    for split in ("train", "validation"):  # a photo deleted from DATA: named now, before RUN is written
+        check_split_files(options.data, split)
     train_images = len(read_manifest(options.data, "train"))
     precision = resolve_precision(options.precision, bf16_friendly=_bf16_friendly(entry, options))
     builder = entry.load_builder()
@@ -98,6 +104,7 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     if entry.uses_backbone:
         from catsdogs.models.pretrained import find_base
         config["backbone"] = find_base(model).name
+    created = not run.exists() or not any(run.iterdir())
     run.mkdir(parents=True, exist_ok=True)
     (run / CHECKPOINT_DIR).mkdir(exist_ok=True)
     write_json(run / CONFIG, config)
@@ -110,8 +117,13 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
         distribution.check_same_start(start)
     context = FitContext(options, run, epochs, start, image_size, options.patience or entry.default_patience,
                          config=dict(config), distribution=distribution)
-    with keras_precision(precision), distribution.scope():
-        config.update(entry.load_trainer()(model, context) or {})
+    try:
+        with keras_precision(precision), distribution.scope():
+            config.update(entry.load_trainer()(model, context) or {})
+    except BaseException:
+        if created and not (run / CHECKPOINT_DIR / STATE).exists():  # no epoch finished: no half RUN left
+            shutil.rmtree(run, ignore_errors=True)  # to block the re-run (nothing to resume)
+        raise
     _finish(run, config, options.monitor)
     return Run(run)
 
@@ -271,12 +283,17 @@ def _clear_run_folder(run: Path) -> None:
     shutil.rmtree(run)
 
 
-def _check_run_folder(run: Path, resume: bool) -> dict | None:
-    """Refuse to overwrite an existing RUN; with resume, return the saved training state."""
+def _check_run_folder(run: Path, resume: bool, model: str | None = None) -> dict | None:
+    """Refuse to overwrite an existing RUN; with resume, return the saved training state (refused when the
+    run trained another model)."""
     state_file = run / CHECKPOINT_DIR / STATE
     if resume:
-        if (run / CONFIG).exists() and read_json(run / CONFIG).get("status") == "complete":
+        config = read_json(run / CONFIG) if (run / CONFIG).exists() else {}
+        if config.get("status") == "complete":
             raise UsageError(f"{run} is already complete; train into a new out to train again", "resume")
+        if model is not None and config.get("model") not in (None, model):
+            raise UsageError(f"{run} trained model {config['model']}, not {model}; resume with "
+                             f"model={config['model']!r}, or train {model} into a new out", "model")
         if not state_file.exists():
             raise UsageError(f"{run}: nothing to resume (no finished epoch saved)", "resume")
         return read_json(state_file)
@@ -285,20 +302,6 @@ def _check_run_folder(run: Path, resume: bool) -> dict | None:
         raise UsageError(f"out {run} already exists and is not empty{hint}; choose another out, or overwrite",
                          "out")
     return None
-
-
-def monitor_mode(monitor: str) -> str:
-    """"max" for accuracies and AUCs, "min" for losses."""
-    return "max" if "acc" in monitor or "auc" in monitor else "min"
-
-
-def best_row(rows: list[dict], monitor: str) -> dict | None:
-    """The history row with the best `monitor` value (the first of equals), or None."""
-    scored = [row for row in rows if isinstance(row.get(monitor), float)]
-    if not scored:
-        return None
-    pick = max if monitor_mode(monitor) == "max" else min
-    return pick(scored, key=lambda row: row[monitor])
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -398,7 +401,8 @@ def _finish(run: Path, config: dict, monitor: str) -> None:
     save_curves(rows, run / CURVES, title=f"{run.name}: {config['model']}")
     best = best_row(rows, monitor)
     seconds = sum(row.get("seconds", 0.0) for row in rows) + config.get("feature_extraction_s", 0.0)
-    config.update(status="complete", best_epoch=best["epoch"] if best else None, epochs_run=len(rows),
+    # best_epoch is 1-based, as the log and fit.json count (history.csv keeps Keras' 0-based column)
+    config.update(status="complete", best_epoch=best["epoch"] + 1 if best else None, epochs_run=len(rows),
                   wall_time_s=round(seconds, 1), monitor_best=best[monitor] if best else None)
     write_json(run / CONFIG, config)
     shutil.rmtree(run / CHECKPOINT_DIR, ignore_errors=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -54,13 +53,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictions = predictor.predict_paths(args.paths)
     if args.format == "json":
         threshold = predictor.threshold if len(predictor.classes) == 2 else None
-        print(json.dumps([{**vars(p), "threshold": threshold} for p in predictions], indent=2))
+        from catsdogs.run_files import json_text
+
+        print(json_text([{**vars(p), "threshold": threshold} for p in predictions]))
     else:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", *(f"p_{name}" for name in predictor.classes), "error"])
+        from catsdogs.stream import csv_header, csv_row
+
+        writer.writerow(csv_header(predictor.classes))
         for p in predictions:
-            probabilities = [f"{p.probabilities[name]:.6f}" if p.probabilities else "" for name in predictor.classes]
-            writer.writerow([p.path, p.label, *probabilities, p.error])
+            writer.writerow(csv_row(p, predictor.classes))
             sys.stdout.flush()
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)} (the other files were classified)")
@@ -100,7 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, reachable from other machines; there is no authentication",
               file=sys.stderr)
-    print(f"serving {args.run} at {serve.url_of(sock)} (API docs: {serve.url_of(sock)}docs; Ctrl+C stops)", flush=True)
+    print(f"serving {args.run} at {serve.url_of(sock)} (API schema: {serve.url_of(sock)}openapi.json; Ctrl+C stops)",
+          flush=True)
     serve.serve_forever(app, sock, log_level="info" if args.debug else "warning")
 
 

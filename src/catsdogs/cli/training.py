@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                                            if item.metadata.get("cli", True)})
     run = train(options)
     config = read_config(run)
-    print(f"trained {args.model} into {run}: best epoch {config['best_epoch'] + 1}/{config['epochs']}, "
+    print(f"trained {args.model} into {run}: best epoch {config['best_epoch']}/{config['epochs']}, "
           f"{config['monitor']} {config['monitor_best']:.4f}, {config['wall_time_s']:.0f} s")
 
 
