@@ -173,14 +173,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
         threshold = predictor.threshold if len(predictor.classes) == 2 else None
         print(json.dumps([{**vars(p), "threshold": threshold} for p in predictions], indent=2))
     else:
+        from catsdogs.stream import csv_header, csv_row
+
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", *(f"p_{name}" for name in predictor.classes), "error"])
+        writer.writerow(csv_header(predictor.classes))  # path,label,p_<class>...,novelty,error
         for p in predictions:
-            probabilities = [f"{p.probabilities[name]:.6f}" if p.probabilities else "" for name in predictor.classes]
-            writer.writerow([p.path, p.label, *probabilities, p.error])
+            writer.writerow(csv_row(p, predictor.classes))
             sys.stdout.flush()
     if missing:
         raise UsageError(f"no such file: {', '.join(missing)} (the other files were classified)")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from catsdogs.trust import calibrate
+
+    print(calibrate(args.run, args.accept, args.other).line())
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -242,6 +249,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     samples = _sample_images(args.run, predictor.image_size)
     result = export_model(predictor.model, args.format, args.out, samples)
     print(f"exported {args.run} as {result.format} to {result.path}")
+    from catsdogs.trust import write_export_metadata  # hook: catsdogs.trust
+
+    if (metadata := write_export_metadata(args.run, result.path)) is not None:
+        print(f"calibration and unknown threshold (apply them in your runtime): {metadata}")
     print(f"input:  {result.input_signature}")
     print(f"output: {result.output_signature}")
     note = " (float32 rebuild of a bf16 model)" if result.float32_rebuild else ""
@@ -412,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-run", metavar="RUN", help="finetune: start from this completed transfer RUN")
     p.add_argument("--unfreeze", type=non_negative_int, metavar="N",
                    help="finetune: unfreeze the top N layers of the base (default: its last block)")
+
+    p = command("calibrate", cmd_calibrate, "calibrate a RUN's probabilities and set the threshold above which a "
+                "photo is labelled unknown, on its validation split (RUN/calibration.json)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--accept", type=float, default=0.98, help="the share of in-distribution validation photos to "
+                   "accept (default 0.98)")
+    p.add_argument("--other", type=Path, metavar="FOLDER", help="photos of none of the classes: report the AUROC "
+                   "and the share rejected")
 
     p = command("evaluate", cmd_evaluate, "metrics of a trained RUN on a split")
     p.add_argument("run", type=Path)

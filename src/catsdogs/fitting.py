@@ -41,7 +41,8 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
         backbones: Sequence[str] | None = None, train_size: SplitSize = None, val_size: SplitSize = None,
         test_size: SplitSize = None, seed: int = DEFAULT_SEED, class_weight: str | None = "auto",
         cache_dir: str | Path | None = None, overwrite: bool = False, report: bool = True, audit: bool = True,
-        distribute: str | None = None, epochs: int = FIT_EPOCHS) -> Run:
+        distribute: str | None = None, epochs: int = FIT_EPOCHS, calibration: bool = True,
+        accept: float = 0.98) -> Run:
     """Prepare SOURCE, train a classifier on each candidate backbone, keep the best on validation in OUT,
     evaluate it on the test split and write OUT/report.html; returns the Run.
 
@@ -51,6 +52,8 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     `epochs`: the most epochs of each candidate's head (early stopping after 10 without improvement).
     `distribute`: as in TrainOptions (multi-worker: every worker runs the same fit; only the chief writes
     OUT, the others do the whole fit in their own temporary folder).
+    `calibration`: fit the chosen model's calibration and unknown-photo threshold (accepting `accept` of the
+    validation photos) before the test evaluation (catsdogs.trust; RUN/calibration.json).
     """
     from catsdogs.evaluation import evaluate
     from catsdogs.models.weights import weights_cache
@@ -62,6 +65,10 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     if not distribution.is_chief:
         out = distribution.run_folder(out)
         shutil.rmtree(out, ignore_errors=True)
+    if calibration:
+        from catsdogs.novelty import check_accept
+
+        check_accept(accept)
     _check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data) if data is not None else out / "data"
@@ -89,6 +96,10 @@ def fit(source: str | Path, out: str | Path, *, data: str | Path | None = None,
     config = read_json(out / CONFIG)
     config.update(fit={"chosen": best, "chosen_on": "validation accuracy", "candidates": results})
     write_json(out / CONFIG, config)
+    if calibration and distribution.is_chief:  # hook: catsdogs.trust (the chosen model only)
+        from catsdogs.trust import calibrate
+
+        say(calibrate(out, accept, data=data_dir, cache_dir=cache).line())
     run = Run(out)
     metrics = evaluate(out, data_dir, "test", cache_dir=cache, predictor=run.predictor())
     write_json(out / FIT_RECORD, {"status": "complete", "chosen": best, "candidates": results,
@@ -147,7 +158,7 @@ def _candidate(data_dir: Path, run: Path, backbone: str, seed: int, class_weight
         train(TrainOptions(data=data_dir, model="features", out=run, backbone=backbone, epochs=epochs,
                            patience=FIT_PATIENCE, learning_rate=FIT_LEARNING_RATE, seed=seed,
                            class_weight=class_weight, cache_dir=cache, resume=resume, overwrite=not resume,
-                           distribute=distribute))
+                           distribute=distribute, calibration=False))
     history = Run(run).history
     best = min(history, key=lambda row: row["val_loss"])  # the saved model.keras (monitor val_loss)
     return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),

@@ -31,12 +31,14 @@ class StreamSummary:
 
 
 def csv_header(classes: list[str]) -> list[str]:
-    return ["path", "label", *(f"p_{name}" for name in classes), "error"]
+    return ["path", "label", *(f"p_{name}" for name in classes), "novelty", "error"]
 
 
 def csv_row(prediction, classes: list[str]) -> list[str]:
     probabilities = [f"{prediction.probabilities[name]:.6f}" if prediction.probabilities else "" for name in classes]
-    return [prediction.path, prediction.label, *probabilities, prediction.error]
+    novelty = getattr(prediction, "novelty", None)  # empty for a RUN without calibration.json (catsdogs.trust)
+    return [prediction.path, prediction.label, *probabilities, "" if novelty is None else f"{novelty:.6g}",
+            prediction.error]
 
 
 def _complete_rows(output: Path, header: list[str]) -> tuple[int, str | None]:

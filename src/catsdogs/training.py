@@ -113,6 +113,10 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
     with keras_precision(precision), distribution.scope():
         config.update(entry.load_trainer()(model, context) or {})
     _finish(run, config, options.monitor)
+    if options.calibration and distribution.is_chief:  # hook: catsdogs.trust (RUN/calibration.json)
+        from catsdogs.trust import calibrate
+
+        calibrate(run, options.accept, cache_dir=options.cache_dir)
     return Run(run)
 
 
