@@ -12,6 +12,7 @@ of its own classes (never seen by fit) labelled unknown, the accuracy on the hel
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 import time
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a cats/dogs RUN to measure instead of fitting one")
     parser.add_argument("--trash-run", type=Path, help="a TrashNet RUN to measure instead of fitting one")
     args = parser.parse_args()
+    os.environ.setdefault("CATSDOGS_WEIGHTS", str(SHARED.parent / "weights" / "keras"))  # offline ImageNet weights
     import catsdogs
 
     work = args.work or Path(tempfile.mkdtemp(prefix="open-set-"))

@@ -37,11 +37,12 @@ def embedding_model(model):
 def _penultimate(model, inputs):
     import keras
 
-    last = model.outputs[0]._keras_history.operation
+    last, node_index, _ = model.outputs[0]._keras_history
+    called_on = last._inbound_nodes[node_index].input_tensors[0]  # its input in THIS graph
     if isinstance(last, keras.Model):
         inner = keras.Model(last.inputs, _penultimate(last, last.inputs))
-        return inner(last.input)
-    return last.input
+        return inner(called_on)
+    return called_on
 
 
 def _normalised(embeddings: np.ndarray) -> np.ndarray:

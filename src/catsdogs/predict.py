@@ -50,12 +50,12 @@ class Predictor:
         if threshold is not None and len(self.classes) != 2:
             raise UsageError(f"threshold needs 2 classes; this run has {len(self.classes)} (the predicted class "
                              "is the most probable one)", "threshold")
-        # hook: catsdogs.trust (calibration + unknown); a tuned/default threshold is mapped onto calibrated p
+        # hook: catsdogs.trust (calibration + unknown); a tuned threshold (raw p) is mapped onto calibrated p
         from catsdogs.trust import load_trust
 
         self.trust = load_trust(self.run, self.model) if calibrated else None
         self.threshold = threshold if threshold is not None else (self.tuned_threshold or 0.5)
-        if threshold is None and self.trust is not None:
+        if threshold is None and self.tuned_threshold is not None and self.trust is not None:
             self.threshold = self.trust.calibration.map_threshold(self.threshold)
         self.image_size = int(self.model.input_shape[1])
         self.tta, self.batch_size = tta, batch_size

@@ -49,10 +49,12 @@ class RunTrust:
 
 def embed(joint, images, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, outputs) of images (an array or shards) through an `embedding_model`."""
+    import keras
+
     embeddings, outputs = [], []
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
-        e, o = joint.predict_on_batch(batch)
+        e, o = (keras.ops.convert_to_numpy(t) for t in joint(batch, training=False))
         embeddings.append(np.asarray(e, np.float32).reshape(len(batch), -1))
         outputs.append(np.asarray(o, np.float32))
     if not embeddings:
