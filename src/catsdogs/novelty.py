@@ -31,7 +31,8 @@ def embedding_model(model):
     model's `head`) is followed inside."""
     import keras
 
-    return keras.Model(model.inputs, [_penultimate(model, model.inputs), model.outputs[0]], name="embeddings")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a bare tensor: no structure warning
+    return keras.Model(inputs, [_penultimate(model, model.inputs), model.outputs[0]], name="embeddings")
 
 
 def _penultimate(model, inputs):

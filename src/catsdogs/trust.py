@@ -22,8 +22,8 @@ from catsdogs.run_files import read_config, read_json, write_json
 
 CALIBRATION, NOVELTY = "calibration.json", "novelty.npz"
 UNKNOWN = "unknown"
-# chosen on benchmarks/open_set.py (docs/open_set.md): k-NN on the embedding, with the calibrated confidence
-DEFAULT_METHOD = "knn+confidence"
+# chosen on benchmarks/open_set.py (docs/open_set.md): the best mean AUROC over both directions
+DEFAULT_METHOD = "knn+mahalanobis"
 BATCH = 64
 COVERAGES = tuple(round(c, 2) for c in np.arange(0.05, 1.0001, 0.05))
 log = logging.getLogger(__name__)
