@@ -62,14 +62,14 @@ def test_predict_csv_with_an_error_row(tiny_run: Path, tiny_data: Path, tmp_path
     folder = tiny_data / "test"
     assert main(["predict", str(tiny_run), str(folder), str(bad)]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert rows[0] == ["path", "label", "p_cat", "p_dog", "error"]
+    assert rows[0] == ["path", "label", "p_cat", "p_dog", "novelty", "error"]
     images = sorted(p for p in folder.rglob("*.jpg"))
     assert [r[0] for r in rows[1:-1]] == [str(p) for p in images]
-    for _path, label, p_cat, p_dog, error in rows[1:-1]:
-        assert label in ("cat", "dog") and not error
+    for _path, label, p_cat, p_dog, novelty, error in rows[1:-1]:
+        assert label in ("cat", "dog", "unknown") and not error and float(novelty) == float(novelty)
         assert abs(float(p_cat) + float(p_dog) - 1) < 1e-5
-        assert label == ("dog" if float(p_dog) >= 0.5 else "cat")
-    assert rows[-1][:2] == [str(bad), "error"] and "cannot decode" in rows[-1][4]
+        assert label == "unknown" or label == ("dog" if float(p_dog) >= 0.5 else "cat")
+    assert rows[-1][:2] == [str(bad), "error"] and "cannot decode" in rows[-1][5]
 
 
 def test_predict_json_and_missing_path(tiny_run: Path, tiny_data: Path, capsys):
@@ -135,7 +135,8 @@ def test_train_flags_come_from_train_options(capsys):
     shown = capsys.readouterr().out
     for item in dataclasses.fields(TrainOptions):
         if item.metadata.get("cli", True):
-            assert "--" + item.name.replace("_", "-") in shown, item.name
+            flag = item.name.replace("_", "-")
+            assert f"--{flag}" in shown or (item.default is True and f"--no-{flag}" in shown), item.name
     assert main(["train", "--data", "d", "--model", "baseline", "--out", "r", "--monitor", "loss"]) == 2
     assert "invalid choice: 'loss'" in capsys.readouterr().err
 

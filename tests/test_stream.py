@@ -29,7 +29,7 @@ def test_resume_continues_after_the_rows_written(tiny_run: Path, photo_folder: P
     summary = stream_predictions(predictor, [photo_folder], full, progress=False)
     assert summary.written == 12 and summary.errors == 1 and summary.skipped == 0
     lines = full.read_text().splitlines()
-    assert lines[0] == "path,label,p_cat,p_dog,error" and len(lines) == 13
+    assert lines[0] == "path,label,p_cat,p_dog,novelty,error" and len(lines) == 13
     partial = tmp_path / "partial.csv"
     partial.write_text("\n".join(lines[:6]) + "\n" + lines[6][:7])  # killed mid-row
     with pytest.raises(UsageError, match="resume=True"):

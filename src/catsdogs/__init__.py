@@ -30,6 +30,7 @@ _API = {
     "MODELS": "catsdogs.models",
     "TrainOptions": "catsdogs.options",
     "train": "catsdogs.training",
+    "calibrate": "catsdogs.trust",
     "evaluate": "catsdogs.evaluation",
     "tune_run_threshold": "catsdogs.evaluation",
     "Predictor": "catsdogs.predict",

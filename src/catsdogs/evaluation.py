@@ -23,14 +23,19 @@ TUNING_SPLIT = "validation"
 EXPLAIN_EXAMPLES = 4
 
 
-def split_probabilities(predictor: Predictor, data: Path, split: str, cache_dir: Path | None = None):
-    """(labels, n x N class probabilities, paths, images) of a split; refuses DATA whose classes differ."""
+def split_probabilities(predictor: Predictor, data: Path, split: str, cache_dir: Path | None = None,
+                        assessed: dict | None = None):
+    """(labels, n x N class probabilities, paths, images) of a split; refuses DATA whose classes differ.
+    `assessed`: a dict that receives the raw probabilities and the novelty too (catsdogs.trust)."""
     arrays = load_split(data, split, predictor.image_size, cache_dir=cache_dir)
     if arrays.classes != predictor.classes:
         raise UsageError(f"DATA classes {arrays.classes} differ from the run's {predictor.classes}", "data")
     if len(arrays.labels) == 0:
         raise UsageError(f"the {split} split of {data} is empty", "split")
-    return arrays.labels, predictor.probabilities(arrays.images), arrays.paths, arrays.images
+    if assessed is None:
+        return arrays.labels, predictor.probabilities(arrays.images), arrays.paths, arrays.images
+    assessed["raw"], probabilities, assessed["novelty"] = predictor.assess(arrays.images)
+    return arrays.labels, probabilities, arrays.paths, arrays.images
 
 
 def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accuracy", *, tta: bool = False,
@@ -42,7 +47,7 @@ def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accur
     if len(classes) != 2:
         raise UsageError(f"threshold tuning needs 2 classes; this run has {len(classes)} (the predicted class is "
                          "the most probable one)", "tune_threshold")
-    predictor = Predictor(run, threshold=0.5, tta=tta)
+    predictor = Predictor(run, threshold=0.5, tta=tta, calibrated=False)  # tuned on raw p (Predictor maps it)
     labels, probabilities, _, _ = split_probabilities(predictor, data, TUNING_SPLIT, cache_dir)
     threshold = tune_threshold(labels, probabilities[:, 1], metric=metric)
     write_json(run / THRESHOLD, {"threshold": threshold, "metric": metric, "split": TUNING_SPLIT,
@@ -59,11 +64,21 @@ def evaluate(run: Path, data: Path | None = None, split: str = "test", *, tta: b
     if predictor is None or predictor.tta != tta or (threshold is not None and predictor.threshold != threshold):
         predictor = Predictor(run, threshold=threshold, tta=tta, model=predictor.model if predictor else None,
                               engine=engine)
-    labels, probabilities, paths, images = split_probabilities(predictor, data, split, cache_dir)
+    assessed: dict = {}
+    labels, probabilities, paths, images = split_probabilities(predictor, data, split, cache_dir, assessed)
     metrics = compute_metrics(labels, probabilities, predictor.classes, threshold=predictor.threshold)
     origin = "argument" if threshold is not None else ("tuned on validation" if predictor.tuned_threshold
                                                        is not None else "default")
     metrics.update(split=split, tta=tta, data=str(data), threshold_origin=origin, engine=predictor.engine)
+    if predictor.trust is not None:  # hook: catsdogs.trust (calibration before/after, selective prediction)
+        from catsdogs.trust import save_trust_plots, selective_metrics
+
+        novelty = predictor.trust.novelty
+        metrics["trust"] = selective_metrics(labels, assessed["raw"], probabilities, assessed["novelty"],
+                                             predictor.predicted_index(probabilities),
+                                             novelty.threshold if novelty is not None else None)
+        save_trust_plots(labels, assessed["raw"], probabilities, predictor.classes, predictor.threshold,
+                         metrics["trust"], run / "plots")
     write_json(run / METRICS, metrics)
     _write_predictions(run / f"predictions-{split}.csv", paths, labels, probabilities, predictor)
     save_evaluation_plots(labels, probabilities, predictor.classes, predictor.threshold, run / "plots")

@@ -74,7 +74,8 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         backbones: Sequence[str] | None = None, budget: str | float = DEFAULT_BUDGET, train_size: SplitSize = None,
         val_size: SplitSize = None, test_size: SplitSize = None, seed: int = DEFAULT_SEED,
         class_weight: str | None = "auto", cache_dir: str | Path | None = None, overwrite: bool = False,
-        report: bool = True, audit: bool = True, distribute: str | None = None) -> Run:
+        report: bool = True, audit: bool = True, distribute: str | None = None, calibration: bool = True,
+        accept: float = 0.98) -> Run:
     """Prepare SOURCE, run the planned stages within `budget`, keep the best on validation in OUT, evaluate it
     on the test split, audit the photos and write OUT/report.html; returns the Run.
 
@@ -82,6 +83,8 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     None). `budget`: a duration (`10m`, `90s`, `600`; 0: no budget, heads on each backbone only).
     `class_weight` "auto": balanced when the largest class has 1.5x the photos of the smallest.
     `distribute`: as in TrainOptions (multi-worker: only the chief writes OUT).
+    `calibration`: fit the chosen model's calibration and unknown-photo threshold (accepting `accept` of the
+    validation photos) before the test evaluation (catsdogs.trust; RUN/calibration.json).
     """
     from catsdogs.distribute import Distribution
     from catsdogs.files import check_out_dir
@@ -93,6 +96,10 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     if not distribution.is_chief:
         out = distribution.run_folder(out)
         shutil.rmtree(out, ignore_errors=True)
+    if calibration:
+        from catsdogs.novelty import check_accept
+
+        check_accept(accept)
     _check_out(out, overwrite)
     candidates = list(backbones) if backbones else default_candidates()
     if not candidates:
@@ -116,7 +123,8 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     best = max(done, key=lambda stage: (stage.val_accuracy, -stage.val_loss))
     scores = ", ".join(f"{stage.backbone} {stage.val_accuracy:.4f}" for stage in done)
     say(f"chose {best.backbone} on validation accuracy ({scores})")
-    return _finish(out, data_dir, cache, best, stages, limit, report=report, audit=audit and distribution.is_chief)
+    return _finish(out, data_dir, cache, best, stages, limit, report=report, audit=audit and distribution.is_chief,
+                   accept=accept if calibration and distribution.is_chief else None)
 
 
 def _count_photos(source, data) -> int:
@@ -206,13 +214,14 @@ def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weig
     if status != "complete":
         say(f"heads {backbone}: extracting flip-averaged features and fitting the heads")
         train(TrainOptions(data=data_dir, model="heads", out=run, backbone=backbone, seed=seed,
-                           class_weight=class_weight, cache_dir=cache, overwrite=True, distribute=distribute))
+                           class_weight=class_weight, cache_dir=cache, overwrite=True, distribute=distribute,
+                           calibration=False))
     best = Run(run).history[-1]
     return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"])}
 
 
 def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[Stage], limit: Budget, *,
-            report: bool, audit: bool) -> Run:
+            report: bool, audit: bool, accept: float | None) -> Run:
     """Copy the chosen stage into OUT, evaluate it on test, audit, write fit.json and the report."""
     from catsdogs.evaluation import evaluate
 
@@ -225,6 +234,10 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
               "budget_s": limit.seconds, "stages": [asdict(stage) for stage in stages]}
     config.update(fit=record)
     write_json(out / CONFIG, config)
+    if accept is not None:  # catsdogs.trust: the chosen model's calibration and unknown-photo threshold
+        from catsdogs.trust import calibrate
+
+        say(calibrate(out, accept, data=data_dir, cache_dir=cache).line())
     run = Run(out)
     metrics = evaluate(out, data_dir, "test", cache_dir=cache, predictor=run.predictor())
     audited = _audit(data_dir, out, cache, chosen) if audit else None

@@ -60,6 +60,10 @@ class TrainOptions:
     distribute: Distribute | None = option(help="mirrored: the local GPUs (or CPU devices); multi-worker: the hosts "
                                            "TF_CONFIG names (picked automatically when TF_CONFIG names several "
                                            "workers); batch_size is per replica")
+    calibration: bool = option(True, help="leave out the calibration and the unknown-photo threshold fitted on "
+                               "validation after training (RUN/calibration.json; catsdogs.trust)")
+    accept: float = option(0.98, help="the share of in-distribution validation photos to accept (the rest of "
+                           "the photos as unlike them are labelled unknown)", metavar="SHARE")
     model_options: dict = field(default_factory=dict, metadata={"cli": False})  # the builder's own options
 
     def __post_init__(self) -> None:
@@ -81,6 +85,9 @@ class TrainOptions:
             value = getattr(self, item.name)
             if choices and value is not None and value not in choices:
                 raise UsageError(f"{item.name} must be one of {', '.join(choices)}, got {value!r}", item.name)
+        from catsdogs.novelty import check_accept  # hook: catsdogs.trust
+
+        check_accept(self.accept)
         if self.resume and self.overwrite:
             raise UsageError("resume and overwrite exclude each other", "overwrite")
 
@@ -106,6 +113,10 @@ def add_option_arguments(parser: argparse.ArgumentParser, options: type, require
         kind = next((a for a in get_args(annotation) if a is not type(None)), annotation)
         default = None if item.default is dataclasses.MISSING else item.default
         extra = {"help": item.metadata.get("help") or None, "default": default}
+        if annotation is bool and default is True:  # a switch on by default: --no-NAME turns it off
+            parser.add_argument("--no-" + item.name.replace("_", "-"), dest=item.name, action="store_false",
+                                help=extra["help"])
+            continue
         if annotation is bool:
             parser.add_argument(flag, action="store_true", help=extra["help"])
             continue

@@ -30,6 +30,8 @@ class Prediction:
     label: str
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    unknown: bool = False  # rejected as unlike the training photos (label "unknown"; catsdogs.trust)
+    novelty: float | None = None  # higher = less like the training photos; None without RUN/calibration.json
 
 
 class Predictor:
@@ -41,7 +43,7 @@ class Predictor:
     """
 
     def __init__(self, run: Path, *, threshold: float | None = None, tta: bool = False, batch_size: int = 64,
-                 model=None, engine: str = "keras", samples: np.ndarray | None = None):
+                 model=None, engine: str = "keras", samples: np.ndarray | None = None, calibrated: bool = True):
         self.run = Path(run)
         threshold = check_threshold(threshold)  # before loading anything: nan, inf, 2, -1 refused
         self.model = model if model is not None else load_run_model(self.run)
@@ -50,14 +52,49 @@ class Predictor:
         if threshold is not None and len(self.classes) != 2:
             raise UsageError(f"threshold needs 2 classes; this run has {len(self.classes)} (the predicted class "
                              "is the most probable one)", "threshold")
+        # hook: catsdogs.trust (calibration + unknown); a tuned threshold (raw p) is mapped onto calibrated p
+        from catsdogs.trust import load_trust
+
+        self.trust = load_trust(self.run, self.model) if calibrated else None
         self.threshold = threshold if threshold is not None else (self.tuned_threshold or 0.5)
+        if threshold is None and self.tuned_threshold is not None and self.trust is not None:
+            self.threshold = self.trust.calibration.map_threshold(self.threshold)
         self.image_size = int(self.model.input_shape[1])
         self.tta, self.batch_size = tta, batch_size
         self.forward = create_engine(self.run, self.model, engine, samples)  # keras, onnx, openvino or auto
         self.engine = self.forward.name
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """n x N class probabilities of uint8 images (n x S x S x 3); with TTA, averaged with the mirror."""
+        """n x N (calibrated) class probabilities of uint8 images (n x S x S x 3); with TTA, averaged with the mirror."""
+        return self.assess(images)[1]
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """n x (N + 1): the class probabilities, then the novelty (NaN without calibration data)."""
+        _, probabilities, novelty = self.assess(images)
+        novelty = np.full(len(probabilities), np.nan, np.float32) if novelty is None else novelty
+        return np.concatenate([probabilities, novelty[:, None]], axis=1)
+
+    def assess(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(raw probabilities, calibrated probabilities, novelty or None) of uint8 images (catsdogs.trust)."""
+        if self.trust is None:
+            raw = self.raw_probabilities(images)
+            return raw, raw, None
+        embeddings = None
+        if self.trust.novelty is not None and self.engine == "keras" and not self.tta and len(images):
+            embeddings, outputs = self.trust.embed(images, self.batch_size)  # one pass for both
+            raw = class_probabilities(outputs)
+        else:
+            raw = self.raw_probabilities(images)
+            if self.trust.novelty is not None and len(images):
+                embeddings = self.trust.embed(images, self.batch_size)[0]
+        probabilities = self.trust.calibration.apply(raw)
+        novelty = self.trust.novelty.score(embeddings, probabilities) if embeddings is not None else None
+        if novelty is None and self.trust.novelty is not None:
+            novelty = np.zeros(0, np.float32)
+        return raw, probabilities, novelty
+
+    def raw_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """n x N class probabilities as the model gives them (before calibration)."""
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         chunks = range(0, len(images), self.batch_size)
@@ -75,9 +112,19 @@ class Predictor:
         """The predicted label of one image's class probabilities."""
         return self.classes[int(self.predicted_index(probabilities)[0])]
 
-    def as_prediction(self, path: str, probabilities: np.ndarray) -> Prediction:
+    def as_prediction(self, path: str, probabilities: np.ndarray, novelty: float | None = None) -> Prediction:
+        """One image's Prediction; with a novelty above the RUN's threshold, the label is "unknown"."""
         named = {name: float(p) for name, p in zip(self.classes, probabilities)}
-        return Prediction(path, self.label_of(probabilities), named)
+        if novelty is None or np.isnan(novelty) or self.trust is None or self.trust.novelty is None:
+            return Prediction(path, self.label_of(probabilities), named)
+        unknown = not bool(self.trust.novelty.accepts(novelty))
+        return Prediction(path, "unknown" if unknown else self.label_of(probabilities), named,
+                          unknown=unknown, novelty=float(novelty))
+
+    def _predictions(self, names: list[str], images: np.ndarray) -> list[Prediction]:
+        _, probabilities, novelty = self.assess(images)
+        novelty = [None] * len(names) if novelty is None else novelty
+        return [self.as_prediction(name, row, n) for name, row, n in zip(names, probabilities, novelty)]
 
     def predict_images(self, images: np.ndarray, names: Iterable[str] | None = None) -> list[Prediction]:
         """Classify an array of images (n x H x W x 3, or one H x W x 3), resized to the model's size."""
@@ -89,7 +136,7 @@ class Predictor:
         if images.shape[1:3] != (self.image_size, self.image_size):
             images = np.stack([resize(np.asarray(image, np.uint8), self.image_size) for image in images])
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
-        return [self.as_prediction(name, row) for name, row in zip(names, self.probabilities(images))]
+        return self._predictions(names, images)
 
     def predict_paths(self, paths: Iterable[Path]) -> Iterator[Prediction]:
         """Classify files (folders expanded recursively) in order; unreadable files get an `error` row.
@@ -112,6 +159,7 @@ class Predictor:
 
     def _flush(self, pending: list[tuple[str, np.ndarray | str]]) -> Iterator[Prediction]:
         images = [item for _, item in pending if not isinstance(item, str)]
-        rows = iter(self.probabilities(np.stack(images)) if images else [])
+        names = [path for path, item in pending if not isinstance(item, str)]
+        rows = iter(self._predictions(names, np.stack(images)) if images else [])
         for path, item in pending:
-            yield Prediction(path, "error", error=item) if isinstance(item, str) else self.as_prediction(path, next(rows))
+            yield Prediction(path, "error", error=item) if isinstance(item, str) else next(rows)

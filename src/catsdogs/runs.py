@@ -169,6 +169,15 @@ class Run:
         return evaluate(self.path, data, split, tta=tta, cache_dir=cache_dir, explain=explain,
                         predictor=self.predictor(tta=tta))
 
+    def calibrate(self, accept: float = 0.98, other: str | os.PathLike | None = None, **options):
+        """Fit the calibration and the unknown-photo threshold on validation (catsdogs.trust.calibrate);
+        returns its CalibrationSummary. The next predictions use them."""
+        from catsdogs.trust import calibrate
+
+        summary = calibrate(self.path, accept, other, **options)
+        self._predictor = None
+        return summary
+
     def predict(self, items, *, tta: bool = False) -> list:
         """Classify image files and folders (a path or a list of them), or an array of RGB images
         (n x H x W x 3, or one H x W x 3): a list of `Prediction` (path, label, probabilities, error)."""

@@ -65,6 +65,10 @@ class PredictionOut(BaseModel):
     label: str = Field(description="two classes: classes[1] when p(classes[1]) >= threshold, else classes[0]; "
                        "more: the most probable class")
     probabilities: dict[str, float] = Field(description="each class's probability; they sum to 1")
+    unknown: bool = Field(False, description="true when the photo looks unlike the training photos (label "
+                          "\"unknown\"; needs RUN/calibration.json)")
+    novelty: float | None = Field(None, description="higher = less like the training photos (null without "
+                                  "RUN/calibration.json)")
     threshold: float | None = Field(description="decision threshold on p(classes[1]) (two classes; else null)")
     gradcam: GradCamOut | None = Field(None, description="only with ?explain=true")
 
@@ -156,7 +160,7 @@ class Engine:
         self.predictor = predictor
         self._model_lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
-        self.batcher = MicroBatcher(predictor.probabilities)
+        self.batcher = MicroBatcher(predictor.scores)  # probabilities + a novelty column (catsdogs.trust)
 
     def decode(self, filename: str, data: bytes) -> Photo:
         """Decode one upload into the model's input (and a small copy for overlays); HTTPException if bad."""
@@ -173,7 +177,7 @@ class Engine:
         return photo
 
     def probabilities(self, photos: list[Photo]) -> np.ndarray:
-        """Class probabilities (n x N) of the photos, through the predictor's compiled forward pass (TTA included)."""
+        """n x (N + 1): class probabilities, then novelty (NaN without calibration), through the predictor."""
         return self.batcher(np.stack([photo.model_input for photo in photos]))
 
     def gradcam(self, photo: Photo, target: int) -> GradCamOut:
@@ -281,12 +285,14 @@ def create_app(run: Path, *, threshold: float | None = None, tta: bool = False,
         predictor = engine.predictor
         results = []
         for photo, row in zip(photos, probabilities):
-            prediction = predictor.as_prediction(photo.filename, row)
+            prediction = predictor.as_prediction(photo.filename, row[:-1], row[-1])
             cam = None
             if explain:
-                cam = await run_in_threadpool(_explain, engine, photo, predictor.classes.index(prediction.label))
+                target = int(predictor.predicted_index(row[:-1])[0])  # the class, also for an "unknown" photo
+                cam = await run_in_threadpool(_explain, engine, photo, target)
             results.append(PredictionOut(filename=photo.filename, label=prediction.label,
-                                         probabilities=prediction.probabilities,
+                                         probabilities=prediction.probabilities, unknown=prediction.unknown,
+                                         novelty=prediction.novelty,
                                          threshold=predictor.threshold if len(predictor.classes) == 2 else None,
                                          gradcam=cam))
         return PredictResponse(predictions=results)

@@ -43,13 +43,15 @@ def safe_cell(text: str) -> str:
 
 
 def csv_header(classes: list[str]) -> list[str]:
-    return [safe_cell(cell) for cell in ("path", "label", *(f"p_{name}" for name in classes), "error")]
+    return [safe_cell(cell) for cell in ("path", "label", *(f"p_{name}" for name in classes), "novelty", "error")]
 
 
 def csv_row(prediction, classes: list[str]) -> list[str]:
     """One predict CSV row (the one writer of predict's CSV, streamed or not): names made spreadsheet-safe."""
     probabilities = [f"{prediction.probabilities[name]:.6f}" if prediction.probabilities else "" for name in classes]
-    return [safe_cell(prediction.path), safe_cell(prediction.label), *probabilities, safe_cell(prediction.error)]
+    novelty = getattr(prediction, "novelty", None)  # empty for a RUN without calibration.json (catsdogs.trust)
+    return [safe_cell(prediction.path), safe_cell(prediction.label), *probabilities,
+            "" if novelty is None else f"{novelty:.6g}", safe_cell(prediction.error)]
 
 
 def _complete_rows(output: Path, header: list[str]) -> tuple[int, str | None]:

@@ -125,6 +125,10 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
             shutil.rmtree(run, ignore_errors=True)  # to block the re-run (nothing to resume)
         raise
     _finish(run, config, options.monitor)
+    if options.calibration and distribution.is_chief:  # hook: catsdogs.trust (RUN/calibration.json)
+        from catsdogs.trust import calibrate
+
+        calibrate(run, options.accept, cache_dir=options.cache_dir)
     return Run(run)
 
 

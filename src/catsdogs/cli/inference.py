@@ -128,6 +128,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     samples = _sample_images(args.run, predictor.image_size)
     result = export_model(predictor.model, args.format, args.out, samples)
     print(f"exported {args.run} as {result.format} to {result.path}")
+    from catsdogs.trust import write_export_metadata
+
+    if (metadata := write_export_metadata(args.run, result.path)) is not None:
+        print(f"calibration and unknown threshold (apply them in your runtime): {metadata}")
     print(f"input:  {result.input_signature}")
     print(f"output: {result.output_signature}")
     note = " (float32 rebuild of a bf16 model)" if result.float32_rebuild else ""

@@ -10,9 +10,26 @@ from catsdogs.errors import UsageError
 
 
 def register(commands) -> None:
+    add_calibrate(commands)
     add_evaluate(commands)
     add_report(commands)
     add_explain(commands)
+
+
+def add_calibrate(commands) -> None:
+    p = add_command(commands, "calibrate", cmd_calibrate, "calibrate a RUN's probabilities and set the threshold "
+                    "above which a photo is labelled unknown, on its validation split (RUN/calibration.json)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--accept", type=float, default=0.98, help="the share of in-distribution validation photos to "
+                   "accept (default 0.98)")
+    p.add_argument("--other", type=Path, metavar="FOLDER", help="photos of none of the classes: report the AUROC "
+                   "and the share rejected")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from catsdogs.trust import calibrate
+
+    print(calibrate(args.run, args.accept, args.other).line())
 
 
 def add_evaluate(commands) -> None:

@@ -1,0 +1,162 @@
+"""How unlike the training photos a photo is: open-set scores from the model's penultimate embeddings.
+
+The embedding is the input of the model's last Dense layer (the study's convnets: `dense`; features: the head's
+`dense`; transfer/finetune: the pooled base), whatever the model in the registry. Scores (higher = more novel):
+- knn: 1 - cosine similarity to the k-th nearest L2-normalised training embedding (Sun et al., 2022);
+- mahalanobis: the smallest class-conditional Mahalanobis distance, shared covariance with Ledoit-Wolf
+  shrinkage (Lee et al., 2018);
+- confidence: -log of the calibrated probability of the predicted class;
+- "a+b": the mean of the components, each standardised on in-distribution validation photos.
+The threshold is the `accept` quantile of the validation scores: that share of in-distribution photos passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from catsdogs.errors import UsageError
+
+K_NEIGHBOURS = 10
+MAX_REFERENCE = 5000  # training embeddings kept for k-NN (float16)
+COMPONENTS = ("knn", "mahalanobis", "confidence")
+METHODS = ("knn", "mahalanobis", "confidence", "knn+confidence", "mahalanobis+confidence", "knn+mahalanobis")
+
+
+def embedding_model(model):
+    """A Keras model: images -> [penultimate embeddings, the model's output], sharing the model's layers.
+
+    The embedding is the input of the layer that makes the output; a nested model at the end (the features
+    model's `head`) is followed inside."""
+    import keras
+
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a bare tensor: no structure warning
+    return keras.Model(inputs, [_penultimate(model, model.inputs), model.outputs[0]], name="embeddings")
+
+
+def _penultimate(model, inputs):
+    import keras
+
+    last, node_index, _ = model.outputs[0]._keras_history
+    called_on = last._inbound_nodes[node_index].input_tensors[0]  # its input in THIS graph
+    if isinstance(last, keras.Model):
+        inner = keras.Model(last.inputs, _penultimate(last, last.inputs))
+        return inner(called_on)
+    return called_on
+
+
+def _normalised(embeddings: np.ndarray) -> np.ndarray:
+    e = np.asarray(embeddings, dtype=np.float32)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class Novelty:
+    """What a RUN stores to score new photos (RUN/novelty.npz + the numbers in calibration.json)."""
+
+    reference: np.ndarray  # m x D L2-normalised training embeddings (float16)
+    means: np.ndarray  # N x D class means
+    precision: np.ndarray  # D x D shared precision matrix
+    method: str = "knn"
+    k: int = K_NEIGHBOURS
+    stats: dict = field(default_factory=dict)  # component -> [mean, std] on validation
+    threshold: float = float("inf")
+    accept: float = 1.0
+    accepted: float | None = None  # share of validation accepted at the threshold
+
+    # ---- scores -------------------------------------------------------------------------------------
+    def knn(self, embeddings: np.ndarray) -> np.ndarray:
+        reference = self.reference.astype(np.float32)
+        k = min(self.k, len(reference))
+        out = np.empty(len(embeddings), np.float32)
+        for start in range(0, len(embeddings), 256):
+            similarity = _normalised(embeddings[start:start + 256]) @ reference.T
+            out[start:start + 256] = 1 - np.partition(similarity, -k, axis=1)[:, -k]
+        return out
+
+    def mahalanobis(self, embeddings: np.ndarray) -> np.ndarray:
+        e = np.asarray(embeddings, dtype=np.float64)
+        distances = [np.einsum("ij,jk,ik->i", e - mean, self.precision, e - mean) for mean in self.means]
+        return np.min(distances, axis=0).astype(np.float32)
+
+    @staticmethod
+    def confidence(probabilities: np.ndarray) -> np.ndarray:
+        return (-np.log(np.clip(np.asarray(probabilities).max(axis=1), 1e-7, 1.0))).astype(np.float32)
+
+    def components(self, embeddings: np.ndarray, probabilities: np.ndarray, names=COMPONENTS) -> dict:
+        scorers = {"knn": lambda: self.knn(embeddings), "mahalanobis": lambda: self.mahalanobis(embeddings),
+                   "confidence": lambda: self.confidence(probabilities)}
+        return {name: scorers[name]() for name in names}
+
+    def combine(self, components: dict, method: str | None = None) -> np.ndarray:
+        """The score of `method` (default: the stored one) from component scores."""
+        parts = (method or self.method).split("+")
+        if len(parts) == 1:
+            return np.asarray(components[parts[0]], dtype=np.float32)
+        standardised = [(components[p] - self.stats[p][0]) / self.stats[p][1] for p in parts]
+        return np.mean(standardised, axis=0).astype(np.float32)
+
+    def score(self, embeddings: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """The novelty of each photo (higher = less like the training photos)."""
+        return self.combine(self.components(embeddings, probabilities, self.method.split("+")))
+
+    def accepts(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) <= self.threshold
+
+    # ---- fitting and storage ------------------------------------------------------------------------
+    def set_threshold(self, validation_scores: np.ndarray, accept: float) -> None:
+        """The `accept` quantile of in-distribution validation scores (accept=1: the largest)."""
+        check_accept(accept)
+        scores = np.sort(np.asarray(validation_scores, dtype=np.float64))
+        index = min(len(scores) - 1, max(0, int(np.ceil(accept * len(scores))) - 1))
+        self.threshold, self.accept = float(scores[index]), float(accept)
+        self.accepted = float(np.mean(scores <= self.threshold))
+
+    def save_arrays(self, path) -> None:
+        np.savez_compressed(path, reference=self.reference.astype(np.float16), means=self.means.astype(np.float32),
+                            precision=self.precision.astype(np.float32))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "k": self.k, "stats": self.stats, "threshold": self.threshold,
+                "accept": self.accept, "accepted_validation": self.accepted, "reference": len(self.reference),
+                "dimensions": int(self.reference.shape[1])}
+
+    @classmethod
+    def load(cls, arrays_path, data: dict) -> Novelty:
+        with np.load(arrays_path) as arrays:
+            return cls(arrays["reference"], arrays["means"].astype(np.float64),
+                       arrays["precision"].astype(np.float64), method=data["method"], k=int(data["k"]),
+                       stats={k: list(v) for k, v in data.get("stats", {}).items()},
+                       threshold=float(data["threshold"]), accept=float(data["accept"]),
+                       accepted=data.get("accepted_validation"))
+
+
+def check_accept(accept: float) -> float:
+    if isinstance(accept, bool) or not isinstance(accept, (int, float)) or not 0 < accept <= 1:
+        raise UsageError(f"accept must be in (0, 1] (the share of in-distribution photos to accept), got {accept!r}",
+                         "accept")
+    return float(accept)
+
+
+def fit_novelty(train_embeddings: np.ndarray, train_labels: np.ndarray, num_classes: int, *, seed: int = 0,
+                max_reference: int = MAX_REFERENCE, k: int = K_NEIGHBOURS, method: str = "knn") -> Novelty:
+    """k-NN reference (a capped sample) and class means + shared Ledoit-Wolf precision of training embeddings."""
+    from sklearn.covariance import LedoitWolf
+
+    if method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}", "method")
+    e = np.asarray(train_embeddings, dtype=np.float64)
+    labels = np.asarray(train_labels)
+    rng = np.random.default_rng(seed)
+    keep = rng.permutation(len(e))[:max_reference] if len(e) > max_reference else np.arange(len(e))
+    overall = e.mean(axis=0)
+    means = np.stack([e[labels == c].mean(axis=0) if np.any(labels == c) else overall for c in range(num_classes)])
+    centred = e - means[labels]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    return Novelty(_normalised(e[keep]).astype(np.float16), means, precision, method=method, k=k)
+
+
+def fit_stats(novelty: Novelty, components: dict) -> None:
+    """Each component's mean and std on in-distribution validation photos (to combine them)."""
+    novelty.stats = {name: [float(np.mean(v)), float(np.std(v)) or 1.0] for name, v in components.items()}

@@ -1,0 +1,253 @@
+"""`catsdogs calibrate RUN`: calibrated probabilities and an honest "unknown" for a finished RUN.
+
+On the RUN's validation split: a calibration (catsdogs.calibration) and a novelty threshold that accepts
+`accept` of the in-distribution photos (catsdogs.novelty), fitted on training-photo embeddings. Written to
+RUN/calibration.json (the numbers) and RUN/novelty.npz (the reference embeddings, class means, precision).
+`Predictor` reads them back through `load_trust`; `evaluate` adds `selective_metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from catsdogs.calibration import Calibration, fit_calibration
+from catsdogs.errors import UsageError
+from catsdogs.novelty import METHODS, Novelty, check_accept, embedding_model, fit_novelty, fit_stats
+from catsdogs.run_files import read_config, read_json, write_json
+
+CALIBRATION, NOVELTY = "calibration.json", "novelty.npz"
+UNKNOWN = "unknown"
+# chosen on benchmarks/open_set.py (docs/open_set.md): the best mean AUROC over both directions
+DEFAULT_METHOD = "knn+mahalanobis"
+BATCH = 64
+COVERAGES = tuple(round(c, 2) for c in np.arange(0.05, 1.0001, 0.05))
+log = logging.getLogger(__name__)
+
+
+class RunTrust:
+    """A RUN's calibration and novelty scorer, ready for a Predictor (the embedding model built on first use)."""
+
+    def __init__(self, model, calibration: Calibration, novelty: Novelty | None):
+        self.model, self.calibration, self.novelty = model, calibration, novelty
+        self._joint = None
+
+    def embed(self, images: np.ndarray, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, raw model outputs) of uint8 images, in batches."""
+        return embed(self.joint, images, batch_size)
+
+    @property
+    def joint(self):
+        if self._joint is None:
+            self._joint = embedding_model(self.model)
+        return self._joint
+
+
+def embed(joint, images, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, outputs) of images (an array or shards) through an `embedding_model`."""
+    import keras
+
+    embeddings, outputs = [], []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
+        e, o = (keras.ops.convert_to_numpy(t) for t in joint(batch, training=False))
+        embeddings.append(np.asarray(e, np.float32).reshape(len(batch), -1))
+        outputs.append(np.asarray(o, np.float32))
+    if not embeddings:
+        return np.zeros((0, 1), np.float32), np.zeros((0, 1), np.float32)
+    return np.concatenate(embeddings), np.concatenate(outputs)
+
+
+def load_trust(run: Path, model) -> RunTrust | None:
+    """The RUN's calibration and novelty data, or None (logged) when `catsdogs calibrate` never ran on it."""
+    path = Path(run) / CALIBRATION
+    if not path.exists():
+        log.warning("%s has no %s: probabilities are not calibrated and no photo is labelled unknown "
+                    "(catsdogs.calibrate(run) adds them without retraining)", run, CALIBRATION)
+        return None
+    data = read_json(path)
+    novelty = Novelty.load(Path(run) / NOVELTY, data["novelty"]) if data.get("novelty") and \
+        (Path(run) / NOVELTY).exists() else None
+    return RunTrust(model, Calibration.from_dict(data["calibration"]), novelty)
+
+
+@dataclass
+class CalibrationSummary:
+    run: Path
+    calibration: Calibration
+    novelty: Novelty
+    other: dict | None
+
+    def line(self) -> str:
+        c, n = self.calibration, self.novelty
+        text = (f"{self.run}: {c.method} calibration (validation NLL {c.nll_before:.4f} -> {c.nll_after:.4f}); "
+                f"unknown above novelty {n.threshold:.4g} ({n.method}), {n.accepted:.1%} of validation accepted")
+        if self.other:
+            text += (f"; other photos: {self.other['rejected']:.1%} rejected, AUROC {self.other['auroc']:.4f} "
+                     f"({self.other['n']} photos)")
+        return text
+
+
+def _other_images(other: str | os.PathLike, image_size: int) -> np.ndarray:
+    from catsdogs.images import ImageError, load_image
+    from catsdogs.sources import iter_image_files
+
+    folder = Path(other)
+    if not folder.is_dir():
+        raise UsageError(f"other {other} is not a folder of photos", "other")
+    images = []
+    for path in iter_image_files([folder]):
+        try:
+            images.append(load_image(path, image_size))
+        except ImageError:
+            continue
+    if not images:
+        raise UsageError(f"other {other} holds no readable photos", "other")
+    return np.stack(images)
+
+
+def _auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.zeros(len(inside)), np.ones(len(outside))], np.r_[inside, outside]))
+
+
+def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.PathLike | None = None, *,
+              method: str = DEFAULT_METHOD, data: str | os.PathLike | None = None,
+              cache_dir: str | os.PathLike | None = None, seed: int = 0) -> CalibrationSummary:
+    """Fit the calibration and the novelty threshold of a finished RUN on its validation split and write
+    RUN/calibration.json and RUN/novelty.npz. `accept`: the share of in-distribution validation photos to
+    accept. `other`: a folder of photos of none of the classes, to report AUROC and the share rejected."""
+    from catsdogs.dataset import load_split
+    from catsdogs.decision import class_probabilities
+    from catsdogs.novelty import MAX_REFERENCE
+    from catsdogs.run_files import load_run_model, read_run_classes
+
+    check_accept(accept)
+    if method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}", "method")
+    run = Path(run)
+    config = read_config(run)
+    data = Path(data or config["data"])
+    model = load_run_model(run)
+    classes = read_run_classes(run)
+    image_size = int(model.input_shape[1])
+    other_images = _other_images(other, image_size) if other is not None else None
+    joint = embedding_model(model)
+    validation = load_split(data, "validation", image_size, cache_dir=cache_dir)
+    train = load_split(data, "train", image_size, cache_dir=cache_dir)
+    if validation.classes != classes or len(validation.labels) == 0:
+        raise UsageError(f"the validation split of {data} is empty or has other classes than the run", "data")
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.permutation(len(train.labels))[:MAX_REFERENCE])
+    train_embeddings = np.concatenate([embed(joint, np.stack([train.images[j] for j in keep[i:i + 512]]))[0]
+                                       for i in range(0, len(keep), 512)])
+    val_embeddings, val_outputs = embed(joint, validation.images)
+    val_raw = class_probabilities(val_outputs)
+    calibration = fit_calibration(validation.labels, val_raw)
+    val_probabilities = calibration.apply(val_raw)
+    novelty = fit_novelty(train_embeddings, train.labels[keep], len(classes), seed=seed, method=method)
+    components = novelty.components(val_embeddings, val_probabilities)
+    fit_stats(novelty, components)
+    novelty.set_threshold(novelty.combine(components), accept)
+    report = None
+    if other_images is not None:
+        other_embeddings, other_outputs = embed(joint, other_images)
+        other_components = novelty.components(other_embeddings, calibration.apply(class_probabilities(other_outputs)))
+        report = {"folder": str(other), "n": int(len(other_images)), "methods": {}}
+        for name in METHODS:  # every method, to compare them; the chosen one's numbers at the top level
+            inside, outside = novelty.combine(components, name), novelty.combine(other_components, name)
+            cut = np.sort(inside)[min(len(inside) - 1, max(0, int(np.ceil(accept * len(inside))) - 1))]
+            report["methods"][name] = {"auroc": _auroc(inside, outside), "rejected": float(np.mean(outside > cut))}
+        report.update(report["methods"][method])
+    write_json(run / CALIBRATION, {"calibration": calibration.to_dict(), "novelty": novelty.to_dict(),
+                                   "split": "validation", "n_validation": int(len(validation.labels)),
+                                   "data": str(data), "other": report})
+    novelty.save_arrays(run / NOVELTY)
+    return CalibrationSummary(run, calibration, novelty, report)
+
+
+def selective_metrics(labels: np.ndarray, raw: np.ndarray, probabilities: np.ndarray, novelty: np.ndarray | None,
+                      predicted: np.ndarray, threshold: float | None) -> dict:
+    """ECE and log loss before/after calibration; accuracy on the photos accepted at each coverage
+    (most familiar first) and at the RUN's operating point."""
+    from catsdogs.calibration import negative_log_likelihood
+    from catsdogs.metrics import expected_calibration_error
+
+    labels = np.asarray(labels)
+    out = {}
+    for name, p in (("before", raw), ("after", probabilities)):
+        top = np.asarray(p).argmax(axis=1)
+        ece = (expected_calibration_error(labels, np.asarray(p)[:, 1]) if np.asarray(p).shape[1] == 2 else
+               expected_calibration_error((top == labels).astype(int), np.asarray(p).max(axis=1)))
+        out[f"ece_{name}_calibration"] = float(ece)
+        out[f"log_loss_{name}_calibration"] = negative_log_likelihood(labels, p)
+    if novelty is None:
+        return out
+    correct = np.asarray(predicted) == labels
+    order = np.argsort(novelty, kind="stable")
+    curve = []
+    for coverage in COVERAGES:
+        kept = order[:max(1, int(round(coverage * len(order))))]
+        curve.append({"coverage": float(coverage), "accuracy": float(correct[kept].mean())})
+    accepted = np.asarray(novelty) <= threshold
+    out["coverage_curve"] = curve
+    out["operating_point"] = {"novelty_threshold": float(threshold), "coverage": float(accepted.mean()),
+                              "accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else None,
+                              "unknown": int((~accepted).sum())}
+    return out
+
+
+def save_trust_plots(labels, raw, probabilities, classes, threshold, metrics: dict, out_dir: Path) -> None:
+    """plots/reliability-before.png, reliability-after.png and (with novelty) coverage.png."""
+    from matplotlib.figure import Figure
+
+    from catsdogs.plots import _save, reliability_figure
+
+    out_dir = Path(out_dir)
+    for name, p in (("before", raw), ("after", probabilities)):
+        p = p if np.asarray(p).shape[1] > 2 else np.asarray(p)[:, 1]
+        fig = reliability_figure(labels, p, classes, threshold if threshold is not None else 0.5)
+        fig.suptitle(f"{name} calibration")
+        _save(fig, out_dir / f"reliability-{name}.png")
+    if "coverage_curve" in metrics:
+        fig = Figure(figsize=(5, 4), layout="constrained")
+        ax = fig.subplots()
+        curve = metrics["coverage_curve"]
+        ax.plot([c["coverage"] for c in curve], [c["accuracy"] for c in curve], "o-", label="accepted photos")
+        point = metrics["operating_point"]
+        if point["accuracy_accepted"] is not None:
+            ax.plot([point["coverage"]], [point["accuracy_accepted"]], "r*", markersize=14, label="operating point")
+        ax.set_xlabel("coverage (share of photos accepted, most familiar first)")
+        ax.set_ylabel("accuracy on the accepted photos")
+        ax.set_title("Selective prediction")
+        ax.legend(loc="lower left")
+        _save(fig, out_dir / "coverage.png")
+
+
+EXPORT_NOTE = ("The exported graph outputs the model's own probabilities. To show calibrated ones: two classes "
+               "(method platt): p1 = sigmoid(slope * logit(p1_graph) + intercept); N classes (method temperature): "
+               "p = softmax(log(p_graph) / temperature); identity: unchanged. Clip p to [1e-7, 1 - 1e-7] first. "
+               "decision_threshold applies to the calibrated p1. The unknown label needs the penultimate "
+               "embeddings and novelty.npz, which the graph does not output: use catsdogs.Predictor for it.")
+
+
+def write_export_metadata(run: str | os.PathLike, export: str | os.PathLike) -> Path | None:
+    """EXPORT.calibration.json beside an export: the RUN's calibration and how to apply it; None without one."""
+    source = Path(run) / CALIBRATION
+    if not source.exists():
+        return None
+    from catsdogs.run_files import read_run_classes, read_threshold
+
+    data = read_json(source)
+    calibration = Calibration.from_dict(data["calibration"])
+    classes = read_run_classes(Path(run))
+    threshold = calibration.map_threshold(read_threshold(Path(run)) or 0.5) if len(classes) == 2 else None
+    out = Path(f"{export}.calibration.json")
+    write_json(out, {"classes": classes, "calibration": calibration.to_dict(), "decision_threshold": threshold,
+                     "novelty": data.get("novelty"), "how_to_apply": EXPORT_NOTE})
+    return out

@@ -1,0 +1,187 @@
+"""Calibrated probabilities and the "unknown" label (catsdogs.calibration, catsdogs.novelty, catsdogs.trust)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catsdogs.calibration import Calibration, fit_platt, fit_temperature, negative_log_likelihood
+from catsdogs.errors import UsageError
+from catsdogs.novelty import Novelty, fit_novelty
+from catsdogs.trust import CALIBRATION, NOVELTY
+
+
+def overconfident(n: int = 600, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and softmax probabilities that are right 70% of the time but say ~99%."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    predicted = np.where(rng.random(n) < 0.7, labels, rng.integers(0, classes, n))
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), predicted] += 6.0
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return labels, e / e.sum(axis=1, keepdims=True)
+
+
+def test_temperature_reduces_nll_and_keeps_rows_summing_to_one():
+    labels, p = overconfident()
+    calibration = fit_temperature(labels, p)
+    assert calibration.method == "temperature" and calibration.temperature > 1.5  # softened
+    calibrated = calibration.apply(p)
+    assert negative_log_likelihood(labels, calibrated) < negative_log_likelihood(labels, p) - 0.1
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1, atol=1e-5)
+    assert (calibrated.argmax(axis=1) == p.argmax(axis=1)).all()  # labels never change
+    assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
+
+
+def test_platt_on_two_classes_and_saturated_outputs():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    p1 = np.where(rng.random(400) < 0.8, labels, 1 - labels).astype(float)  # 0 or 1 exactly: logit clipped
+    p = np.stack([1 - p1, p1], axis=1)
+    calibration = fit_platt(labels, p)
+    assert calibration.method == "platt" and calibration.slope > 0
+    calibrated = calibration.apply(p)
+    assert np.isfinite(calibrated).all() and 0.7 < calibrated[p1 == 1, 1].mean() < 0.9
+    np.testing.assert_allclose(calibrated.sum(axis=1), 1, atol=1e-6)
+    assert calibration.map_threshold(0.5) == pytest.approx(calibrated[p1 == 1, 1].max(), abs=0.5)
+
+
+def test_threshold_accepts_the_share_of_validation():
+    rng = np.random.default_rng(2)
+    train = np.abs(rng.normal(0, 1, (300, 8)))  # like ReLU embeddings
+    novelty = fit_novelty(train, rng.integers(0, 2, 300), 2, method="knn")
+    scores = novelty.knn(np.abs(rng.normal(0, 1, (200, 8))))
+    novelty.set_threshold(scores, 0.9)
+    assert novelty.accepted == pytest.approx(0.9, abs=0.01)
+    assert novelty.accepts(scores).mean() == pytest.approx(0.9, abs=0.01)
+    far = novelty.knn(np.abs(rng.normal(0, 1, (50, 8))) * np.r_[10, np.ones(7) * 0.1])  # another direction
+    assert novelty.mahalanobis(train[:5]).max() < novelty.mahalanobis(rng.normal(8, 1, (5, 8))).min()
+    assert novelty.accepts(far).mean() < 0.5
+    for accept in (0, 1.5, -1, True):
+        with pytest.raises(UsageError, match="accept must be in"):
+            novelty.set_threshold(scores, accept)
+
+
+@pytest.fixture(scope="module")
+def weird_photos(tmp_path_factory) -> Path:
+    """Photos of none of the classes: random noise and flat colours."""
+    root = tmp_path_factory.mktemp("other")
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / f"noise{i}.png")
+        Image.fromarray(np.full((48, 48, 3), 40 * i, np.uint8)).save(root / f"flat{i}.png")
+    return root
+
+
+def test_training_calibrates_and_strange_photos_are_more_novel(tiny_run, tiny_data, weird_photos):
+    assert (Path(tiny_run) / CALIBRATION).exists() and (Path(tiny_run) / NOVELTY).exists()
+    stored = json.loads((Path(tiny_run) / CALIBRATION).read_text())
+    assert stored["novelty"]["accept"] == 0.98 and stored["novelty"]["accepted_validation"] >= 0.98
+    run = tiny_run if hasattr(tiny_run, "predict") else __import__("catsdogs").Run(tiny_run)
+    familiar = run.predict([tiny_data / "test"])
+    strange = run.predict([weird_photos])
+    assert all(p.novelty is not None for p in familiar + strange)
+    assert np.median([p.novelty for p in strange]) > np.median([p.novelty for p in familiar])
+    for p in strange:
+        assert p.unknown == (p.label == "unknown")
+        assert sum(p.probabilities.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_calibrate_reports_other_and_csv_has_novelty(tiny_run, weird_photos, tmp_path):
+    import catsdogs
+    from catsdogs.predict import Predictor
+    from catsdogs.stream import stream_predictions
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    summary = catsdogs.calibrate(run, accept=0.5, other=weird_photos)
+    assert 0 <= summary.other["auroc"] <= 1 and summary.other["n"] == 12
+    assert summary.novelty.accepted == pytest.approx(0.5, abs=0.1)
+    assert "AUROC" in summary.line()
+    out = tmp_path / "p.csv"
+    stream_predictions(Predictor(run), [weird_photos], out, progress=False)
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0])[-2:] == ["novelty", "error"]
+    assert all(float(r["novelty"]) >= 0 or True for r in rows) and all(r["novelty"] for r in rows)
+    assert any(r["label"] == "unknown" for r in rows)  # half of validation is rejected: noise surely is
+
+
+def test_run_without_calibration_still_predicts(tiny_run, tiny_data, tmp_path, caplog):
+    from catsdogs.predict import Predictor
+    from catsdogs.stream import csv_row
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    (run / CALIBRATION).unlink()
+    (run / NOVELTY).unlink()
+    with caplog.at_level("WARNING"):
+        predictor = Predictor(run)
+    assert sum("no calibration.json" in r.getMessage() for r in caplog.records) == 1
+    predictions = list(predictor.predict_paths([tiny_data / "test"]))
+    assert predictions and all(p.novelty is None and not p.unknown and p.label != "unknown" for p in predictions)
+    assert csv_row(predictions[0], predictor.classes)[-2] == ""
+
+
+def test_bad_accept_and_other(tiny_run, tmp_path):
+    import catsdogs
+
+    for accept in (0, 1.01):
+        with pytest.raises(UsageError, match="accept must be in") as error:
+            catsdogs.calibrate(tiny_run, accept=accept)
+        assert error.value.parameter == "accept"
+    (tmp_path / "empty").mkdir()
+    for other in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(UsageError) as error:
+            catsdogs.calibrate(tiny_run, other=other)
+        assert error.value.parameter == "other"
+
+
+def test_cli_calibrate(tiny_run, tmp_path, capsys):
+    from catsdogs.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        assert main(["calibrate", str(run), "--accept", "0.99"]) == 0
+    assert "of validation accepted" in buffer.getvalue()
+    assert main(["calibrate", str(run), "--accept", "2"]) == 2
+    assert "--accept" in capsys.readouterr().err
+    assert main(["calibrate", str(run), "--other", str(tmp_path / "nowhere")]) == 2
+
+
+def test_evaluate_adds_trust_metrics_and_plots(tiny_run, tmp_path):
+    from catsdogs.evaluation import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    metrics = evaluate(run, explain=False)
+    trust = metrics["trust"]
+    for key in ("ece_before_calibration", "ece_after_calibration", "log_loss_before_calibration",
+                "log_loss_after_calibration"):
+        assert 0 <= trust[key] < 10
+    assert trust["coverage_curve"][-1]["coverage"] == 1.0
+    assert trust["coverage_curve"][-1]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert 0 < trust["operating_point"]["coverage"] <= 1
+    for name in ("coverage.png", "reliability-before.png", "reliability-after.png"):
+        assert (run / "plots" / name).stat().st_size > 1000
+
+
+def test_novelty_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    novelty = fit_novelty(rng.normal(0, 1, (50, 4)), rng.integers(0, 3, 50), 3, method="knn+confidence")
+    embeddings, probabilities = rng.normal(0, 1, (20, 4)), np.full((20, 3), 1 / 3)
+    novelty.stats = {"knn": [0.1, 0.05], "confidence": [0.5, 0.2]}
+    novelty.set_threshold(novelty.score(embeddings, probabilities), 0.8)
+    novelty.save_arrays(tmp_path / "n.npz")
+    again = Novelty.load(tmp_path / "n.npz", json.loads(json.dumps(novelty.to_dict())))
+    np.testing.assert_allclose(again.score(embeddings, probabilities), novelty.score(embeddings, probabilities),
+                               atol=1e-2)
