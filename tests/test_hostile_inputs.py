@@ -233,6 +233,7 @@ def test_predict_folder_rows_for_hostile_and_unsupported_files(tmp_path):
         def __init__(self):  # no model: a constant forward pass, to test the walk and the reads
             self.classes, self.image_size, self.batch_size, self.tta, self.threshold = ["cat", "dog"], 32, 3, False, 0.5
             self.forward = lambda images: np.full((len(images), 1), 0.7, np.float32)
+            self.trust = None  # no calibration.json: probabilities as the model gives them
 
     out = tmp_path / "predictions.csv"
     summary = stream_predictions(FixedPredictor(), [folder], out, progress=False)

@@ -91,19 +91,8 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
                          f"{len(classes)} ({', '.join(classes)})", "data")
     image_size = int(model.input_shape[1])
 
-    config = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
-              "data": str(Path(options.data).resolve()), "epochs": epochs, "image_size": image_size,
-              "precision": precision, "classes": classes, "manifest_sha256": manifest_sha256(options.data),
-              "train_images": train_images,
-              "validation_images": len(read_manifest(options.data, "validation")),
-              "versions": library_versions(), "status": "running"}
-    if distribution.strategy:
-        config.update(distribute=distribution.kind, replicas=distribution.replicas, workers=distribution.workers,
-                      global_batch_size=distribution.global_batch(options.batch_size))
-    config.pop("resume"), config.pop("out"), config.pop("overwrite")
-    if entry.uses_backbone:
-        from catsdogs.models.pretrained import find_base
-        config["backbone"] = find_base(model).name
+    config = _run_config(options, model, entry, distribution, epochs=epochs, precision=precision, classes=classes,
+                         train_images=train_images)
     created = not run.exists() or not any(run.iterdir())
     run.mkdir(parents=True, exist_ok=True)
     (run / CHECKPOINT_DIR).mkdir(exist_ok=True)
@@ -130,6 +119,27 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
 
         calibrate(run, options.accept, cache_dir=options.cache_dir)
     return Run(run)
+
+
+def _run_config(options: TrainOptions, model, entry: ModelEntry, distribution, *, epochs: int, precision: str,
+                classes: list[str], train_images: int) -> dict:
+    """What RUN/config.json records at the start: the options, the data and its hash, sizes and versions."""
+    config = {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+              "data": str(Path(options.data).resolve()), "epochs": epochs, "image_size": int(model.input_shape[1]),
+              "precision": precision, "classes": classes, "manifest_sha256": manifest_sha256(options.data),
+              "train_images": train_images,
+              "validation_images": len(read_manifest(options.data, "validation")),
+              "versions": library_versions(), "status": "running"}
+    if distribution.strategy:
+        config.update(distribute=distribution.kind, replicas=distribution.replicas, workers=distribution.workers,
+                      global_batch_size=distribution.global_batch(options.batch_size))
+    for key in ("resume", "out", "overwrite"):
+        config.pop(key)
+    if entry.uses_backbone:
+        from catsdogs.models.pretrained import find_base
+
+        config["backbone"] = find_base(model).name
+    return config
 
 
 def one_cycle_optimizer(peak_learning_rate: float, total_steps: int,
