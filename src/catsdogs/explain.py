@@ -254,7 +254,7 @@ def _forward(model: keras.Model, image: np.ndarray, layer: str | None, targets: 
     `targets` None: the predicted class (the most probable one; p1 >= 0.5 for a sigmoid).
     """
     tf = _require_tensorflow()
-    model = single_view(model)  # a flip-averaged `heads` model calls its bases twice; Grad-CAM explains one view
+    model = single_view(model, _batch(model, image)[0])  # flip-averaged `heads`: Grad-CAM explains one view
     path = _resolve(model, layer) if layer else find_last_conv_layer(model).split("/")
     lower, upper = _split(model, path)
     feature = tf.cast(lower(_batch(model, image)), tf.float32)

@@ -100,18 +100,46 @@ def with_head(model: keras.Model, head: keras.Model) -> keras.Model:
     return whole
 
 
-def single_view(model: keras.Model) -> keras.Model:
-    """A `heads` model without its mirror view (each base called once, on the photo), sharing its layers: what
-    Grad-CAM explains. Any other model is returned as it is."""
+@keras.saving.register_keras_serializable(package="catsdogs")
+class Fixed(layers.Layer):
+    """The same feature vector for every row of its input (the other bases' features while Grad-CAM explains one)."""
+
+    def __init__(self, value=None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.value = np.asarray(value if value is not None else [], np.float32)
+
+    def call(self, images):
+        return keras.ops.broadcast_to(keras.ops.convert_to_tensor(self.value)[None],
+                                      (keras.ops.shape(images)[0], self.value.shape[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.value.shape[-1])
+
+
+def single_view(model: keras.Model, image: np.ndarray | None = None) -> keras.Model:
+    """A `heads` model without its mirror view, sharing its layers: what Grad-CAM explains. With several bases, the
+    first is explained and the others' features are those of `image` (fixed), so the gradients are exact for the
+    first base. Any other model is returned as it is."""
     names = {layer.name for layer in model.layers}
     if "mirror" not in names:
         return model
     bases = [layer.name.removeprefix("flipavg_") for layer in model.layers if layer.name.startswith("flipavg_")]
     inputs = keras.Input(model.input_shape[1:], name="image")
-    branches = []
-    for name in bases:
+
+    def branch(name: str):
         x = model.get_layer(f"resize_{name}_image")(inputs) if f"resize_{name}_image" in names else inputs
         x = model.get_layer(f"preprocess_{name}_image")(x) if f"preprocess_{name}_image" in names else x
-        branches.append(model.get_layer(f"pool_{name}")(model.get_layer(name)(x, training=False)))
-    pooled = model.get_layer("pool")(branches if len(branches) > 1 else branches[0])
+        return model.get_layer(f"pool_{name}")(model.get_layer(name)(x, training=False))
+
+    first = branch(bases[0])
+    if len(bases) == 1:
+        pooled = model.get_layer("pool")(first)
+    else:
+        if image is None:
+            raise UsageError("explaining a model with several bases needs the image", "image")
+        others = keras.Model(inputs, [branch(name) for name in bases[1:]])
+        values = others.predict_on_batch(np.asarray(image, np.float32)[None])
+        values = values if isinstance(values, list) else [values]
+        fixed = [Fixed(np.asarray(v)[0], name=f"fixed_{name}")(first) for v, name in zip(values, bases[1:])]
+        pooled = model.get_layer("pool")([first, *fixed])
     return keras.Model(inputs, model.get_layer("head")(pooled), name=f"{model.name}_single_view")
