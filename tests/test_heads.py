@@ -41,7 +41,8 @@ def test_logistic_head_two_classes_is_one_sigmoid_unit():
 
 def test_learning_curve_grows_with_photos_and_names_the_weakest_class():
     curve = learning_curve(blobs(200, 3, 0), blobs(90, 3, 1), ["ants", "bees", "wasps"], c=0.1)
-    assert curve["train_photos"][-1] == 200 and curve["train_photos"] == sorted(curve["train_photos"]) and len(curve["val_accuracy"]) == 4
+    assert curve["train_photos"][-1] == 200 and curve["train_photos"] == sorted(curve["train_photos"])
+    assert len(curve["val_accuracy"]) == 4
     assert set(curve["recall"]) == {"ants", "bees", "wasps"} and curve["advice"].split(":")[0] in curve["recall"]
     rising = {"fractions": [0.5, 1.0], "train_photos": [10, 20], "val_accuracy": [0.7, 0.8],
               "recall": {"a": [0.5, 0.7], "b": [0.9, 0.9]}}
