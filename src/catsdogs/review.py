@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 RUN_SHOWN = 50  # most wrong, and least sure, test photos of a RUN
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                               "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                               "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
                                "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
