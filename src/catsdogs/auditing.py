@@ -1,7 +1,6 @@
 """`catsdogs audit DATA --out AUDIT`: what to fix in a photo collection before trusting a model trained on it.
 
-Three kinds of issue, one row each in AUDIT/issues.csv (`path,split,kind,score,detail,confident`, paths inside
-DATA; `confident` is true/false on label rows, empty on the others; files without it are still read):
+One row per issue in AUDIT/issues.csv (`path,split,kind,score,detail,confident`, paths inside DATA):
 
 - `near_duplicate`: two photos that are the same picture (resized, re-encoded, cropped, mirrored, brightened).
   Found when the embeddings' cosine similarity (centred features) is >= `COSINE` (0.85), or the perceptual
@@ -12,8 +11,8 @@ DATA; `confident` is true/false on label rows, empty on the others; files withou
   split scores photos the model trained on) come first.
 - `label`: likely wrong labels. Out-of-fold probabilities of a logistic regression on the embeddings
   (stratified K-fold over every photo of every split) go to cleanlab's `find_label_issues`; `score` is
-  1 - p(given label), `detail` the suggested class. cleanlab's issues (and disagreements at p >= 0.9) come first,
-  `confident` true; then every other photo whose most probable class is not its label, `confident` false.
+  1 - p(given label), `detail` the suggested class; cleanlab's (`confident` true) first, then every other
+  photo whose most probable class is not its label (`confident` false).
 - `outlier`: photos far from every other photo in embedding space (mean cosine distance of the L2-normalised
   features to the k = 10 nearest photos that are not near-duplicates of it, above Tukey's far fence, Q3 + 3 IQR,
   of that distance over the collection: `detail` "far from every class"), then photos the out-of-fold model
@@ -74,7 +73,7 @@ class Issue:
     kind: str
     score: float
     detail: str
-    confident: bool | None = None  # label rows: cleanlab's (or a >= 0.9 disagreement) or only out-voted
+    confident: bool | None = None  # label rows: cleanlab's (or a >= 0.9 disagreement), or only out-voted
 
 
 @dataclass
@@ -105,8 +104,7 @@ class AuditResult:
 
     def line(self) -> str:
         where = f"; {self.out_dir / 'audit.html'}" if self.out_dir else ""
-        labels = self.of_kind("label")
-        sure = sum(1 for issue in labels if issue.confident is not False)
+        labels, sure = self.of_kind("label"), sum(1 for i in self.issues if i.kind == "label" and i.confident is not False)
         return (f"audit of {self.data_dir}: {self.photos} photos, {len(self.of_kind('near_duplicate'))} "
                 f"near-duplicate pairs ({self.leaks} across splits), {sure} likely label "
                 f"errors (+{len(labels) - sure} less certain), {len(self.of_kind('outlier'))} outliers "
@@ -374,7 +372,6 @@ def _duplicate_issues(rows: list[dict[str, str]], pairs: list[tuple[int, int, fl
 
 
 def _label_issues(rows, classes, found) -> list[Issue]:
-    """Confident issues first, then the others; each group by score (descending), then path."""
     issues = [Issue(rows[i]["path"], rows[i]["split"], "label", round(score, 4), classes[suggested], confident)
               for i, score, suggested, confident in found]
     return sorted(issues, key=lambda issue: (not issue.confident, -issue.score, issue.path))
@@ -414,15 +411,12 @@ def write_issues(path: Path, issues: Sequence[Issue]) -> None:
 
 
 def _confident(row: dict[str, str]) -> bool | None:
-    """A row's `confident` flag; a file written before the column existed had only confident label rows."""
+    """A row's `confident` flag (true/false on label rows); files older than the column: label rows are."""
     flag = (row.get("confident") or "").strip().lower()
-    if flag in ("true", "false"):
-        return flag == "true"
-    return True if row.get("kind") == "label" and "confident" not in row else None
+    return flag == "true" if flag in ("true", "false") else (True if row["kind"] == "label" and "confident" not in row else None)
 
 
 def read_issues(path: str | Path) -> list[Issue]:
-    """AUDIT/issues.csv's rows (with or without the `confident` column)."""
     with open(path, newline="") as handle:
         return [Issue(row["path"], row["split"], row["kind"], float(row["score"]), row["detail"], _confident(row))
                 for row in csv.DictReader(handle)]

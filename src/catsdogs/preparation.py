@@ -254,14 +254,9 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
         rejected += near
     carve = [split for split in SPLITS[1:] if split not in given]
     assignment, unused = _split(unique, scan.classes, sizes, carve, seed)
-    relabelled = 0
-    if fixes:
-        assignment, dropped, relabelled = apply_corrections(
-            assignment, fixes, lambda item: item[0].source.relpath, lambda item, label: (_relabel(item[0], label), item[1]))
-        unused, dropped_unused, _ = apply_corrections(unused, fixes, lambda p: p.source.relpath, _relabel)
-        gone = [p for p, _ in dropped] + dropped_unused
-        rejected += [(p.source.relpath, CORRECTIONS_REASON) for p in gone]
-        excluded += len(gone)
+    assignment, unused, gone, relabelled = _corrected(assignment, unused, fixes)
+    rejected += [(p.source.relpath, CORRECTIONS_REASON) for p in gone]
+    excluded += len(gone)
     counts = {split: {name: sum(1 for p, s in assignment if s == split and p.source.class_name == name)
                       for name in scan.classes} for split in SPLITS}
     record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve,
@@ -273,6 +268,18 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
     return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused),
                           len(rejected) - len(duplicates) - excluded, len(duplicates) - len(near), len(unused), given,
                           record["carved_splits"], excluded, len(near), leaks, relabelled)
+
+
+def _corrected(assignment: list[tuple[CheckedPhoto, str]], unused: list[CheckedPhoto], fixes: list
+               ) -> tuple[list[tuple[CheckedPhoto, str]], list[CheckedPhoto], list[CheckedPhoto], int]:
+    """(assignment, unused, excluded photos, relabelled count) after the corrections: applied after the split,
+    so that no other photo changes split."""
+    if not fixes:
+        return assignment, unused, [], 0
+    assignment, dropped, relabelled = apply_corrections(
+        assignment, fixes, lambda item: item[0].source.relpath, lambda item, label: (_relabel(item[0], label), item[1]))
+    unused, dropped_unused, _ = apply_corrections(unused, fixes, lambda p: p.source.relpath, _relabel)
+    return assignment, unused, [p for p, _ in dropped] + dropped_unused, relabelled
 
 
 def _relabel(photo: CheckedPhoto, label: str) -> CheckedPhoto:
