@@ -113,9 +113,11 @@ def test_audit_finds_each_kind(planted):
     assert planted["outlier"] in [i.path for i in issues if i.kind == "outlier"]
     order = [KINDS.index(i.kind) for i in issues]
     assert order == sorted(order)
-    for kind in ("label",):
-        scores = [i.score for i in issues if i.kind == kind]
+    for flag in (True, False):  # confident label rows first, each group by score
+        scores = [i.score for i in labels if i.confident is flag]
         assert scores == sorted(scores, reverse=True)
+    flags = [i.confident for i in labels]
+    assert flags == sorted(flags, reverse=True) and {i.confident for i in issues if i.kind != "label"} <= {None}
     line = planted["result"].line()
     assert "near-duplicate pairs" in line and "\n" not in line
     summary = json.loads((planted["out"] / "audit.json").read_text())
@@ -241,3 +243,34 @@ def test_missing_cleanlab_is_one_line(planted, tmp_path, monkeypatch, capsys):
     assert main(["audit", str(planted["data"]), "--out", str(tmp_path / "a")]) == 1
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "pip install 'catsdogs[audit]'" in error
+
+
+def test_label_suspects_rank_every_disagreement_after_the_confident_ones():
+    """Synthetic embeddings of 3 overlapping classes with 20 planted flips: each flip is within the top 2x20
+    rows; cleanlab's rows come first, then every other out-voted photo, most doubted first."""
+    from catsdogs.label_errors import label_issues, out_of_fold_probabilities
+
+    rng = np.random.default_rng(7)
+    truth = np.repeat(np.arange(3), 120)
+    centres = rng.normal(0, 1.6, (3, 16))
+    features = centres[truth] + rng.normal(0, 1.0, (len(truth), 16))
+    labels = truth.copy()
+    flipped = rng.choice(len(labels), 20, replace=False)
+    labels[flipped] = (labels[flipped] + rng.integers(1, 3, len(flipped))) % 3
+    probabilities = out_of_fold_probabilities(features, labels, 3)
+    found = label_issues(probabilities, labels)
+    top = [i for i, *_ in found[:2 * len(flipped)]]
+    assert set(flipped.tolist()) <= set(top)
+    flags = [confident for *_, confident in found]
+    assert flags == sorted(flags, reverse=True) and False in flags
+    disagree = {int(i) for i in np.flatnonzero(probabilities.argmax(axis=1) != labels)}
+    assert disagree <= {i for i, *_ in found}
+    scores = [score for _, score, _, confident in found if not confident]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_issues_csv_without_the_confident_column_is_still_read(tmp_path):
+    path = tmp_path / "issues.csv"
+    path.write_text("path,split,kind,score,detail\ntrain/a/1.jpg,train,label,0.9,b\ntrain/a/2.jpg,train,outlier,0.5,far\n")
+    label, outlier = read_issues(path)
+    assert (label.confident, outlier.confident) == (True, None)

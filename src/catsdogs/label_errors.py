@@ -2,7 +2,8 @@
 
 `out_of_fold_probabilities` gives each photo the probabilities of a model that never saw it (stratified K-fold,
 the regularisation chosen by out-of-fold log loss); `label_issues` ranks the photos whose given label those
-probabilities doubt, cleanlab's confident issues first.
+probabilities doubt: cleanlab's confident issues (and confident disagreements) first, then every other photo
+whose most probable class is not its label, most doubted first, so a reviewer reading further sees more.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def require_cleanlab():
     return find_label_issues
 
 
-def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, float, int]]:
-    """(index, 1 - p(given label), suggested class) of cleanlab's likely label errors, most certain first."""
+def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, float, int, bool]]:
+    """(index, 1 - p(given label), suggested class, confident) of the likely label errors: cleanlab's (and
+    confident disagreements, `confident` True) most certain first, then every other photo whose most probable
+    class disagrees with its label (`confident` False), by 1 - p(given label) descending."""
     find_label_issues = require_cleanlab()
     import warnings
 
@@ -67,6 +70,8 @@ def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[in
     # an issue too
     suggested = np.argmax(probabilities, axis=1)
     confident = np.flatnonzero((suggested != labels) & (probabilities.max(axis=1) >= CONFIDENT))
-    found = sorted(set(int(i) for i in found) | set(int(i) for i in confident),
-                   key=lambda i: probabilities[i, labels[i]])
-    return [(i, float(1 - probabilities[i, labels[i]]), int(suggested[i])) for i in found]
+    sure = set(int(i) for i in found) | set(int(i) for i in confident)
+    doubted = set(int(i) for i in np.flatnonzero(suggested != labels)) - sure
+    ranked = [(i, True) for i in sorted(sure, key=lambda i: (probabilities[i, labels[i]], i))]
+    ranked += [(i, False) for i in sorted(doubted, key=lambda i: (probabilities[i, labels[i]], i))]
+    return [(i, float(1 - probabilities[i, labels[i]]), int(suggested[i]), flag) for i, flag in ranked]

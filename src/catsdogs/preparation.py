@@ -14,11 +14,13 @@ import json
 import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from catsdogs.corrections import REASON as CORRECTIONS_REASON
+from catsdogs.corrections import apply_corrections, check_corrections, read_corrections
 from catsdogs.data_files import MANIFEST_FIELDS, OWN_FILES, SPLITS
 from catsdogs.errors import UsageError
 from catsdogs.exclusions import read_exclusions
@@ -62,13 +64,15 @@ class PrepareSummary:
     unused: int
     given_splits: list[str] = field(default_factory=list)
     carved_splits: list[str] = field(default_factory=list)
-    excluded: int = 0  # --exclude
+    excluded: int = 0  # --exclude and --corrections' exclude rows
     near_dropped: int = 0  # --dedupe near
     near_leaks: int = 0  # near-duplicate pairs (perceptual hash) across splits in DATA
+    relabelled: int = 0  # --corrections' relabel rows
 
     def audit_line(self) -> str:
         """The cheap audit that `prepare` ends with: perceptual hashes only (`catsdogs audit` does the rest)."""
         done = f"excluded {self.excluded} listed photos, " if self.excluded else ""
+        done += f"relabelled {self.relabelled} photos, " if self.relabelled else ""
         done += f"dropped {self.near_dropped} near-duplicates, " if self.near_dropped else ""
         hint = (f"; keep one of each with --dedupe near, or run catsdogs audit {self.data_dir}" if self.near_leaks
                 else f"; catsdogs audit {self.data_dir} also finds label errors and outliers")
@@ -190,7 +194,7 @@ def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
 def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,
             test: SplitSize = None, seed: int = DEFAULT_SEED, overwrite: bool = False,
             workers: int = 2, exclude: str | Path | None = None, dedupe: str = "exact",
-            allow_outside: bool = False) -> PrepareSummary:
+            allow_outside: bool = False, corrections: str | Path | None = None) -> PrepareSummary:
     """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout.
 
     `train`, `val`, `test`: a count (total over the classes), a fraction of each class, or None (validation
@@ -199,13 +203,16 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
     `exclude`: a CSV of photos to leave out (`catsdogs.exclusions`); `dedupe`: "exact" (sha256) or "near"
     (also perceptual-hash near-duplicates: one photo of each group is kept, so it lands in one split).
     `allow_outside`: a CSV SOURCE may name files outside its folder (absolute or `..` paths); refused rows
-    by default. Files that are not regular files, symlinks leaving SOURCE and files over 64 MB are never
-    read: each gets its row in rejected.csv.
+    by default. `corrections`: a CSV `source,action,label` (`catsdogs.corrections`, as `catsdogs review` writes
+    it): relabelled photos go to their new class, excluded ones to rejected.csv; applied after the split, so
+    that every other photo keeps its split (a relabelled photo stays in its split). Files that are not regular
+    files, symlinks leaving SOURCE and files over 64 MB are never read: each gets its row in rejected.csv.
     """
     source, data_dir = Path(source), Path(data_dir)
     if dedupe not in ("exact", "near"):
         raise UsageError(f"dedupe must be exact or near, got {dedupe!r}", "dedupe")
     exclusions = read_exclusions(exclude) if exclude is not None else None
+    fixes = read_corrections(corrections) if corrections is not None else []
     sizes = {split: check_split_size(SPLIT_PARAMETERS[split], value)
              for split, value in zip(SPLITS, (train, val, test))}
     scan = scan_source(source, allow_outside=allow_outside)
@@ -214,6 +221,8 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
         if split != "train" and sizes[split] is not None:
             parameter = SPLIT_PARAMETERS[split]
             raise UsageError(f"{parameter}: SOURCE gives its own {split} split; leave {parameter} out", parameter)
+    if fixes:
+        check_corrections(fixes, scan.classes, [f.relpath for f in scan.files], Path(corrections).name)
     _guard_data_dir(source, data_dir, overwrite)
 
     bar = progress(len(scan.files), "checking photos")
@@ -245,16 +254,43 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
         rejected += near
     carve = [split for split in SPLITS[1:] if split not in given]
     assignment, unused = _split(unique, scan.classes, sizes, carve, seed)
+    assignment, unused, gone, relabelled = _corrected(assignment, unused, fixes)
+    rejected += [(p.source.relpath, CORRECTIONS_REASON) for p in gone]
+    excluded += len(gone)
     counts = {split: {name: sum(1 for p, s in assignment if s == split and p.source.class_name == name)
                       for name in scan.classes} for split in SPLITS}
     record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve,
               "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts,
-              "dedupe": dedupe, "exclude": str(Path(exclude).resolve()) if exclude is not None else None}
+              "dedupe": dedupe, "exclude": str(Path(exclude).resolve()) if exclude is not None else None,
+              "corrections": corrections_identity(corrections)}
     _write(data_dir, source, scan.classes, assignment, sorted(rejected), unused, record)
     leaks = cross_split_pairs(np.stack([p.phash for p, _ in assignment]), [s for _, s in assignment]) if assignment else 0
     return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused),
                           len(rejected) - len(duplicates) - excluded, len(duplicates) - len(near), len(unused), given,
-                          record["carved_splits"], excluded, len(near), leaks)
+                          record["carved_splits"], excluded, len(near), leaks, relabelled)
+
+
+def _corrected(assignment: list[tuple[CheckedPhoto, str]], unused: list[CheckedPhoto], fixes: list
+               ) -> tuple[list[tuple[CheckedPhoto, str]], list[CheckedPhoto], list[CheckedPhoto], int]:
+    """(assignment, unused, excluded photos, relabelled count) after the corrections: applied after the split,
+    so that no other photo changes split."""
+    if not fixes:
+        return assignment, unused, [], 0
+    assignment, dropped, relabelled = apply_corrections(
+        assignment, fixes, lambda item: item[0].source.relpath, lambda item, label: (_relabel(item[0], label), item[1]))
+    unused, dropped_unused, _ = apply_corrections(unused, fixes, lambda p: p.source.relpath, _relabel)
+    return assignment, unused, [p for p, _ in dropped] + dropped_unused, relabelled
+
+
+def _relabel(photo: CheckedPhoto, label: str) -> CheckedPhoto:
+    return replace(photo, source=replace(photo.source, class_name=label))
+
+
+def corrections_identity(path: str | Path | None) -> dict | None:
+    """Where a corrections file is and the sha256 of what it said (a later fit knows whether DATA is current)."""
+    if path is None:
+        return None
+    return {"path": str(Path(path).resolve()), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 def _deduplicate(photos: list[CheckedPhoto]) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:

@@ -10,11 +10,11 @@ import re
 import sys
 
 from catsdogs import __version__, set_verbosity
-from catsdogs.cli import bench, data, inference, results, training
+from catsdogs.cli import bench, data, inference, results, review, training
 from catsdogs.cli.common import OneLineErrorParser, resolve_input, use_default_weights
 from catsdogs.errors import CatsdogsError
 
-GROUPS = (data, training, results, inference, bench)
+GROUPS = (data, review, training, results, inference, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -131,3 +131,8 @@ def non_negative_int(text: str) -> int:
 __all__ = ["OneLineErrorParser", "add_command", "add_engine_argument", "add_input_argument", "add_overwrite_argument",
            "add_split_arguments", "default_source", "non_negative_int", "positive_int", "resolve_input",
            "use_default_weights"]
+
+
+def add_corrections_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corrections", type=Path, metavar="FILE", help="a CSV source,action,label (as catsdogs "
+                        "review writes it): relabel photos of SOURCE (label = the new class) or exclude them")

@@ -9,6 +9,7 @@ from pathlib import Path
 from catsdogs.cli.common import (
     DEFAULT_SOURCE_HELP,
     add_command,
+    add_corrections_argument,
     add_input_argument,
     add_overwrite_argument,
     add_split_arguments,
@@ -33,6 +34,7 @@ def add_prepare(commands) -> None:
     p.add_argument("--exclude", type=Path, metavar="FILE", help="leave out the photos a CSV's path column names: "
                    "an AUDIT/issues.csv (DATA paths, matched by sha256 through the audited DATA's manifest) or "
                    "paths inside SOURCE")
+    add_corrections_argument(p)
     p.add_argument("--dedupe", choices=["exact", "near"], default="exact", help="exact (default): identical files "
                    "kept once; near: also one photo of each group of near-duplicates (perceptual hash)")
     p.add_argument("--allow-outside-csv-paths", action="store_true", help="a CSV SOURCE may name files outside "
@@ -45,7 +47,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     source = args.source or default_source()
     summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
                       overwrite=args.overwrite, exclude=args.exclude, dedupe=args.dedupe,
-                      allow_outside=args.allow_outside_csv_paths)
+                      allow_outside=args.allow_outside_csv_paths, corrections=args.corrections)
     print(summary.line())
     print(summary.audit_line())
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from catsdogs.cli.common import (
     DEFAULT_SOURCE_HELP,
     add_command,
+    add_corrections_argument,
     add_force_alias,
     add_input_argument,
     add_overwrite_argument,
@@ -72,6 +73,7 @@ def add_fit(commands) -> None:
     p.add_argument("--backbone", action="append", metavar="B", help="a candidate backbone (repeat for several; "
                    "default: efficientnet_lite2 and mobilenetv2, the best on validation is kept)")
     add_split_arguments(p, "as in prepare (default: the rest)")
+    add_corrections_argument(p)
     p.add_argument("--class-weight", choices=["auto", "balanced", "none"], default="auto",
                    help="auto (default): balanced when the largest class has 1.5x the photos of the smallest")
     add_overwrite_argument(p, "replace a finished RUN")
@@ -90,7 +92,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     class_weight = None if args.class_weight == "none" else args.class_weight
     run = fit(source, args.out, data=args.data, backbones=args.backbone, train_size=args.train,
               val_size=args.val, test_size=args.test, seed=args.seed, class_weight=class_weight,
-              overwrite=args.overwrite, distribute=args.distribute, audit=args.audit, budget=args.budget)
+              overwrite=args.overwrite, distribute=args.distribute, audit=args.audit, budget=args.budget,
+              corrections=args.corrections)
     metrics = run.metrics
     print(f"fitted {run}: {run.config['fit']['chosen']} ({run.config.get('head')} head), test accuracy "
           f"{metrics['accuracy']:.4f} ({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
