@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -26,6 +27,8 @@ import numpy as np
 
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.files import write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 ENGINES = ("keras", "onnx", "openvino", "int8")
 VERIFIED = ("onnx", "openvino")  # float32, checked within ATOL of Keras: what `auto` chooses among
@@ -215,6 +218,8 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
         except Exception:  # noqa: BLE001 - auto never fails where Keras works: time them again
             pass
     candidates, refused = {"keras": reference}, {}
+    logger.info("engines: exporting the model, checking each engine against Keras and timing it (once per model "
+                "file; the choice is kept in %s)", folder)
     for name in [name for name in list_engines() if name in VERIFIED]:
         try:
             candidates[name] = _verified(name, model, folder, key, samples, reference)
@@ -222,6 +227,9 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
             refused[name] = " ".join(str(error).split())[:300] or type(error).__name__
     timings = _images_per_second(candidates, samples)
     chosen = max(timings, key=timings.get)
+    logger.info("engines: using %s (%s images/s%s)", chosen,
+                ", ".join(f"{name} {rate:.0f}" for name, rate in timings.items()),
+                "".join(f"; {name} refused: {why[:80]}" for name, why in refused.items()))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(choice_file, json.dumps({"engine": chosen, "images_per_s": timings, "refused": refused},
@@ -278,4 +286,9 @@ def fastest_forward(model, samples: np.ndarray) -> Engine:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
     timings = _images_per_second(candidates, samples, batch_size=len(samples), repeats=2)
-    return candidates[max(timings, key=timings.get)]
+    chosen = max(timings, key=timings.get)
+    refused = sorted(set(installed) - set(candidates))
+    logger.info("engines: %s runs the frozen part (%s images/s%s)", chosen,
+                ", ".join(f"{name} {rate:.0f}" for name, rate in timings.items()),
+                f"; not within {tolerance:.1g} of Keras or failed: {', '.join(refused)}" if refused else "")
+    return candidates[chosen]

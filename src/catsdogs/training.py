@@ -7,13 +7,13 @@ import inspect
 import io
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from catsdogs.callbacks import EpochTimer, ProgressLines
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.dataset import SplitArrays, check_split_files, load_split, to_dataset
 from catsdogs.errors import UsageError
@@ -173,6 +173,9 @@ def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:
 
 def _builder_options(entry: ModelEntry, builder, options: TrainOptions, num_classes: int) -> dict:
     """The builder's keyword arguments; a UsageError naming options the model does not take."""
+    if options.backbone is not None and not entry.uses_backbone:
+        pretrained = ", ".join(name for name, e in MODELS.items() if e.uses_backbone)
+        raise UsageError(f"backbone is only for the pretrained models ({pretrained}), not {options.model}", "backbone")
     builder_options = dict(options.model_options, seed=options.seed, num_classes=num_classes)
     if options.learning_rate and options.schedule == "constant":  # one-cycle: the peak, see train()
         builder_options["learning_rate"] = options.learning_rate
@@ -274,6 +277,8 @@ class FitContext:
             AtomicModelCheckpoint(self.run / CHECKPOINT_DIR / (PART_LAST if part else LAST)),
             LastEpoch(self.run / CHECKPOINT_DIR / STATE),  # last: the epoch is complete
         ]
+        if keras_verbose(self._chief) == 2:  # not a terminal: Keras prints one line an epoch; lines inside it too
+            callbacks.append(ProgressLines(self.epochs))
         return callbacks + ([stopping] if stopping.patience else [])
 
 
@@ -316,17 +321,6 @@ def _check_run_folder(run: Path, resume: bool, model: str | None = None) -> dict
         raise UsageError(f"out {run} already exists and is not empty{hint}; choose another out, or overwrite",
                          "out")
     return None
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Adds each epoch's wall time to the logs (`seconds`), for history.csv and the run's wall time."""
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if logs is not None:
-            logs["seconds"] = round(time.perf_counter() - self.started, 2)
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):

@@ -59,8 +59,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                                                            if item.metadata.get("cli", True)})
     run = train(options)
     config = read_config(run)
-    print(f"trained {args.model} into {run}: best epoch {config['best_epoch']}/{config['epochs']}, "
-          f"{config['monitor']} {config['monitor_best']:.4f}, {config['wall_time_s']:.0f} s")
+    saved = run.best_val_acc
+    print(f"trained {args.model} into {run}: saved epoch {config['best_epoch']}/{config['epochs']}, "
+          f"{config['monitor']} {config['monitor_best']:.4f}"
+          + (f", validation accuracy {saved:.4f}" if saved is not None else "") + f", {config['wall_time_s']:.0f} s")
 
 
 def add_fit(commands) -> None:
