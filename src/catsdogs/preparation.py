@@ -65,6 +65,7 @@ class PrepareSummary:
     excluded: int = 0  # --exclude
     near_dropped: int = 0  # --dedupe near
     near_leaks: int = 0  # near-duplicate pairs (perceptual hash) across splits in DATA
+    skipped: int = 0  # not photos (sidecars, movies, hidden files, thumbnails): listed in rejected.csv too
 
     def audit_line(self) -> str:
         """The cheap audit that `prepare` ends with: perceptual hashes only (`catsdogs audit` does the rest)."""
@@ -83,7 +84,7 @@ class PrepareSummary:
             origin += f", carved from train: {', '.join(self.carved_splits)}" if self.carved_splits else ""
         return (f"prepared {self.data_dir}: {splits} ({len(self.classes)} classes: {shown}; {self.layout} layout"
                 f"{origin}); scanned {self.scanned}, rejected {self.rejected}, duplicates {self.duplicates}, "
-                f"unused {self.unused}")
+                f"unused {self.unused}" + (f", skipped {self.skipped} not photos (see rejected.csv)" if self.skipped else ""))
 
 
 def parse_split_size(text: str) -> int | float:
@@ -218,7 +219,7 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
 
     bar = progress(len(scan.files), "checking photos")
     photos: list[CheckedPhoto] = []
-    rejected = list(scan.refused)
+    rejected = list(scan.refused) + list(scan.skipped)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(_check, scan.files, chunksize=16):
             bar.update()
@@ -252,9 +253,10 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
               "dedupe": dedupe, "exclude": str(Path(exclude).resolve()) if exclude is not None else None}
     _write(data_dir, source, scan.classes, assignment, sorted(rejected), unused, record)
     leaks = cross_split_pairs(np.stack([p.phash for p, _ in assignment]), [s for _, s in assignment]) if assignment else 0
-    return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused),
-                          len(rejected) - len(duplicates) - excluded, len(duplicates) - len(near), len(unused), given,
-                          record["carved_splits"], excluded, len(near), leaks)
+    skipped = len(scan.skipped)
+    return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused) + skipped,
+                          len(rejected) - len(duplicates) - excluded - skipped, len(duplicates) - len(near), len(unused),
+                          given, record["carved_splits"], excluded, len(near), leaks, skipped)
 
 
 def _deduplicate(photos: list[CheckedPhoto]) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:
