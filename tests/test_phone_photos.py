@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from catsdogs.errors import UsageError
 from catsdogs.images import decode_image, register_openers
 from catsdogs.preparation import prepare
 from catsdogs.sources import iter_image_files, not_a_photo
@@ -131,3 +134,42 @@ def test_predict_folder_walk_lists_phone_photos_and_skips_junk(tmp_path):
     found = {p.relative_to(tmp_path / "export").as_posix() for p in iter_image_files([tmp_path / "export"])}
     assert "Cats/IMG_0000.HEIC" in found and "Cats/IMG_0001.avif" in found and "Cats/IMG_0002.JPG" in found
     assert not any(not_a_photo(p) for p in found) and len(found) == 21
+
+
+def test_burst_lands_in_one_split(tmp_path):
+    made = phone_export(tmp_path / "export")
+    summary = prepare(tmp_path / "export", tmp_path / "data", seed=3, val=0.3, test=0.3)
+    split_of = {r["source"]: r["split"] for r in rows(tmp_path / "data" / "manifest.csv")}
+    assert len({split_of[p] for p in made["burst"]}) == 1, "a burst's frames must not be spread over splits"
+    assert summary.groups_kept >= 1 and summary.grouped_photos >= 5 and "groups together" in summary.audit_line()
+    record = json.loads((tmp_path / "data" / "prepare.json").read_text())
+    assert record["group"] == "near+burst" and record["groups_kept"] == summary.groups_kept
+
+
+def burst_source(root: Path, frames: int = 12, start: int = 0) -> Path:
+    """Two classes of 12 unrelated photos; the cats are one burst (one camera, 1 s apart) by EXIF only."""
+    for kind, name in enumerate(("Cats", "Dogs")):
+        for i in range(frames):
+            exif = phone_exif(f"2024:06:01 12:00:{i:02d}") if kind == 0 else None
+            save(root / name / f"{i}.jpg", pixels_of(kind, start + i), "JPEG", exif)
+    return root
+
+
+@pytest.mark.parametrize("group, together", [("burst", True), ("near+burst", True), ("near", False), ("none", False)])
+def test_group_modes(tmp_path, group, together):
+    burst_source(tmp_path / "src")
+    summary = prepare(tmp_path / "src", tmp_path / "data", seed=5, val=0.25, test=0.25, group=group)
+    cats = {r["split"] for r in rows(tmp_path / "data" / "manifest.csv") if r["class"] == "cat"}
+    assert (len(cats) == 1) is together and (summary.groups_kept == 1) is together
+    if not together:
+        assert summary.counts["validation"]["cat"] == 3 and summary.counts["test"]["cat"] == 3
+
+
+def test_given_splits_are_kept_and_bad_group_refused(tmp_path):
+    for start, split in enumerate(("train", "test")):
+        burst_source(tmp_path / "src" / split, frames=6, start=start * 100)
+    prepare(tmp_path / "src", tmp_path / "data", seed=5)
+    splits = {r["source"].split("/")[0] + ">" + r["split"] for r in rows(tmp_path / "data" / "manifest.csv")}
+    assert "test>test" in splits and "test>train" not in splits and "train>test" not in splits
+    with pytest.raises(UsageError, match="group must be one of"):
+        prepare(tmp_path / "src", tmp_path / "data2", group="bursts")
