@@ -18,6 +18,7 @@ Schedule = Literal["constant", "one-cycle"]
 Monitor = Literal["val_loss", "val_accuracy"]
 ClassWeight = Literal["balanced"]
 Distribute = Literal["mirrored", "multi-worker"]
+Log = Literal["tensorboard", "mlflow"]
 DEFAULT_SEED = 1337  # of every split and training run
 POSITIVE = ("epochs", "image_size", "batch_size", "patience")
 
@@ -64,6 +65,9 @@ class TrainOptions:
                                "validation after training (RUN/calibration.json; catsdogs.trust)")
     accept: float = option(0.98, help="the share of in-distribution validation photos to accept (the rest of "
                            "the photos as unlike them are labelled unknown)", metavar="SHARE")
+    log: Log | None = option(help="track the training: tensorboard (RUN/logs/: scalars per epoch, the confusion "
+                             "matrix and misclassified validation photos) or mlflow (params, metrics, artifacts, "
+                             "to the tracking URI in MLFLOW_TRACKING_URI; pip install 'catsdogs[mlflow]')")
     model_options: dict = field(default_factory=dict, metadata={"cli": False})  # the builder's own options
 
     def __post_init__(self) -> None:
@@ -88,6 +92,9 @@ class TrainOptions:
         from catsdogs.novelty import check_accept  # hook: catsdogs.trust
 
         check_accept(self.accept)
+        from catsdogs.tracking import check_log
+
+        check_log(self.log)
         if self.resume and self.overwrite:
             raise UsageError("resume and overwrite exclude each other", "overwrite")
 
