@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ Monitor = Literal["val_loss", "val_accuracy"]
 ClassWeight = Literal["balanced"]
 Distribute = Literal["mirrored", "multi-worker"]
 Log = Literal["tensorboard", "mlflow"]
+LOG_KINDS = get_args(Log)
 DEFAULT_SEED = 1337  # of every split and training run
 POSITIVE = ("epochs", "image_size", "batch_size", "patience")
 
@@ -92,11 +94,20 @@ class TrainOptions:
         from catsdogs.novelty import check_accept  # hook: catsdogs.trust
 
         check_accept(self.accept)
-        from catsdogs.tracking import check_log
-
         check_log(self.log)
         if self.resume and self.overwrite:
             raise UsageError("resume and overwrite exclude each other", "overwrite")
+
+
+def check_log(log: str | None) -> str | None:
+    """`log` when usable: None, "tensorboard", or "mlflow" with mlflow installed; UsageError naming `log` else."""
+    if log is None:
+        return None
+    if log not in LOG_KINDS:
+        raise UsageError(f"log must be one of {', '.join(LOG_KINDS)}, got {log!r}", "log")
+    if log == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise UsageError("log='mlflow' needs mlflow: pip install 'catsdogs[mlflow]'", "log")
+    return log
 
 
 def literal_choices(annotation) -> tuple[str, ...]:

@@ -8,7 +8,7 @@
   (`log_evaluation`, through the MLflow run id kept in RUN/config.json). MLflow reads its tracking URI and
   experiment from its own variables (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); it is the optional
   `catsdogs[mlflow]` extra.
-No Keras or MLflow import at module level: `check_log` runs while options are checked.
+No Keras or MLflow import at module level.
 """
 
 from __future__ import annotations
@@ -22,25 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from catsdogs.errors import UsageError
+from catsdogs.options import check_log
 
-LOG_KINDS = ("tensorboard", "mlflow")
 LOGS_DIR = "logs"
 MLFLOW_RUN_ID = "mlflow_run_id"  # the key in RUN/config.json
 MISCLASSIFIED_SHOWN = 8
 ARTIFACTS = ("config.json", "classes.json", "history.csv", "curves.png", "calibration.json", "model.keras")
 logger = logging.getLogger(__name__)
-
-
-def check_log(log: str | None) -> str | None:
-    """`log` when usable: None, "tensorboard", or "mlflow" with mlflow installed; UsageError naming `log` else."""
-    if log is None:
-        return None
-    if log not in LOG_KINDS:
-        raise UsageError(f"log must be one of {', '.join(LOG_KINDS)}, got {log!r}", "log")
-    if log == "mlflow" and importlib.util.find_spec("mlflow") is None:
-        raise UsageError("log='mlflow' needs mlflow: pip install 'catsdogs[mlflow]'", "log")
-    return log
 
 
 class Tracker:
@@ -139,13 +127,15 @@ def write_tensorboard_images(run: Path, data: Path) -> None:
     import tensorflow as tf
     from PIL import Image
 
-    from catsdogs.evaluation import split_probabilities
+    from catsdogs.dataset import load_split
     from catsdogs.plots import confusion_matrix_figure, curves_figure, figure_png, most_wrong
     from catsdogs.predict import Predictor
     from catsdogs.run_files import read_history_csv
 
     predictor = Predictor(run)
-    labels, probabilities, paths, images = split_probabilities(predictor, data, "validation")
+    arrays = load_split(data, "validation", predictor.image_size)
+    labels, paths, images = arrays.labels, arrays.paths, arrays.images
+    probabilities = predictor.probabilities(images)
     pictures = {"confusion_matrix": confusion_matrix_figure(labels, probabilities, predictor.classes,
                                                             predictor.threshold),
                 "curves": curves_figure(read_history_csv(run / "history.csv"), run.name)}
