@@ -14,7 +14,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 from catsdogs.errors import UsageError
 from catsdogs.models import list_models, model_entry
 
-Precision = Literal["auto", "float32", "bfloat16"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Schedule = Literal["constant", "one-cycle"]
 Monitor = Literal["val_loss", "val_accuracy"]
 ClassWeight = Literal["balanced"]
@@ -45,7 +45,8 @@ class TrainOptions:
     image_size: int | None = option(help="default: the model's own (the study's 150 px, the backbone's size)")
     batch_size: int = option(32, help="images per step (per replica when distributed)")
     seed: int = option(DEFAULT_SEED)
-    precision: Precision = option("auto", help="auto: bfloat16 where it is faster on this CPU")
+    precision: Precision = option("auto", help="auto: on a GPU bfloat16 (Ampere+) or float16 (Volta/Turing) "
+                                  "mixed precision; on a CPU bfloat16 where it is faster; else float32")
     learning_rate: float | None = option(help="default: the model's own (one-cycle: the peak, 1e-3)")
     schedule: Schedule = option("constant", help="constant: the model's own optimizer (the study's); one-cycle: "
                                 "AdamW warmed up to the peak learning rate, then cosine-decayed to zero (fastai's "
