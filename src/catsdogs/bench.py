@@ -22,7 +22,7 @@ import numpy as np
 from catsdogs.data_files import manifest_sha256
 from catsdogs.dataset import load_split, to_dataset
 from catsdogs.models.convnet import STUDY_IMAGE_SIZE
-from catsdogs.precision import keras_precision, resolve_precision
+from catsdogs.precision import device_name, keras_precision, resolve_precision
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def matmul_gflops(precision: str, size: int = 2048, repeats: int = 10) -> float:
     the median of `repeats` after a warm-up (this VM's timings are noisy)."""
     import tensorflow as tf
 
-    dtype = tf.bfloat16 if precision == "bfloat16" else tf.float32
+    dtype = {"bfloat16": tf.bfloat16, "float16": tf.float16}.get(precision, tf.float32)
     a = tf.random.stateless_uniform((size, size), (1, 2), dtype=tf.float32)
     a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
     # the whole product is summed: a slice of it would let the graph optimizer skip most of the work
@@ -105,6 +105,7 @@ class BenchResult:
     backbone: str
     photos: int
     trained: bool  # a trained RUN given: the end-to-end labels agree meaningfully
+    device: str = ""  # precision.device_name(): the GPU, else the CPU
 
     @property
     def achieved(self) -> float:
@@ -113,7 +114,7 @@ class BenchResult:
 
     def numbers(self) -> dict:
         plain, ours = self.training[:2]
-        return {"plain_train": plain.rate, "train": ours.rate, "achieved_gflops": self.achieved,
+        return {"device": self.device, "plain_train": plain.rate, "train": ours.rate, "achieved_gflops": self.achieved,
                 "peak_gflops": self.peak, "decode_s": self.decode_seconds, "latency_ms": self.latency_ms,
                 "engines": [vars(speed) for speed in self.speeds], "end_to_end": [vars(item) for item in self.endings]}
 
@@ -159,16 +160,18 @@ def run_bench(data: Path, *, steps: int = 40, warmup: int = 5, batch_size: int =
 
         load_run_model(run)  # a clear UsageError now, not after minutes of training
     precision = resolve_precision(precision)
-    header = (f"data: {data}; {steps} timed training steps of {batch_size} images after {warmup} warm-up steps; "
+    device = device_name()
+    header = (f"device: {device}; data: {data}; {steps} timed training steps of {batch_size} images after "
+              f"{warmup} warm-up steps; "
               f"precision {precision}; {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} threads")
-    peak = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}  # the measured peak in each precision
+    peak = {name: matmul_gflops(name) for name in dict.fromkeys(("float32", "bfloat16", precision))}  # the measured peak
     logger.info("bench: training, plain Keras and catsdogs")
     training, decode_seconds, ours_model, train = _training_side(data, steps, warmup, batch_size, precision)
     logger.info("bench: inference engines and end to end")
     speeds, endings, backbone, files = _inference_side(data, ours_model, train, precision, run, photos)
     return BenchResult(header, training, decode_seconds, model_flops(ours_model), peak, precision,
                        _single_image_latency(ours_model, train.paths[:20], STUDY_IMAGE_SIZE), speeds, endings,
-                       backbone, files, run is not None)
+                       backbone, files, run is not None, device)
 
 
 def _training_side(data: Path, steps: int, warmup: int, batch_size: int, precision: str):

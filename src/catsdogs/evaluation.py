@@ -80,6 +80,9 @@ def evaluate(run: Path, data: Path | None = None, split: str = "test", *, tta: b
         save_trust_plots(labels, assessed["raw"], probabilities, predictor.classes, predictor.threshold,
                          metrics["trust"], run / "plots")
     write_json(run / METRICS, metrics)
+    from catsdogs.tracking import log_evaluation  # hook: the run's MLflow run (trained with log='mlflow')
+
+    log_evaluation(run, read_config(run), metrics)
     _write_predictions(run / f"predictions-{split}.csv", paths, labels, probabilities, predictor)
     save_evaluation_plots(labels, probabilities, predictor.classes, predictor.threshold, run / "plots")
     wrong = most_wrong([str(p) for p in paths], labels, probabilities, n=16, threshold=predictor.threshold)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -25,6 +26,30 @@ class ImageError(ValueError):
 
 FILE_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
               (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder"))
+
+
+@functools.cache
+def register_openers() -> tuple[str, ...]:
+    """Teach Pillow the phone formats once: HEIC/HEIF through `pillow-heif`; AVIF through Pillow itself (11.3+),
+    else through `pillow-avif-plugin` when installed. Returns the formats that are readable."""
+    from PIL import features
+
+    readable = []
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        readable.append("HEIF")
+    except ImportError:  # a default dependency: only a broken install lacks it, and such files are then rejected
+        pass
+    if not features.check("avif"):
+        try:
+            import pillow_avif  # noqa: F401  (registers itself)
+        except ImportError:
+            pass
+    if features.check("avif") or "AVIF" in Image.registered_extensions().values():
+        readable.append("AVIF")
+    return tuple(readable)
 
 
 def size_limit_reason(limit: int = MAX_FILE_BYTES) -> str:
@@ -101,6 +126,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
         raise ImageError("empty file")
     if len(data) > MAX_FILE_BYTES:
         raise ImageError(size_limit_reason())
+    register_openers()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
@@ -131,7 +157,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
         raise
     except Image.DecompressionBombError:
         raise ImageError(f"too large: more than {max_pixels:,} pixels (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's ways of saying "not an image"
+    except (OSError, SyntaxError, ValueError, RuntimeError) as error:  # PIL's (and libheif's) "not an image"
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if "cannot identify image file" in reason:
             reason = "not an image"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 from catsdogs.errors import UsageError
 from catsdogs.models import list_models, model_entry
 
-Precision = Literal["auto", "float32", "bfloat16"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 Schedule = Literal["constant", "one-cycle"]
 Monitor = Literal["val_loss", "val_accuracy"]
 ClassWeight = Literal["balanced"]
 Distribute = Literal["mirrored", "multi-worker"]
+Log = Literal["tensorboard", "mlflow"]
+LOG_KINDS = get_args(Log)
 DEFAULT_SEED = 1337  # of every split and training run
 POSITIVE = ("epochs", "image_size", "batch_size", "patience")
 
@@ -42,7 +45,8 @@ class TrainOptions:
     image_size: int | None = option(help="default: the model's own (the study's 150 px, the backbone's size)")
     batch_size: int = option(32, help="images per step (per replica when distributed)")
     seed: int = option(DEFAULT_SEED)
-    precision: Precision = option("auto", help="auto: bfloat16 where it is faster on this CPU")
+    precision: Precision = option("auto", help="auto: on a GPU bfloat16 (Ampere+) or float16 (Volta/Turing) "
+                                  "mixed precision; on a CPU bfloat16 where it is faster; else float32")
     learning_rate: float | None = option(help="default: the model's own (one-cycle: the peak, 1e-3)")
     schedule: Schedule = option("constant", help="constant: the model's own optimizer (the study's); one-cycle: "
                                 "AdamW warmed up to the peak learning rate, then cosine-decayed to zero (fastai's "
@@ -64,6 +68,9 @@ class TrainOptions:
                                "validation after training (RUN/calibration.json; catsdogs.trust)")
     accept: float = option(0.98, help="the share of in-distribution validation photos to accept (the rest of "
                            "the photos as unlike them are labelled unknown)", metavar="SHARE")
+    log: Log | None = option(help="track the training: tensorboard (RUN/logs/: scalars per epoch, the confusion "
+                             "matrix and misclassified validation photos) or mlflow (params, metrics, artifacts, "
+                             "to the tracking URI in MLFLOW_TRACKING_URI; pip install 'catsdogs[mlflow]')")
     model_options: dict = field(default_factory=dict, metadata={"cli": False})  # the builder's own options
 
     def __post_init__(self) -> None:
@@ -88,8 +95,20 @@ class TrainOptions:
         from catsdogs.novelty import check_accept  # hook: catsdogs.trust
 
         check_accept(self.accept)
+        check_log(self.log)
         if self.resume and self.overwrite:
             raise UsageError("resume and overwrite exclude each other", "overwrite")
+
+
+def check_log(log: str | None) -> str | None:
+    """`log` when usable: None, "tensorboard", or "mlflow" with mlflow installed; UsageError naming `log` else."""
+    if log is None:
+        return None
+    if log not in LOG_KINDS:
+        raise UsageError(f"log must be one of {', '.join(LOG_KINDS)}, got {log!r}", "log")
+    if log == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise UsageError("log='mlflow' needs mlflow: pip install 'catsdogs[mlflow]'", "log")
+    return log
 
 
 def literal_choices(annotation) -> tuple[str, ...]:

@@ -148,7 +148,7 @@ class Predictor:
 
     def _decode(self, path: str) -> np.ndarray | str:
         """The image at the model's size, or the reason it cannot be read (a FIFO, a device, a file over
-        64 MB, an image type we do not decode such as .svg or .heic: each an error row, never a hang)."""
+        64 MB, an image type we do not decode such as .svg or .jxl: each an error row, never a hang)."""
         suffix = Path(path).suffix.lower()
         if suffix in OTHER_IMAGE_SUFFIXES:
             return f"not a supported image type ({suffix})"

@@ -24,6 +24,7 @@ from catsdogs.corrections import apply_corrections, check_corrections, read_corr
 from catsdogs.data_files import MANIFEST_FIELDS, OWN_FILES, SPLITS
 from catsdogs.errors import UsageError
 from catsdogs.exclusions import read_exclusions
+from catsdogs.grouping import Moment, check_group, exif_moment, photo_groups
 from catsdogs.images import ImageError, decode_image, encode_jpeg
 from catsdogs.near_duplicates import cross_split_pairs, drop_near_duplicates, phash
 from catsdogs.options import DEFAULT_SEED
@@ -48,6 +49,7 @@ class CheckedPhoto:
     width: int
     height: int
     phash: object = field(default=None, compare=False, repr=False)  # near_duplicates.phash: (2, 8) uint8
+    moment: Moment | None = field(default=None, compare=False)  # (camera, EXIF time): bursts (`grouping`)
 
 
 @dataclass
@@ -68,12 +70,17 @@ class PrepareSummary:
     near_dropped: int = 0  # --dedupe near
     near_leaks: int = 0  # near-duplicate pairs (perceptual hash) across splits in DATA
     relabelled: int = 0  # --corrections' relabel rows
+    skipped: int = 0  # not photos (sidecars, movies, hidden files, thumbnails): listed in rejected.csv too
+    groups_kept: int = 0  # groups of 2+ photos (near-duplicates, bursts) carved into one split each
+    grouped_photos: int = 0  # the photos in those groups
 
     def audit_line(self) -> str:
         """The cheap audit that `prepare` ends with: perceptual hashes only (`catsdogs audit` does the rest)."""
         done = f"excluded {self.excluded} listed photos, " if self.excluded else ""
         done += f"relabelled {self.relabelled} photos, " if self.relabelled else ""
         done += f"dropped {self.near_dropped} near-duplicates, " if self.near_dropped else ""
+        done += (f"kept {self.groups_kept} groups together ({self.grouped_photos} photos: near-duplicates, bursts), "
+                 if self.groups_kept else "")
         hint = (f"; keep one of each with --dedupe near, or run catsdogs audit {self.data_dir}" if self.near_leaks
                 else f"; catsdogs audit {self.data_dir} also finds label errors and outliers")
         return f"audit: {done}{self.near_leaks} near-duplicate pairs across splits (perceptual hash){hint}"
@@ -87,7 +94,7 @@ class PrepareSummary:
             origin += f", carved from train: {', '.join(self.carved_splits)}" if self.carved_splits else ""
         return (f"prepared {self.data_dir}: {splits} ({len(self.classes)} classes: {shown}; {self.layout} layout"
                 f"{origin}); scanned {self.scanned}, rejected {self.rejected}, duplicates {self.duplicates}, "
-                f"unused {self.unused}")
+                f"unused {self.unused}" + (f", skipped {self.skipped} not photos (see rejected.csv)" if self.skipped else ""))
 
 
 def parse_split_size(text: str) -> int | float:
@@ -162,7 +169,8 @@ def _check(source_file: SourceFile) -> CheckedPhoto | tuple[str, str]:
     keep_bytes = decoded.original_format == "JPEG" and not decoded.converted
     jpeg = data if keep_bytes else encode_jpeg(decoded.pixels)
     height, width = decoded.pixels.shape[:2]
-    return CheckedPhoto(source_file, hashlib.sha256(data).hexdigest(), jpeg, width, height, phash(decoded.pixels))
+    return CheckedPhoto(source_file, hashlib.sha256(data).hexdigest(), jpeg, width, height, phash(decoded.pixels),
+                        exif_moment(data))
 
 
 def _source_identity(source: Path) -> dict:
@@ -194,7 +202,8 @@ def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
 def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,
             test: SplitSize = None, seed: int = DEFAULT_SEED, overwrite: bool = False,
             workers: int = 2, exclude: str | Path | None = None, dedupe: str = "exact",
-            allow_outside: bool = False, corrections: str | Path | None = None) -> PrepareSummary:
+            allow_outside: bool = False, corrections: str | Path | None = None, group: str = "near+burst"
+            ) -> PrepareSummary:
     """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout.
 
     `train`, `val`, `test`: a count (total over the classes), a fraction of each class, or None (validation
@@ -202,6 +211,8 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
     column) are kept; missing ones are carved from train, stratified and seeded.
     `exclude`: a CSV of photos to leave out (`catsdogs.exclusions`); `dedupe`: "exact" (sha256) or "near"
     (also perceptual-hash near-duplicates: one photo of each group is kept, so it lands in one split).
+    `group`: when splits are carved, photos that belong together go to one split: "near+burst" (default),
+    "near" (perceptual-hash near-duplicates), "burst" (same camera, EXIF times within 2 s) or "none".
     `allow_outside`: a CSV SOURCE may name files outside its folder (absolute or `..` paths); refused rows
     by default. `corrections`: a CSV `source,action,label` (`catsdogs.corrections`, as `catsdogs review` writes
     it): relabelled photos go to their new class, excluded ones to rejected.csv; applied after the split, so
@@ -211,6 +222,7 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
     source, data_dir = Path(source), Path(data_dir)
     if dedupe not in ("exact", "near"):
         raise UsageError(f"dedupe must be exact or near, got {dedupe!r}", "dedupe")
+    check_group(group)
     exclusions = read_exclusions(exclude) if exclude is not None else None
     fixes = read_corrections(corrections) if corrections is not None else []
     sizes = {split: check_split_size(SPLIT_PARAMETERS[split], value)
@@ -227,7 +239,7 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
 
     bar = progress(len(scan.files), "checking photos")
     photos: list[CheckedPhoto] = []
-    rejected = list(scan.refused)
+    rejected = list(scan.refused) + list(scan.skipped)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(_check, scan.files, chunksize=16):
             bar.update()
@@ -253,7 +265,7 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
         duplicates += near
         rejected += near
     carve = [split for split in SPLITS[1:] if split not in given]
-    assignment, unused = _split(unique, scan.classes, sizes, carve, seed)
+    assignment, unused, kept_together = _split(unique, scan.classes, sizes, carve, seed, group if carve else "none")
     assignment, unused, gone, relabelled = _corrected(assignment, unused, fixes)
     rejected += [(p.source.relpath, CORRECTIONS_REASON) for p in gone]
     excluded += len(gone)
@@ -261,13 +273,16 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
                       for name in scan.classes} for split in SPLITS}
     record = {"layout": scan.layout, "seed": seed, "given_splits": given, "carved_splits": carve,
               "requested": {SPLIT_PARAMETERS[s]: v for s, v in sizes.items()}, "counts": counts,
-              "dedupe": dedupe, "exclude": str(Path(exclude).resolve()) if exclude is not None else None,
+              "dedupe": dedupe, "group": group, "groups_kept": len(kept_together),
+              "grouped_photos": sum(kept_together), "exclude": str(Path(exclude).resolve()) if exclude is not None else None,
               "corrections": corrections_identity(corrections)}
     _write(data_dir, source, scan.classes, assignment, sorted(rejected), unused, record)
     leaks = cross_split_pairs(np.stack([p.phash for p, _ in assignment]), [s for _, s in assignment]) if assignment else 0
-    return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused),
-                          len(rejected) - len(duplicates) - excluded, len(duplicates) - len(near), len(unused), given,
-                          record["carved_splits"], excluded, len(near), leaks, relabelled)
+    skipped = len(scan.skipped)
+    return PrepareSummary(data_dir, scan.layout, scan.classes, counts, len(scan.files) + len(scan.refused) + skipped,
+                          len(rejected) - len(duplicates) - excluded - skipped, len(duplicates) - len(near), len(unused),
+                          given, record["carved_splits"], excluded, len(near), leaks, relabelled=relabelled,
+                          skipped=skipped, groups_kept=len(kept_together), grouped_photos=sum(kept_together))
 
 
 def _corrected(assignment: list[tuple[CheckedPhoto, str]], unused: list[CheckedPhoto], fixes: list
@@ -305,9 +320,11 @@ def _deduplicate(photos: list[CheckedPhoto]) -> tuple[list[CheckedPhoto], list[t
 
 
 def _split(photos: list[CheckedPhoto], classes: list[str], sizes: dict[str, SplitSize], carve: list[str],
-           seed: int) -> tuple[list[tuple[CheckedPhoto, str]], list[CheckedPhoto]]:
+           seed: int, group: str = "none") -> tuple[list[tuple[CheckedPhoto, str]], list[CheckedPhoto], list[int]]:
     """Stratified, seeded split: photos keep a split SOURCE gives them (other than train); the others (the
-    pool) are shuffled class by class and cut into `carve` and train. Returns the assignment and the unused."""
+    pool) are shuffled class by class and cut into `carve` and train, each group (`grouping.photo_groups`: one
+    unit, counted in the class of its first member) whole into the first split not yet full. Returns the
+    assignment, the unused, and the size of each group of 2+ photos kept together."""
     assignment = [(p, p.source.split) for p in photos if p.source.split not in (None, "train")]
     pool = {name: sorted((p for p in photos if p.source.class_name == name and p.source.split in (None, "train")),
                          key=lambda p: p.sha256) for name in classes}
@@ -320,16 +337,38 @@ def _split(photos: list[CheckedPhoto], classes: list[str], sizes: dict[str, Spli
                 raise UsageError(f"class '{name}' has no usable training photos (SOURCE gives it {found}); add its "
                                  f"photos to train/{name}, or remove {name} from the other splits", "source")
     plan = plan_split({name: len(members) for name, members in pool.items()}, sizes, carve)
+    units = _units(pool, group)
     unused: list[CheckedPhoto] = []
-    for name, members in pool.items():
-        random.Random(f"{seed}:{name}").shuffle(members)
-        start = 0
-        for split in SPLITS:  # train first, then validation and test: the study's cuts, unchanged
-            if split in plan:
-                assignment += [(photo, split) for photo in members[start:start + plan[split][name]]]
-                start += plan[split][name]
-        unused += members[start:]
-    return assignment, unused
+    for name, class_units in units.items():
+        random.Random(f"{seed}:{name}").shuffle(class_units)
+        filled = dict.fromkeys(plan, 0)
+        for unit in class_units:  # train first, then validation and test: the study's cuts, unchanged
+            split = next((s for s in SPLITS if s in plan and filled[s] < plan[s][name]), None)
+            if split is None:
+                unused += unit
+                continue
+            assignment += [(photo, split) for photo in unit]
+            filled[split] += len(unit)
+    return assignment, unused, [len(unit) for class_units in units.values() for unit in class_units if len(unit) > 1]
+
+
+def _units(pool: dict[str, list[CheckedPhoto]], group: str) -> dict[str, list[list[CheckedPhoto]]]:
+    """The pool of each class as units: one photo each, or (`group`) whole groups, each in the class of its
+    first member (by sha256 order), in that order."""
+    everyone = [p for members in pool.values() for p in members]
+    if group == "none" or len(everyone) < 2:
+        return {name: [[p] for p in members] for name, members in pool.items()}
+    leader = photo_groups(np.stack([p.phash for p in everyone]), [p.moment for p in everyone], group)
+    members_of: dict[int, list[CheckedPhoto]] = {}
+    for i, photo in enumerate(everyone):
+        members_of.setdefault(leader[i], []).append(photo)
+    units: dict[str, list[list[CheckedPhoto]]] = {name: [] for name in pool}
+    for members in members_of.values():
+        members.sort(key=lambda p: p.sha256)
+        units[members[0].source.class_name].append(members)
+    for class_units in units.values():
+        class_units.sort(key=lambda unit: unit[0].sha256)
+    return units
 
 
 def _target_name(photo: CheckedPhoto, taken: set[str]) -> str:

@@ -25,11 +25,16 @@ from catsdogs.data_files import SPLITS
 from catsdogs.errors import UsageError
 from catsdogs.images import MAX_FILE_BYTES, ImageError, read_photo_bytes, size_limit_reason
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# the photos we decode (phone formats through `images.register_openers`); matched case-insensitively
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 # image types Pillow does not decode here: inside a predict folder they get an error row instead of being skipped
-OTHER_IMAGE_SUFFIXES = {".svg", ".svgz", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".psd", ".raw", ".dng",
+OTHER_IMAGE_SUFFIXES = {".svg", ".svgz", ".jxl", ".jp2", ".ico", ".psd", ".raw", ".dng",
                         ".cr2", ".nef", ".arw", ".orf", ".eps"}
-IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+# what phones and photo apps leave beside the photos: skipped and counted (`not_a_photo`), never an error
+SIDECAR_SUFFIXES = {".aae", ".xmp", ".thm"}
+MOVIE_SUFFIXES = {".mov", ".mp4", ".m4v", ".avi", ".3gp", ".mkv", ".webm"}
+THUMBNAIL_NAMES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "picasa.ini"}
+THUMBNAIL_FOLDERS = {".thumbnails", "@eadir", ".picasaoriginals", "__macosx", ".aplibrary", ".photoslibrary"}
 MAX_ENTRY_BYTES = MAX_FILE_BYTES
 MAX_LABEL_CHARS = 100
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
@@ -53,6 +58,7 @@ class SourceScan:
     refused: list[tuple[str, str]]  # (relpath, reason)
     layout: str  # kaggle, petimages, folders, presplit or csv
     classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason): not photos (`not_a_photo`)
 
     @property
     def given_splits(self) -> list[str]:
@@ -157,9 +163,32 @@ def label_problem(label: str) -> str | None:
     return None
 
 
+def not_a_photo(relpath: str) -> str | None:
+    """Why a file of an export is skipped without being read (the reason for rejected.csv), or None: thumbnail
+    folders and caches, hidden files (`.DS_Store`, `._x.jpg` AppleDouble), sidecars (`.AAE`) and movies
+    (Live Photo `.MOV`). Names are matched case-insensitively."""
+    parts = relpath.replace("\\", "/").split("/")
+    folder = next((p for p in parts[:-1] if p.lower() in THUMBNAIL_FOLDERS), None)
+    if folder:
+        return f"thumbnail folder ({folder})"
+    name = parts[-1]
+    if name.lower() in THUMBNAIL_NAMES:
+        return f"thumbnail cache ({name})"
+    if name.startswith("._"):
+        return "hidden file (AppleDouble)"
+    if name.startswith(".") or any(p.startswith(".") for p in parts[:-1]):
+        return "hidden file"
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in SIDECAR_SUFFIXES:
+        return f"not a photo: sidecar ({suffix})"
+    if suffix in MOVIE_SUFFIXES:
+        return f"not a photo: movie ({suffix})"
+    return None
+
+
 def _is_hidden(relpath: str) -> bool:
-    parts = relpath.split("/")
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts) or parts[-1] in IGNORED_NAMES
+    reason = not_a_photo(relpath)
+    return reason is not None and not reason.startswith("not a photo")
 
 
 def scan_source(source: Path, *, allow_outside: bool = False) -> SourceScan:
@@ -193,14 +222,15 @@ def scan_source(source: Path, *, allow_outside: bool = False) -> SourceScan:
         labelled, splits, csv_refused, listed = _read_labels_csv(labels_csv, readers, allow_outside)
         refused += csv_refused
         candidates = {p: readers[p] for p in labelled}
+        skipped = [(p, not_a_photo(p)) for p in readers if p not in listed and not_a_photo(p)]
         refused += [(p, "not listed in " + labels_csv) for p in readers
-                    if p not in listed and p != labels_csv and not _is_hidden(p)]
+                    if p not in listed and p != labels_csv and not not_a_photo(p)]
     else:
-        candidates = {}
+        candidates, skipped = {}, []
         for relpath in sorted(readers):
-            if _is_hidden(relpath):
-                continue
-            if PurePosixPath(relpath).suffix.lower() in IMAGE_SUFFIXES:
+            if reason := not_a_photo(relpath):
+                skipped.append((relpath, reason))
+            elif PurePosixPath(relpath).suffix.lower() in IMAGE_SUFFIXES:
                 candidates[relpath] = readers[relpath]
             else:
                 refused.append((relpath, "not an image file (by its extension)"))
@@ -218,7 +248,7 @@ def scan_source(source: Path, *, allow_outside: bool = False) -> SourceScan:
                          "train/val/test folders of class folders, or a CSV of path,label", "source")
     files = [SourceFile(relpath, names[labelled[relpath]], candidates[relpath], splits.get(relpath))
              for relpath in sorted(labelled)]
-    return SourceScan(files=files, refused=sorted(refused), layout=layout, classes=classes)
+    return SourceScan(files=files, refused=sorted(refused), layout=layout, classes=classes, skipped=sorted(skipped))
 
 
 def _assign_classes(relpaths: list[str]) -> tuple[str, dict[str, str], dict[str, str], list[tuple[str, str]]]:
@@ -362,8 +392,8 @@ def _read_labels_csv(labels_csv: str, readers: dict[str, Callable[[], bytes]], a
 def iter_image_files(paths: list[Path]) -> Iterator[Path]:
     """Expand files and folders (recursively, sorted, symlinked folders not followed) into image files;
     files given by name always stay. Inside a folder, a file is kept when its extension is an image type:
-    one we decode (IMAGE_SUFFIXES) or one we do not (OTHER_IMAGE_SUFFIXES, e.g. .svg, .heic: the caller
-    reports it); other files (.txt, .csv...) and hidden ones are skipped."""
+    one we decode (IMAGE_SUFFIXES) or one we do not (OTHER_IMAGE_SUFFIXES, e.g. .svg, .jxl: the caller
+    reports it); other files (.txt, .csv...), hidden files and thumbnails (`not_a_photo`) are skipped."""
     wanted = IMAGE_SUFFIXES | OTHER_IMAGE_SUFFIXES
     for path in paths:
         if path.is_dir():
@@ -371,7 +401,7 @@ def iter_image_files(paths: list[Path]) -> Iterator[Path]:
                 dirnames.sort()
                 for name in sorted(filenames):
                     candidate = Path(folder) / name
-                    if candidate.suffix.lower() in wanted and not _is_hidden(name):
+                    if candidate.suffix.lower() in wanted and not not_a_photo(candidate.relative_to(path).as_posix()):
                         yield candidate
         else:
             yield path

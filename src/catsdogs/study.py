@@ -58,7 +58,8 @@ def _prepared(source: Path, data: Path, quick: bool) -> None:
         say(f"data already prepared in {data}")
         return
     say(f"preparing {source} -> {data}")
-    logging.getLogger(__name__).info(prepare(source, data, **(QUICK_SPLIT if quick else STUDY_SIZES)).line())
+    # group="none": the study's published split, photo for photo (its near-duplicate pairs are reported by audit)
+    logging.getLogger(__name__).info(prepare(source, data, group="none", **(QUICK_SPLIT if quick else STUDY_SIZES)).line())
 
 
 def _run_experiment(experiment: Experiment, data: Path, runs: Path, cache: Path, *, quick: bool,

@@ -38,6 +38,7 @@ from catsdogs.run_files import (
     write_json,
 )
 from catsdogs.runs import Run
+from catsdogs.tracking import Tracker
 from catsdogs.verbosity import keras_verbose
 
 STATE = "state.json"
@@ -104,12 +105,17 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
         _write_history(run / HISTORY, [row for row in read_history_csv(run / HISTORY) if row["epoch"] < start])
     if distribution.strategy:
         distribution.check_same_start(start)
+    tracker = Tracker(options.log if distribution.is_chief else None, run, config)
+    if tracker.log == "mlflow":
+        config.update(tracker.start())
+        write_json(run / CONFIG, config)
     context = FitContext(options, run, epochs, start, image_size, options.patience or entry.default_patience,
-                         config=dict(config), distribution=distribution)
+                         config=dict(config), distribution=distribution, tracker=tracker)
     try:
         with keras_precision(precision), distribution.scope():
             config.update(entry.load_trainer()(model, context) or {})
     except BaseException:
+        tracker.fail()
         if created and not (run / CHECKPOINT_DIR / STATE).exists():  # no epoch finished: no half RUN left
             shutil.rmtree(run, ignore_errors=True)  # to block the re-run (nothing to resume)
         raise
@@ -118,6 +124,7 @@ def train(options: TrainOptions | None = None, /, **kwargs) -> Run:
         from catsdogs.trust import calibrate
 
         calibrate(run, options.accept, cache_dir=options.cache_dir)
+    tracker.finish(options.data)  # hook: catsdogs.tracking (log=)
     return Run(run)
 
 
@@ -203,6 +210,7 @@ class FitContext:
     config: dict = field(default_factory=dict)  # the run's config (read: classes, manifest hash); not for writing
     splits: dict[str, SplitArrays] = field(default_factory=dict)
     distribution: object = None  # catsdogs.distribute.Distribution
+    tracker: Tracker | None = None  # catsdogs.tracking (TensorBoard, MLflow): adds its callbacks to every fit
 
     def dataset(self, split: SplitArrays, *, shuffle: bool = False, seed: int = 0):
         """A split's batches for model.fit: `to_dataset`, or sharded per worker when distributed."""
@@ -279,7 +287,8 @@ class FitContext:
         ]
         if keras_verbose(self._chief) == 2:  # not a terminal: Keras prints one line an epoch; lines inside it too
             callbacks.append(ProgressLines(self.epochs))
-        return callbacks + ([stopping] if stopping.patience else [])
+        tracking = self.tracker.callbacks() if self.tracker is not None and self._chief else []
+        return callbacks + tracking + ([stopping] if stopping.patience else [])
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:

@@ -109,7 +109,8 @@ def add_engine_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="auto: bfloat16/float16 mixed precision by GPU, bfloat16 on CPUs that do it natively")
 
 
 def split_size(text: str) -> int | float:

@@ -37,6 +37,9 @@ def add_prepare(commands) -> None:
     add_corrections_argument(p)
     p.add_argument("--dedupe", choices=["exact", "near"], default="exact", help="exact (default): identical files "
                    "kept once; near: also one photo of each group of near-duplicates (perceptual hash)")
+    p.add_argument("--group", choices=["near", "burst", "none"], help="photos that belong together go to one "
+                   "split when splits are carved: near-duplicates (perceptual hash), bursts (same camera, EXIF times "
+                   "within 2 s); default: both")
     p.add_argument("--allow-outside-csv-paths", action="store_true", help="a CSV SOURCE may name files outside "
                    "its own folder (absolute or ../ paths); refused rows by default")
 
@@ -47,7 +50,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     source = args.source or default_source()
     summary = prepare(source, args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
                       overwrite=args.overwrite, exclude=args.exclude, dedupe=args.dedupe,
-                      allow_outside=args.allow_outside_csv_paths, corrections=args.corrections)
+                      allow_outside=args.allow_outside_csv_paths, corrections=args.corrections,
+                      group=args.group or "near+burst")
     print(summary.line())
     print(summary.audit_line())
 
