@@ -29,7 +29,7 @@ def test_readme_notebook_example_runs(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     names: dict = {}
     exec(compile(notebook_block(), str(README), "exec"), names)
-    assert repr(names["run"]).startswith("Run('runs/photos': features, 3 classes, complete, test accuracy")
+    assert repr(names["run"]).startswith("Run('runs/photos': heads, 3 classes, complete, test accuracy")
     assert "['ants', 'bees', 'wasps']" in capsys.readouterr().out
     assert names["overlay"].ndim == 3 and names["same"] == names["baseline"]
     assert (tmp_path / "runs" / "photos" / "report.html").exists()

@@ -237,25 +237,10 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
         check_corrections(fixes, scan.classes, [f.relpath for f in scan.files], Path(corrections).name)
     _guard_data_dir(source, data_dir, overwrite)
 
-    bar = progress(len(scan.files), "checking photos")
-    photos: list[CheckedPhoto] = []
-    rejected = list(scan.refused) + list(scan.skipped)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(_check, scan.files, chunksize=16):
-            bar.update()
-            if isinstance(result, CheckedPhoto):
-                photos.append(result)
-            else:
-                rejected.append(result)
-    bar.close()
-
-    excluded = 0
-    if exclusions is not None:
-        kept = [p for p in photos if not exclusions.excludes(p.sha256, p.source.relpath)]
-        excluded = len(photos) - len(kept)
-        rejected += [(p.source.relpath, f"excluded by {exclusions.name}") for p in photos
-                     if exclusions.excludes(p.sha256, p.source.relpath)]
-        photos = kept
+    photos, rejected = _checked_photos(scan, workers)
+    photos, left_out = _excluded(photos, exclusions)
+    rejected += left_out
+    excluded = len(left_out)
     unique, duplicates = _deduplicate(photos)
     rejected += duplicates
     near: list[tuple[str, str]] = []
@@ -283,6 +268,31 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
                           len(rejected) - len(duplicates) - excluded - skipped, len(duplicates) - len(near), len(unused),
                           given, record["carved_splits"], excluded, len(near), leaks, relabelled=relabelled,
                           skipped=skipped, groups_kept=len(kept_together), grouped_photos=sum(kept_together))
+
+
+def _checked_photos(scan, workers: int) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:
+    """(photos that decode, rejected rows: refused, skipped and undecodable files) of a scanned SOURCE."""
+    bar = progress(len(scan.files), "checking photos")
+    photos: list[CheckedPhoto] = []
+    rejected = list(scan.refused) + list(scan.skipped)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(_check, scan.files, chunksize=16):
+            bar.update()
+            if isinstance(result, CheckedPhoto):
+                photos.append(result)
+            else:
+                rejected.append(result)
+    bar.close()
+    return photos, rejected
+
+
+def _excluded(photos: list[CheckedPhoto], exclusions) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:
+    """(the photos an --exclude file keeps, rejected rows of the others)."""
+    if exclusions is None:
+        return photos, []
+    kept = [p for p in photos if not exclusions.excludes(p.sha256, p.source.relpath)]
+    return kept, [(p.source.relpath, f"excluded by {exclusions.name}") for p in photos
+                  if exclusions.excludes(p.sha256, p.source.relpath)]
 
 
 def _corrected(assignment: list[tuple[CheckedPhoto, str]], unused: list[CheckedPhoto], fixes: list
