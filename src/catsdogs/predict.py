@@ -42,7 +42,7 @@ class Predictor:
     catsdogs.engines); `samples`: images to verify an exported engine on.
     """
 
-    def __init__(self, run: Path, *, threshold: float | None = None, tta: bool = False, batch_size: int = 64,
+    def __init__(self, run: Path, *, threshold: float | None = None, tta: bool = False, batch_size: int = 32,
                  model=None, engine: str = "keras", samples: np.ndarray | None = None, calibrated: bool = True):
         self.run = Path(run)
         threshold = check_threshold(threshold)  # before loading anything: nan, inf, 2, -1 refused

@@ -32,8 +32,11 @@ def branch_extractor(model: keras.Model, name: str) -> keras.Model:
 def split_features(model: keras.Model, context, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(features side by side over the model's bases, labels) of a split, from the cache or extracted."""
     cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
-    parts = [cached_features(branch_extractor(model, name), context, split, cache_dir)
-             for name in backbone_names(context.options.backbone)]
+    extractors = [branch_extractor(model, name) for name in backbone_names(context.options.backbone)]
+    # Keras extracts: ONNX Runtime is as fast here only with its memory arena, which holds ~2 GB more for
+    # EfficientNet-Lite2's two views (and exporting peaks ~1.8 GB higher): docs/performance.md
+    parts = [cached_features(extractor, context, split, cache_dir,
+                             {"forward": extractor.predict_on_batch, "engine": "keras"}) for extractor in extractors]
     return np.concatenate([np.asarray(part.images, np.float32) for part in parts], axis=1), np.asarray(parts[0].labels)
 
 
