@@ -1,7 +1,7 @@
 """Open-set rejection on real photos: a cats/dogs `fit` RUN given photos of other subjects (TrashNet), and a
 TrashNet RUN given cats and dogs (issue 26).
 
-    python benchmarks/open_set.py [--per-class 400] [--held-out 200] [--backbone mobilenetv2] [--work DIR]
+    python benchmarks/open_set.py [--per-class 400] [--held-out 200] [--backbone B] [--work DIR]
                                   [--run RUN] [--trash-run RUN]
 
 Measures, for each RUN: the share of the other subject's photos labelled unknown, the share of held-out photos
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=400, help="fit photos per class (cats/dogs)")
     parser.add_argument("--trash-per-class", type=int, default=100, help="fit photos per TrashNet class")
     parser.add_argument("--held-out", type=int, default=200, help="held-out photos per class")
-    parser.add_argument("--backbone", default="mobilenetv2")
+    parser.add_argument("--backbone", help="one candidate backbone (default: fit's own candidates)")
     parser.add_argument("--work", type=Path, help="default: a temporary folder")
     parser.add_argument("--run", type=Path, help="a cats/dogs RUN to measure instead of fitting one")
     parser.add_argument("--trash-run", type=Path, help="a TrashNet RUN to measure instead of fitting one")
@@ -93,9 +93,10 @@ def main() -> None:
         extract(TRASH, lambda n: n.split("/")[1] if n.count("/") == 2 else None, trash_fit, trash_held,
                 args.trash_per_class, args.held_out // 4)
     started = time.perf_counter()
-    pets_run = args.run or catsdogs.fit(pets_fit, work / "pets-run", backbones=[args.backbone], report=False,
+    backbones = [args.backbone] if args.backbone else None
+    pets_run = args.run or catsdogs.fit(pets_fit, work / "pets-run", backbones=backbones, report=False,
                                         audit=False, overwrite=True).path
-    trash_run = args.trash_run or catsdogs.fit(trash_fit, work / "trash-run", backbones=[args.backbone],
+    trash_run = args.trash_run or catsdogs.fit(trash_fit, work / "trash-run", backbones=backbones,
                                                report=False, audit=False, overwrite=True).path
     fitted = time.perf_counter() - started
     show(f"cats/dogs RUN {pets_run} given TrashNet photos", measure(Path(pets_run), pets_held, trash_held))

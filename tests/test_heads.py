@@ -78,3 +78,20 @@ def test_heads_run_trains_loads_and_predicts(tmp_path: Path):
     assert (run / "learning_curve.png").exists()
     again = catsdogs.Run(run.path)
     assert [p.label for p in again.predict(data / "test")] == [p.label for p in run.predict(data / "test")]
+
+
+@pytest.mark.slow
+def test_calibrating_a_heads_run_reuses_its_cached_features(tmp_path: Path, monkeypatch):
+    data = tmp_path / "data"
+    catsdogs.prepare(make_class_folders(tmp_path / "photos", per_class=10, names=("ants", "bees", "wasps")), data)
+    run = catsdogs.train(data=data, model="heads", out=tmp_path / "run", backbone="mobilenetv2", image_size=64,
+                         model_options={"weights": None}, calibration=False)
+    import catsdogs.dataset
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("calibrate decoded photos instead of reading the features cache")
+
+    monkeypatch.setattr(catsdogs.dataset, "load_split", no_decoding)
+    summary = catsdogs.calibrate(run.path, accept=0.9)
+    assert (run / "calibration.json").exists() and (run / "novelty.npz").exists()
+    assert summary.novelty.accepted is not None and summary.novelty.accepted >= 0.8

@@ -1,7 +1,8 @@
-"""How unlike the training photos a photo is: open-set scores from the model's penultimate embeddings.
+"""How unlike the training photos a photo is: open-set scores from the model's embeddings.
 
-The embedding is the input of the model's last Dense layer (the study's convnets: `dense`; features: the head's
-`dense`; transfer/finetune: the pooled base), whatever the model in the registry. Scores (higher = more novel):
+The embedding is the pooled features of the pretrained base for the models that have one (features, heads,
+transfer, finetune: the layer `pool`), else the input of the model's last Dense layer (the study's convnets:
+`dense`), whatever the model in the registry. Scores (higher = more novel):
 - knn: 1 - cosine similarity to the k-th nearest L2-normalised training embedding (Sun et al., 2022);
 - mahalanobis: the smallest class-conditional Mahalanobis distance, shared covariance with Ledoit-Wolf
   shrinkage (Lee et al., 2018);
@@ -25,13 +26,17 @@ METHODS = ("knn", "mahalanobis", "confidence", "knn+confidence", "mahalanobis+co
 
 
 def embedding_model(model):
-    """A Keras model: images -> [penultimate embeddings, the model's output], sharing the model's layers.
+    """A Keras model: images -> [embeddings, the model's output], sharing the model's layers.
 
-    The embedding is the input of the layer that makes the output; a nested model at the end (the features
-    model's `head`) is followed inside."""
+    A model on a pretrained base (features, heads, transfer, finetune): the base's pooled features (`pool`,
+    flip-averaged in `heads`), where photos of other subjects lie far from the training photos (ImageNet's
+    geometry, not squeezed by a head trained to tell the classes apart). Other models (the study's convnets): the
+    input of the layer that makes the output; a nested model at the end is followed inside."""
     import keras
 
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a bare tensor: no structure warning
+    if "pool" in {layer.name for layer in model.layers}:  # a pretrained base: its pooled ImageNet features
+        return keras.Model(inputs, [model.get_layer("pool").output, model.outputs[0]], name="embeddings")
     return keras.Model(inputs, [_penultimate(model, model.inputs), model.outputs[0]], name="embeddings")
 
 

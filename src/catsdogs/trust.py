@@ -122,9 +122,7 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
     """Fit the calibration and the novelty threshold of a finished RUN on its validation split and write
     RUN/calibration.json and RUN/novelty.npz. `accept`: the share of in-distribution validation photos to
     accept. `other`: a folder of photos of none of the classes, to report AUROC and the share rejected."""
-    from catsdogs.dataset import load_split
     from catsdogs.decision import class_probabilities
-    from catsdogs.novelty import MAX_REFERENCE
     from catsdogs.run_files import load_run_model, read_run_classes
 
     check_accept(accept)
@@ -138,19 +136,12 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
     image_size = int(model.input_shape[1])
     other_images = _other_images(other, image_size) if other is not None else None
     joint = embedding_model(model)
-    validation = load_split(data, "validation", image_size, cache_dir=cache_dir)
-    train = load_split(data, "train", image_size, cache_dir=cache_dir)
-    if validation.classes != classes or len(validation.labels) == 0:
-        raise UsageError(f"the validation split of {data} is empty or has other classes than the run", "data")
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.permutation(len(train.labels))[:MAX_REFERENCE])
-    train_embeddings = np.concatenate([embed(joint, np.stack([train.images[j] for j in keep[i:i + 512]]))[0]
-                                       for i in range(0, len(keep), 512)])
-    val_embeddings, val_outputs = embed(joint, validation.images)
+    (train_embeddings, train_labels), (val_embeddings, val_outputs, val_labels) = _embeddings(
+        model, joint, config, data, classes, cache_dir, seed, features_cache=Path(cache_dir or run / "cache"))
     val_raw = class_probabilities(val_outputs)
-    calibration = fit_calibration(validation.labels, val_raw)
+    calibration = fit_calibration(val_labels, val_raw)
     val_probabilities = calibration.apply(val_raw)
-    novelty = fit_novelty(train_embeddings, train.labels[keep], len(classes), seed=seed, method=method)
+    novelty = fit_novelty(train_embeddings, train_labels, len(classes), seed=seed, method=method)
     components = novelty.components(val_embeddings, val_probabilities)
     fit_stats(novelty, components)
     novelty.set_threshold(novelty.combine(components), accept)
@@ -165,10 +156,42 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
             report["methods"][name] = {"auroc": _auroc(inside, outside), "rejected": float(np.mean(outside > cut))}
         report.update(report["methods"][method])
     write_json(run / CALIBRATION, {"calibration": calibration.to_dict(), "novelty": novelty.to_dict(),
-                                   "split": "validation", "n_validation": int(len(validation.labels)),
+                                   "split": "validation", "n_validation": int(len(val_labels)),
                                    "data": str(data), "other": report})
     novelty.save_arrays(run / NOVELTY)
     return CalibrationSummary(run, calibration, novelty, report)
+
+
+def _embeddings(model, joint, config: dict, data: Path, classes: list[str], cache_dir, seed: int, *,
+                features_cache: Path):
+    """((train embeddings, labels) of up to MAX_REFERENCE training photos, (validation embeddings, outputs,
+    labels)): from the features cache for a `heads` run (no image decoded), else through `joint`."""
+    from catsdogs.dataset import load_split
+    from catsdogs.novelty import MAX_REFERENCE
+    from catsdogs.trainers.heads import cached_pool_features
+
+    rng = np.random.default_rng(seed)
+    cached = [cached_pool_features(model, config.get("backbone"), data, split, features_cache)
+              for split in ("train", "validation")] if config.get("model") == "heads" else [None, None]
+    if cached[0] is not None and cached[1] is not None:
+        from catsdogs.data_files import read_manifest
+
+        labels = [np.array([classes.index(row["class"]) for row in read_manifest(data, split)], np.int64)
+                  for split in ("train", "validation")]
+        if len(labels[0]) == len(cached[0]) and len(labels[1]) == len(cached[1]) and len(labels[1]):
+            keep = np.sort(rng.permutation(len(labels[0]))[:MAX_REFERENCE])
+            outputs = np.asarray(model.get_layer("head").predict(cached[1], verbose=0, batch_size=256))
+            return (cached[0][keep], labels[0][keep]), (cached[1], outputs, labels[1])
+    image_size = int(model.input_shape[1])
+    validation = load_split(data, "validation", image_size, cache_dir=cache_dir)
+    train = load_split(data, "train", image_size, cache_dir=cache_dir)
+    if validation.classes != classes or len(validation.labels) == 0:
+        raise UsageError(f"the validation split of {data} is empty or has other classes than the run", "data")
+    keep = np.sort(rng.permutation(len(train.labels))[:MAX_REFERENCE])
+    train_embeddings = np.concatenate([embed(joint, np.stack([train.images[j] for j in keep[i:i + 512]]))[0]
+                                       for i in range(0, len(keep), 512)])
+    val_embeddings, val_outputs = embed(joint, validation.images)
+    return (train_embeddings, train.labels[keep]), (val_embeddings, val_outputs, validation.labels)
 
 
 def selective_metrics(labels: np.ndarray, raw: np.ndarray, probabilities: np.ndarray, novelty: np.ndarray | None,
