@@ -86,12 +86,10 @@ def test_calibrating_a_heads_run_reuses_its_cached_features(tmp_path: Path, monk
     catsdogs.prepare(make_class_folders(tmp_path / "photos", per_class=10, names=("ants", "bees", "wasps")), data)
     run = catsdogs.train(data=data, model="heads", out=tmp_path / "run", backbone="mobilenetv2", image_size=64,
                          model_options={"weights": None}, calibration=False)
-    import catsdogs.dataset
-
     def no_decoding(*args, **kwargs):
         raise AssertionError("calibrate decoded photos instead of reading the features cache")
 
-    monkeypatch.setattr(catsdogs.dataset, "load_split", no_decoding)
+    monkeypatch.setattr("catsdogs.dataset.load_split", no_decoding)
     summary = catsdogs.calibrate(run.path, accept=0.9)
     assert (run / "calibration.json").exists() and (run / "novelty.npz").exists()
     assert summary.novelty.accepted is not None and summary.novelty.accepted >= 0.8

@@ -166,6 +166,8 @@ def _embedder(extractor, model, count: int) -> Extractor:
     `catsdogs.trainers.features.choose_forward` picks on the first batch (the fastest verified one for many)."""
     if model is None:
         return lambda batch: np.asarray(extractor(batch), dtype=np.float32)
+    if any(layer.name == "mirror" for layer in model.layers):  # a `heads` base (fit): Keras, as its training did
+        return lambda batch: np.asarray(model.predict_on_batch(batch.astype(np.float32)), dtype=np.float32)
     from catsdogs.trainers.features import choose_forward
 
     chosen: list = []
