@@ -60,3 +60,20 @@ def test_too_small_a_budget_writes_nothing(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "too small for even the first stage" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resolution_stage_only_for_photos_larger_than_the_base(tmp_path: Path):
+    from catsdogs.fitting import Stage, resolution_stage
+
+    stages = [Stage("heads mobilenetv2", "mobilenetv2", 100.0)]  # its input: 160 px
+    for name, (width, height), expected in (("big", (512, 384), 384), ("small", (180, 160), None),
+                                            ("medium", (300, 224), 224)):
+        data = tmp_path / name
+        data.mkdir()
+        (data / "classes.json").write_text('["a", "b"]')
+        rows = "".join(f"train/a/{i}.jpg,a,train,x,{width},{height},s{i}\n" for i in range(5))
+        (data / "manifest.csv").write_text("path,class,split,sha256,width,height,source\n" + rows)
+        stage = resolution_stage(stages, data)
+        assert (stage.image_size if stage else None) == expected
+        if stage:
+            assert stage.estimate_s > 100.0 and stage.folder == f"best@{expected}"

@@ -40,6 +40,8 @@ RUN_FILES = (CONFIG, CLASSES, MODEL, HISTORY, CURVES, "learning_curve.json", "le
 OVERHEAD_S = 15.0  # per stage: building the bases, exporting and checking an engine, fitting the heads
 FIXED_S = 30.0  # prepare, evaluation, audit and report, on top of the stages (scaled with the photos below)
 FIXED_S_PER_PHOTO = 0.02
+MAX_RESOLUTION, LARGER = 384, 1.25  # the resolution stage: up to 384 px, for photos 1.25x the base's input
+BEST = "best"  # a stage's backbone chosen when it starts (the best single one so far)
 
 
 def default_candidates() -> list[str]:
@@ -64,10 +66,11 @@ class Stage:
     seconds: float | None = None
     val_accuracy: float | None = None
     val_loss: float | None = None
+    image_size: int | None = None  # a higher resolution than the base's own
 
     @property
     def folder(self) -> str:
-        return self.backbone
+        return self.backbone + (f"@{self.image_size}" if self.image_size else "")
 
 
 def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None = None,
@@ -124,13 +127,15 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     if data is None:
         _prepared(Path(source), data_dir, seed, train_size, val_size, test_size, corrections)
     weights = _class_weight(data_dir, class_weight)
+    if not limit.unlimited and (larger := resolution_stage(stages, data_dir)) is not None:
+        stages.append(larger)
     say(plan_line(stages, limit))
     with weights_cache(cache / "keras"):
         _run_stages(stages, data_dir, out, seed, weights, cache, distribution.kind, limit)
     done = [stage for stage in stages if stage.status == "done"]
     best = max(done, key=lambda stage: (stage.val_accuracy, -stage.val_loss))
-    scores = ", ".join(f"{stage.backbone} {stage.val_accuracy:.4f}" for stage in done)
-    say(f"chose {best.backbone} on validation accuracy ({scores})")
+    scores = ", ".join(f"{stage.folder} {stage.val_accuracy:.4f}" for stage in done)
+    say(f"chose {best.folder} on validation accuracy ({scores})")
     return _finish(out, data_dir, cache, best, stages, limit, report=report, audit=audit and distribution.is_chief,
                    accept=accept if calibration and distribution.is_chief else None)
 
@@ -180,6 +185,20 @@ def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Bu
     return stages
 
 
+def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
+    """(c) the best single backbone again at a higher resolution, when the photos are at least 1.25x larger than
+    its input (their median shorter side, up to 384 px): fine detail (textures, materials) then shows."""
+    from catsdogs.models.backbones import get_backbone
+
+    sides = sorted(min(int(row["width"]), int(row["height"])) for row in read_manifest(data_dir, "train"))
+    native = get_backbone(stages[0].backbone).image_size
+    size = min(MAX_RESOLUTION, sides[len(sides) // 2] // 32 * 32) if sides else 0
+    if size < LARGER * native:
+        return None
+    estimate = (stages[0].estimate_s - OVERHEAD_S) * (size / native) ** 2 + OVERHEAD_S
+    return Stage(f"heads best backbone at {size} px", BEST, estimate, image_size=size)
+
+
 def plan_line(stages: list[Stage], limit: Budget) -> str:
     total = sum(stage.estimate_s for stage in stages)
     steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}" for stage in stages)
@@ -192,13 +211,13 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
     """Run each stage that still fits the budget; the pair stage takes the two best single backbones."""
     pace = 1.0  # actual / estimated seconds so far: later estimates are scaled by it
     for stage in stages:
-        if "+" in stage.backbone:
-            singles = sorted((s for s in stages if s.status == "done" and "+" not in s.backbone),
-                             key=lambda s: (s.val_accuracy, -s.val_loss), reverse=True)
-            if len(singles) < 2:
+        singles = sorted((s for s in stages if s.status == "done" and "+" not in s.backbone and not s.image_size),
+                         key=lambda s: (s.val_accuracy, -s.val_loss), reverse=True)
+        if "+" in stage.backbone or stage.backbone == BEST:
+            if len(singles) < (2 if "+" in stage.backbone else 1):
                 stage.status = "skipped"
                 continue
-            stage.backbone = "+".join(s.backbone for s in singles[:2])
+            stage.backbone = "+".join(s.backbone for s in singles[:2]) if "+" in stage.backbone else singles[0].backbone
         if stage.status == "planned" and any(s.status == "done" for s in stages) and \
                 not limit.allows(stage.estimate_s * pace):
             stage.status = "skipped"
@@ -207,7 +226,7 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
             continue
         started = time.monotonic()
         result = _train_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight, cache,
-                              distribute)
+                              distribute, stage.image_size)
         stage.seconds = round(time.monotonic() - started, 1)
         stage.status, stage.val_accuracy, stage.val_loss = "done", result["val_accuracy"], result["val_loss"]
         pace = max(pace, stage.seconds / stage.estimate_s) if stage.estimate_s else pace
@@ -216,12 +235,13 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
 
 
 def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,
-                 distribute: str | None) -> dict:
+                 distribute: str | None, image_size: int | None = None) -> dict:
     """Train (or reuse) the `heads` run of one stage; its validation numbers."""
     status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
     if status != "complete":
-        say(f"heads {backbone}: extracting flip-averaged features and fitting the heads")
-        train(TrainOptions(data=data_dir, model="heads", out=run, backbone=backbone, seed=seed,
+        say(f"heads {backbone}{f' at {image_size} px' if image_size else ''}: extracting flip-averaged features "
+            "and fitting the heads")
+        train(TrainOptions(data=data_dir, model="heads", out=run, backbone=backbone, seed=seed, image_size=image_size,
                            class_weight=class_weight, cache_dir=cache, overwrite=True, distribute=distribute,
                            calibration=False))
     best = Run(run).history[-1]
@@ -238,7 +258,8 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
         if (chosen / name).exists():
             shutil.copy2(chosen / name, out / name)
     config = read_json(out / CONFIG)
-    record = {"chosen": best.backbone, "chosen_on": "validation accuracy, then log loss",
+    record = {"chosen": best.backbone, "chosen_stage": best.name, "image_size": best.image_size,
+              "chosen_on": "validation accuracy, then log loss",
               "budget_s": limit.seconds, "stages": [asdict(stage) for stage in stages]}
     config.update(fit=record)
     write_json(out / CONFIG, config)
