@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.errors import CatsdogsError, UsageError, one_line
 from catsdogs.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def load_engine(name: str, onnx_path: Path) -> Engine:
     except ImportError:
         raise
     except Exception as error:  # noqa: BLE001 - runtimes raise their own types (InvalidProtobuf, RuntimeError)
-        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        reason = one_line(error)
         raise CatsdogsError(f"cannot load {onnx_path}: {reason}") from None
 
 
@@ -224,7 +224,7 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
         try:
             candidates[name] = _verified(name, model, folder, key, samples, reference)
         except Exception as error:  # noqa: BLE001 - a converter or runtime failure only rules the engine out
-            refused[name] = " ".join(str(error).split())[:300] or type(error).__name__
+            refused[name] = one_line(error)
     timings = _images_per_second(candidates, samples)
     chosen = max(timings, key=timings.get)
     logger.info("engines: using %s (%s images/s%s)", chosen,

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.errors import CatsdogsError, UsageError, one_line
 from catsdogs.files import check_out_file
 
 if TYPE_CHECKING:
@@ -148,11 +148,11 @@ def _write_and_verify(
     except CatsdogsError:
         raise
     except Exception as exc:  # converters raise anything; keep it to one line
-        raise CatsdogsError(f"{fmt} export failed: {_one_line(exc)}") from exc
+        raise CatsdogsError(f"{fmt} export failed: {one_line(exc)}") from exc
     try:
         got = _batched(_RUNNERS[fmt](target), images)
     except Exception as exc:
-        raise CatsdogsError(f"the {fmt} export could not be run: {_one_line(exc)}") from exc
+        raise CatsdogsError(f"the {fmt} export could not be run: {one_line(exc)}") from exc
     reference = np.asarray(reference).reshape(len(reference), -1)  # as `_batched` answers
     if got.shape != reference.shape:
         raise CatsdogsError(f"the {fmt} export answers shape {got.shape}, Keras {reference.shape}")
@@ -283,11 +283,6 @@ def _remove_empty(folders: list[Path]) -> None:
 def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
     diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
     return float("inf") if not np.all(np.isfinite(diff)) else float(diff.max())
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from catsdogs.errors import one_line
+
 MIN_SIDE = 32
 MAX_PIXELS = 50_000_000  # well above any photo; a 100-megapixel image or a bomb is refused
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -158,7 +160,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
     except Image.DecompressionBombError:
         raise ImageError(f"too large: more than {max_pixels:,} pixels (decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, RuntimeError) as error:  # PIL's (and libheif's) "not an image"
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = one_line(error, first_line=True)
         if "cannot identify image file" in reason:
             reason = "not an image"
         raise ImageError(f"cannot decode: {reason}") from None
