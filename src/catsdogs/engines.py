@@ -191,11 +191,9 @@ def load_engine(name: str, onnx_path: Path) -> Engine:
 
 def _load_engine(name: str, onnx_path: Path) -> Engine:
     if name == "onnx":
-        import onnxruntime
+        from catsdogs.export import onnx_session
 
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(onnx_path)
         input_name = session.get_inputs()[0].name
         return Engine("onnx", lambda batch: session.run(None, {input_name: batch})[0])
     import openvino
