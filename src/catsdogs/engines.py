@@ -18,7 +18,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from catsdogs.errors import CatsdogsError, UsageError, one_line
 from catsdogs.files import write_text_atomic
+from catsdogs.timing import images_per_second
 
 logger = logging.getLogger(__name__)
 
@@ -241,14 +241,7 @@ def _images_per_second(candidates: dict[str, Engine], samples: np.ndarray, batch
                        repeats: int = TIMING_REPEATS) -> dict[str, float]:
     """Each engine's images/s on batches of `batch_size` made from `samples`, after one warm-up call."""
     batch = np.resize(samples, (batch_size, *samples.shape[1:])).astype(np.float32)
-    timings = {}
-    for name, engine in candidates.items():
-        engine(batch)
-        started = time.perf_counter()
-        for _ in range(repeats):
-            engine(batch)
-        timings[name] = batch_size * repeats / (time.perf_counter() - started)
-    return timings
+    return {name: images_per_second(engine, batch, repeats) for name, engine in candidates.items()}
 
 
 def fastest_forward(model, samples: np.ndarray) -> Engine:
