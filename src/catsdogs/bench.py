@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catsdogs.compat import flat_layers
 from catsdogs.data_files import manifest_sha256
 from catsdogs.dataset import load_split, to_dataset
 from catsdogs.models.convnet import STUDY_IMAGE_SIZE
@@ -42,7 +43,7 @@ class Throughput:
 def model_flops(model) -> int:
     """Forward-pass FLOPs of a model's Conv2D and Dense layers for one image (2 per multiply-add)."""
     flops = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in flat_layers(model):
         kind = layer.__class__.__name__
         if kind == "Conv2D":
             _, height, width, filters = layer.output.shape
