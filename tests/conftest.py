@@ -1,22 +1,16 @@
-"""Shared fixtures: tiny photos made here, a tiny prepared DATA and a tiny trained RUN."""
+"""Fixtures and hooks: the shared files checked, a tiny prepared DATA and a tiny trained RUN (read-only;
+`run_copy` for a test that writes into it). Helpers to import live in helpers.py."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-ZIP_NAME = Path("shared") / "data" / "dogs-vs-cats-train-5000.zip"
-# ../shared beside the checkout, or beside a folder further up (a git worktree under the project)
-SHARED = next((parent / "shared" for parent in ROOT.parents if (parent / ZIP_NAME).exists()), ROOT.parent / "shared")
-# the default data and offline ImageNet weights: the variables the Makefile sets, else the project's ../shared
-SHARED_ZIP = Path(os.environ.get("CATSDOGS_DEFAULT_SOURCE") or SHARED / "data" / ZIP_NAME.name)
-SHARED_WEIGHTS = Path(os.environ.get("CATSDOGS_WEIGHTS") or SHARED / "weights" / "keras")
+from helpers import SHARED_WEIGHTS, SHARED_ZIP, make_class_folders
 
 
 def pytest_sessionstart(session) -> None:
@@ -31,32 +25,6 @@ def pytest_sessionstart(session) -> None:
     os.environ["CATSDOGS_WEIGHTS"] = str(SHARED_WEIGHTS)
 
 
-def make_photo(path: Path, kind: int, index: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG",
-               kinds: int = 2) -> Path:
-    """A synthetic 'photo' of class `kind` out of `kinds`: bright in the kind-th vertical band, with noise
-    (two kinds: class 0 bright on the left half, class 1 on the right)."""
-    rng = np.random.default_rng(index * kinds + kind)
-    width, height = size
-    pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
-    band = slice(kind * width // kinds, (kind + 1) * width // kinds)
-    pixels[:, band] = np.clip(pixels[:, band].astype(int) + 180, 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format=fmt)
-    return path
-
-
-def make_class_folders(root: Path, per_class: int = 12, names: tuple[str, ...] = ("Cats", "Dogs")) -> Path:
-    for kind, name in enumerate(names):
-        for i in range(per_class):
-            make_photo(root / name / f"{i}.jpg", kind, i, kinds=len(names))
-    return root
-
-
-SLOW_FILES = {"test_reproduce.py", "test_distribute.py", "test_n_classes.py", "test_fit.py", "test_backbones.py",
-              "test_efficientnet_lite.py", "test_export.py", "test_quantize.py", "test_bench.py"}
-BROWSER_FILES = {"test_serve_browser.py", "test_report_browser.py", "test_audit_browser.py"}
-
-
 # the longest files first (measured), so that `make test` (pytest-xdist, one file per worker at a time) does not
 # end with one worker on a long file while the other idles
 LONGEST_FIRST = ("test_reproduce.py", "test_distribute.py", "test_readme.py", "test_backbones.py", "test_n_classes.py",
@@ -64,15 +32,9 @@ LONGEST_FIRST = ("test_reproduce.py", "test_distribute.py", "test_readme.py", "t
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Markers by file: `browser` (headless Chromium) and `slow` (trains real backbones or whole studies);
-    `make test-fast` leaves both out. The longest files run first."""
+    """The longest files run first (the `slow` and `browser` markers are each file's `pytestmark`)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order is kept
-    for item in items:
-        if item.path.name in BROWSER_FILES:
-            item.add_marker(pytest.mark.browser)
-        if item.path.name in SLOW_FILES:
-            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -106,11 +68,18 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data: Path, tmp_path_factory) -> Path:
-    """A baseline convnet trained for 2 epochs on `tiny_data` at 48 px."""
+    """A baseline convnet trained for 2 epochs on `tiny_data` at 48 px, shared by the session: read-only (a test
+    that evaluates, explains or caches an engine into a RUN takes `run_copy`)."""
     from catsdogs.training import TrainOptions, train
 
     out = tmp_path_factory.mktemp("runs") / "baseline"
     return train(TrainOptions(data=tiny_data, model="baseline", out=out, epochs=2, image_size=48, batch_size=8))
+
+
+@pytest.fixture
+def run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    """A copy of `tiny_run` in tmp_path, for a test that writes into its RUN."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import SHARED_ZIP
+from helpers import SHARED_ZIP
 
 TINY_IMAGE_SIZE = 48  # the baseline's four conv+pool blocks need at least 48 px
 

@@ -1,5 +1,6 @@
 """AUDIT/audit.html in headless Chromium: thumbnails load, pairs side by side, no console errors, fits a phone."""
 
+import pytest
 from PIL import Image, ImageOps
 
 from catsdogs.auditing import audit
@@ -7,6 +8,8 @@ from catsdogs.preparation import prepare
 from test_audit import add_photo, jpeg, make_source, pixels, read_manifest, write_manifest
 
 from browser import broken_images, chromium_driver, emulate_phone, horizontal_overflow, severe_console_entries
+
+pytestmark = pytest.mark.browser
 
 
 def test_audit_page_renders_in_chromium(tmp_path):

@@ -24,7 +24,9 @@ from catsdogs.preparation import prepare
 from catsdogs.trainers import features as features_module
 from catsdogs.training import TrainOptions, train
 
-from conftest import make_photo
+from helpers import make_photo
+
+pytestmark = pytest.mark.slow
 
 SIZE = 32  # MobileNetV2's smallest input: fast enough to train in a test
 

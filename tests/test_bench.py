@@ -12,6 +12,8 @@ from catsdogs.engines import VERIFIED, list_engines
 from catsdogs.export import float32_rebuild
 from catsdogs.runs import Run
 
+pytestmark = pytest.mark.slow
+
 
 def test_engine_table_lists_every_engine_in_both_precisions(tiny_run: Path, tiny_data: Path, tmp_path: Path):
     runtimes = [name for name in list_engines() if name in VERIFIED]

@@ -12,7 +12,7 @@ from catsdogs.cli import main
 from catsdogs.errors import UsageError
 from catsdogs.fitting import plan
 
-from conftest import make_class_folders
+from helpers import make_class_folders
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10m", 600), ("90s", 90), ("1h30m", 5400), ("1.5h", 5400),

@@ -56,11 +56,11 @@ def test_unknown_model_lists_the_known_ones(tiny_data, tmp_path, capsys):
     assert "baseline" in capsys.readouterr().err
 
 
-def test_predict_csv_with_an_error_row(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys):
+def test_predict_csv_with_an_error_row(run_copy: Path, tiny_data: Path, tmp_path: Path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
     folder = tiny_data / "test"
-    assert main(["predict", str(tiny_run), str(folder), str(bad)]) == 0
+    assert main(["predict", str(run_copy), str(folder), str(bad)]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0] == ["path", "label", "p_cat", "p_dog", "novelty", "error"]
     images = sorted(p for p in folder.rglob("*.jpg"))
@@ -161,7 +161,7 @@ def test_top_level_debug_shows_the_traceback(tmp_path, capsys):
 
 
 def test_overwrite_everywhere_and_force_as_its_alias(class_folders, tmp_path, capsys):
-    from conftest import make_class_folders
+    from helpers import make_class_folders
 
     data = tmp_path / "data"
     assert main(["prepare", str(class_folders), "--out", str(data), "--val", "4", "--test", "4"]) == 0

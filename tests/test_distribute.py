@@ -23,6 +23,8 @@ from catsdogs.distribute import (
 )
 from catsdogs.errors import UsageError
 
+pytestmark = pytest.mark.slow
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 LIMIT = 240  # seconds any child may run
 
@@ -204,7 +206,7 @@ def test_killed_workers_restart_and_the_run_continues(tiny_data: Path, tmp_path:
 def test_fit_on_two_workers(tmp_path: Path):
     from catsdogs.models.weights import offline_weights_dir
 
-    from conftest import make_class_folders
+    from helpers import make_class_folders
 
     if offline_weights_dir() is None:
         pytest.skip("MobileNetV2's offline weights (../shared/weights/keras) are absent")

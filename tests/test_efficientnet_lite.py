@@ -19,7 +19,9 @@ from catsdogs.models import efficientnet_lite as effl  # noqa: E402
 from catsdogs.models.efficientnet_lite import build_efficientnet_lite, default_image_size  # noqa: E402
 from catsdogs.models.torch_checkpoint import read_torch_state_dict  # noqa: E402
 
-from conftest import SHARED_ZIP as PHOTOS_ZIP  # noqa: E402
+from helpers import SHARED_ZIP as PHOTOS_ZIP  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 DOG_CLASSES = range(151, 269)

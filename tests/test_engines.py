@@ -14,7 +14,7 @@ from catsdogs import engines
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.predict import Predictor
 
-from conftest import make_class_folders
+from helpers import make_class_folders
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
@@ -62,12 +62,12 @@ def test_auto_falls_back_to_keras_and_names_are_checked(run: catsdogs.Run, monke
         engines.create_engine(run.path, run.model, "tensorrt")
 
 
-def test_a_model_that_differs_is_refused(tmp_path: Path, tiny_run: Path):
-    model = catsdogs.Run(tiny_run).model  # trained with precision auto: bfloat16 on CPUs that have it
+def test_a_model_that_differs_is_refused(tmp_path: Path, run_copy: Path):
+    model = catsdogs.Run(run_copy).model  # trained with precision auto: bfloat16 on CPUs that have it
     if not any("bfloat16" in layer.dtype_policy.name for layer in model.layers):
         pytest.skip("this CPU trains the tiny run in float32")
     with pytest.raises(CatsdogsError, match="differs from Keras by"):
-        engines.create_engine(tiny_run, model, "onnx")
+        engines.create_engine(run_copy, model, "onnx")
 
 
 def test_auto_survives_a_runtime_that_breaks(run: catsdogs.Run, monkeypatch):

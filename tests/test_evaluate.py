@@ -58,10 +58,10 @@ def test_swapped_class_names_are_caught(oracle_run: Path, tiny_data: Path, tmp_p
         evaluate(oracle_run, tiny_data, "test", explain=False)
 
 
-def test_confusion_matrix_matches_per_file_predictions(tiny_run: Path, tiny_data: Path):
-    metrics = evaluate(tiny_run, tiny_data, "test", explain=False)
-    predictor = Predictor(tiny_run)
-    rows = list(csv.DictReader(open(tiny_run / "predictions-test.csv")))
+def test_confusion_matrix_matches_per_file_predictions(run_copy: Path, tiny_data: Path):
+    metrics = evaluate(run_copy, tiny_data, "test", explain=False)
+    predictor = Predictor(run_copy)
+    rows = list(csv.DictReader(open(run_copy / "predictions-test.csv")))
     matrix = np.zeros((2, 2), int)
     for row in rows:  # each file classified on its own, then counted
         p1 = float(predictor.probabilities(load_image(row["path"], predictor.image_size)[None])[0, 1])
@@ -71,7 +71,7 @@ def test_confusion_matrix_matches_per_file_predictions(tiny_run: Path, tiny_data
     assert metrics["confusion_matrix"]["matrix"] == matrix.tolist()
 
 
-def test_threshold_is_tuned_on_validation_only(tiny_run: Path, tiny_data: Path, monkeypatch):
+def test_threshold_is_tuned_on_validation_only(run_copy: Path, tiny_data: Path, monkeypatch):
     loaded: list[str] = []
     real_load_split = evaluate_module.load_split
 
@@ -80,19 +80,19 @@ def test_threshold_is_tuned_on_validation_only(tiny_run: Path, tiny_data: Path, 
         return real_load_split(data, split, *args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "load_split", spy)
-    threshold = tune_run_threshold(tiny_run, tiny_data)
+    threshold = tune_run_threshold(run_copy, tiny_data)
     assert loaded == ["validation"]
     validation = load_split(tiny_data, "validation", SIZE)
-    expected = tune_threshold(validation.labels, Predictor(tiny_run).probabilities(validation.images)[:, 1])
+    expected = tune_threshold(validation.labels, Predictor(run_copy).probabilities(validation.images)[:, 1])
     assert threshold == pytest.approx(expected)
-    saved = json.loads((tiny_run / "threshold.json").read_text())
+    saved = json.loads((run_copy / "threshold.json").read_text())
     assert saved["split"] == "validation" and saved["threshold"] == pytest.approx(threshold)
-    metrics = evaluate(tiny_run, tiny_data, "test", explain=False)
+    metrics = evaluate(run_copy, tiny_data, "test", explain=False)
     # the tuned threshold is on the model's raw p; the predictor maps it onto the calibrated p (same photos cross it)
-    assert Predictor(tiny_run, calibrated=False).threshold == pytest.approx(threshold)
-    assert metrics["threshold"] == pytest.approx(Predictor(tiny_run).threshold)
+    assert Predictor(run_copy, calibrated=False).threshold == pytest.approx(threshold)
+    assert metrics["threshold"] == pytest.approx(Predictor(run_copy).threshold)
     assert metrics["threshold_origin"] == "tuned on validation"
-    (tiny_run / "threshold.json").unlink()
+    (run_copy / "threshold.json").unlink()
 
 
 def test_tta_averages_the_photo_and_its_mirror(oracle_run: Path, tiny_data: Path):

@@ -17,6 +17,8 @@ from keras import layers  # noqa: E402
 from catsdogs.errors import CatsdogsError, UsageError  # noqa: E402
 from catsdogs.export import FORMATS, export_model, float32_rebuild  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 SIZE = 32
 
 

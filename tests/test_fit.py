@@ -11,7 +11,7 @@ import catsdogs
 from catsdogs.cli import main
 from catsdogs.errors import UsageError
 
-from conftest import make_photo
+from helpers import make_photo
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from catsdogs.learning_curve import advice, learning_curve
 from catsdogs.models.frozen import backbone_names, build_heads
 from catsdogs.trainers.heads import fit_logistic
 
-from conftest import make_class_folders
+from helpers import make_class_folders
 
 
 def blobs(n: int, classes: int, seed: int, flip: int = 0) -> tuple[np.ndarray, np.ndarray]:

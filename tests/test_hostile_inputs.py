@@ -24,7 +24,7 @@ from catsdogs.preparation import prepare
 from catsdogs.sources import iter_image_files
 from catsdogs.stream import stream_predictions
 
-from conftest import make_class_folders, make_photo
+from helpers import make_class_folders, make_photo
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX files (FIFOs, /dev/zero)")
 

@@ -201,7 +201,7 @@ def test_predict_csv_cells_cannot_be_formulas(tiny_run: Path, tmp_path: Path):
         ["'=1+1", "'+a", "'-b", "'@c", "'\tx", "'\ry", "cat.jpg"]
     folder = tmp_path / "photos"
     folder.mkdir()
-    from conftest import make_photo
+    from helpers import make_photo
 
     names = ["=HYPERLINK(1).jpg", "+1.jpg", "@x.jpg", "plain.jpg"]
     for i, name in enumerate(names):

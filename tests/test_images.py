@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs.images import ImageError, decode_image, encode_jpeg, load_image
+from catsdogs.images import ImageError, decode_image, decode_many, decode_workers, encode_jpeg, load_image
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -98,3 +98,21 @@ def test_draft_mode_decodes_a_large_jpeg_at_the_size_asked(tmp_path):
     quick = load_image(path, 100)
     assert quick.shape == (100, 100, 3)
     assert np.abs(quick.astype(int) - full.astype(int)).mean() < 3  # the same picture
+
+
+def test_decode_many_keeps_order_counts_and_raises_the_first_failure(tmp_path):
+    paths = []
+    for index, shade in enumerate((0, 120, 250)):
+        path = tmp_path / f"{index}.png"
+        path.write_bytes(encoded(Image.new("RGB", (40, 36), (shade, shade, shade)), "PNG"))
+        paths.append(path)
+    done = []
+    images = decode_many(paths, 32, workers=3, on_each=lambda: done.append(1))
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    assert [int(image.mean()) for image in images] == [0, 120, 250] and len(done) == 3
+    out = np.zeros((3, 32, 32, 3), np.uint8)
+    assert decode_many(paths, 32, out=out) is out and int(out[2].mean()) == 250
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode_many([*paths, tmp_path / "bad.png"], 32)
+    assert decode_workers(5) == 5 and decode_workers() >= 2

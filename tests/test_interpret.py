@@ -32,9 +32,9 @@ def test_two_classes_use_the_threshold():
     assert interp.most_confused() == [("dog", "cat", 1)]
 
 
-def test_run_interpret_shows_curves_and_mistakes(tiny_run: Path):
-    interp = catsdogs.Run(tiny_run).interpret("test")
+def test_run_interpret_shows_curves_and_mistakes(run_copy: Path):
+    interp = catsdogs.Run(run_copy).interpret("test")
     assert len(interp.y_true) == 12 and interp.classes == ["cat", "dog"]
     assert isinstance(interp.curves(), Figure) and isinstance(interp.most_wrong(4), Figure)
-    assert interp.metrics()["accuracy"] == pytest.approx(catsdogs.Run(tiny_run).evaluate("test", explain=False)
+    assert interp.metrics()["accuracy"] == pytest.approx(catsdogs.Run(run_copy).evaluate("test", explain=False)
                                                          ["accuracy"])

@@ -14,7 +14,7 @@ import catsdogs
 from catsdogs.cli import main
 from catsdogs.models import list_models
 
-from conftest import make_class_folders
+from helpers import make_class_folders
 
 pytestmark = pytest.mark.slow
 NAMES = {2: ("cat", "dog"), 3: ("ants", "bees", "wasps"), 5: tuple("abcde")}

@@ -15,7 +15,7 @@ from catsdogs.errors import UsageError
 from catsdogs.preparation import prepare
 from catsdogs.sources import scan_source
 
-from conftest import make_class_folders, make_photo
+from helpers import make_class_folders, make_photo
 
 NAMES = ("ants", "bees", "wasps")
 

@@ -35,7 +35,7 @@ def phone_exif(when: str, model: str = "iPhone 15") -> Image.Exif:
 
 
 def pixels_of(kind: int, index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
-    """conftest.make_photo's pixels: class `kind` bright in its half, with noise."""
+    """helpers.make_photo's pixels: class `kind` bright in its half, with noise."""
     width, height = size
     pixels = np.random.default_rng(index * 2 + kind).integers(0, 60, (height, width, 3), dtype=np.uint8)
     pixels[:, kind * width // 2:(kind + 1) * width // 2] += 180

@@ -17,7 +17,7 @@ from catsdogs.images import encode_jpeg
 from catsdogs.preparation import STUDY_SIZES, prepare
 from catsdogs.sources import normalise_class_name, scan_source
 
-from conftest import make_class_folders, make_photo
+from helpers import make_class_folders, make_photo
 
 
 def manifest(data: Path) -> list[dict]:

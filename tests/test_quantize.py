@@ -18,6 +18,8 @@ from catsdogs.export import load_runner  # noqa: E402
 from catsdogs.predict import Predictor  # noqa: E402
 from catsdogs.quantize import quantize_int8, report_path  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 def test_int8_export_is_quantized_calibrated_and_measured(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys):
     import onnx

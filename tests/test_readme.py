@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_photo
+from helpers import make_photo
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -1,5 +1,6 @@
 """The HTML report in headless Chromium: every image loads, no console errors, fits a phone."""
 
+import pytest
 from PIL import Image
 
 from catsdogs.report import write_report
@@ -13,6 +14,8 @@ from browser import (
     severe_console_entries,
 )
 from fake_runs import make_run
+
+pytestmark = pytest.mark.browser
 
 
 def test_report_renders_in_chromium(tmp_path):

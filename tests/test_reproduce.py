@@ -12,7 +12,9 @@ import catsdogs.study as reproduce_module
 from catsdogs import evaluation
 from catsdogs.study import STUDY, reproduce
 
-from conftest import make_class_folders
+from helpers import make_class_folders
+
+pytestmark = pytest.mark.slow
 
 SPLIT = {"train": 40, "val": 20, "test": 20}  # a tenth of the quick study's: the same code path, in seconds
 

@@ -20,6 +20,8 @@ from catsdogs.serve import background_server, create_app  # noqa: E402
 from browser import chromium_driver  # noqa: E402
 from serve_support import make_tiny_run, real_photos  # noqa: E402
 
+pytestmark = pytest.mark.browser
+
 SCREENSHOT = "/tmp/serve-screenshot.png"
 
 

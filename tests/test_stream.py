@@ -12,7 +12,7 @@ from catsdogs.predict import Predictor
 from catsdogs.progress import Progress
 from catsdogs.stream import stream_predictions
 
-from conftest import make_photo
+from helpers import make_photo
 
 
 @pytest.fixture

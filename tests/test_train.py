@@ -79,9 +79,9 @@ def test_resume_after_kill_9(tiny_data: Path, tmp_path: Path):
     assert json.loads((run / "config.json").read_text())["status"] == "complete"
 
 
-def test_evaluation_is_in_file_order(tiny_run: Path, tiny_data: Path):
-    metrics = evaluate(tiny_run, tiny_data, "test")
-    rows = list(csv.DictReader(open(tiny_run / "predictions-test.csv")))
+def test_evaluation_is_in_file_order(run_copy: Path, tiny_data: Path):
+    metrics = evaluate(run_copy, tiny_data, "test")
+    rows = list(csv.DictReader(open(run_copy / "predictions-test.csv")))
     split = load_split(tiny_data, "test", 48)
     assert [r["path"] for r in rows] == [str(p) for p in split.paths]
     assert [r["true_label"] for r in rows] == [split.classes[y] for y in split.labels]

@@ -40,7 +40,7 @@ import numpy as np
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
-from catsdogs.images import ImageError, decode_image, read_photo_bytes, resize
+from catsdogs.images import ImageError, decode_image, decode_workers, read_photo_bytes, resize
 from catsdogs.label_errors import FOLDS, label_issues, out_of_fold_probabilities, require_cleanlab
 from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
 from catsdogs.progress import progress
@@ -182,7 +182,7 @@ def _embedder(extractor, model, count: int) -> Extractor:
 
 
 def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_size: int | None,
-                   cache_dir: Path | None, *, classes: Sequence[str] = (), workers: int = 2,
+                   cache_dir: Path | None, *, classes: Sequence[str] = (), workers: int | None = None,
                    batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray, bool]:
     """(features (n, D) float32, hashes (n, 2, 8) uint8, whether everything came from the cache), in `rows`
     order. Photos are decoded batch by batch (once for both); only features and hashes stay in memory."""
@@ -211,7 +211,7 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
     run = _embedder(extractor, model, sum(1 for row in rows if row["split"] in todo))
     bar = progress(len(needs), "audit: decoding and embedding" if todo else "audit: hashing", unit="images")
     computed: dict[str, list[np.ndarray]] = {split: [] for split in todo}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=decode_workers(workers)) as pool:
         for start in range(0, len(needs), batch_size):
             chunk = needs[start:start + batch_size]
             embed = [i for i in chunk if rows[i]["split"] in todo]

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
+from catsdogs.compat import flat_layers
 from catsdogs.data_files import manifest_sha256
 from catsdogs.dataset import load_split, to_dataset
 from catsdogs.models.convnet import STUDY_IMAGE_SIZE
 from catsdogs.precision import device_name, keras_precision, resolve_precision
+from catsdogs.timing import timed
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
@@ -44,7 +43,7 @@ class Throughput:
 def model_flops(model) -> int:
     """Forward-pass FLOPs of a model's Conv2D and Dense layers for one image (2 per multiply-add)."""
     flops = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in flat_layers(model):
         kind = layer.__class__.__name__
         if kind == "Conv2D":
             _, height, width, filters = layer.output.shape
@@ -68,25 +67,14 @@ def matmul_gflops(precision: str, size: int = 2048, repeats: int = 10) -> float:
     matmul(a, b).numpy()
     seconds = []
     for _ in range(repeats):
-        started = time.perf_counter()
-        matmul(a, b).numpy()
-        seconds.append(time.perf_counter() - started)
+        seconds.append(timed(lambda: matmul(a, b).numpy())[1])
     return 2 * size**3 / float(np.median(seconds)) / 1e9
 
 
 def _timed_fit(model, batches: Iterator, steps: int, warmup: int, batch_size: int) -> float:
     """Seconds for `steps` training steps after `warmup` steps (graph tracing excluded)."""
     model.fit(batches, steps_per_epoch=warmup, epochs=1, verbose=0)
-    started = time.perf_counter()
-    model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
-    return time.perf_counter() - started
-
-
-def _timed(function: Callable[[], T]) -> tuple[T, float]:
-    """What `function` returns, and the seconds it took."""
-    started = time.perf_counter()
-    value = function()
-    return value, time.perf_counter() - started
+    return timed(lambda: model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0))[1]
 
 
 @dataclass
@@ -189,7 +177,7 @@ def _training_side(data: Path, steps: int, warmup: int, batch_size: int, precisi
     plain_seconds = _timed_fit(plain_model, plain_train.repeat(), steps, warmup, batch_size)
     plain = Throughput("plain Keras (float32, image_dataset_from_directory)", steps * batch_size, plain_seconds)
 
-    (train, decode_seconds) = _timed(lambda: load_split(data, "train", size))
+    (train, decode_seconds) = timed(lambda: load_split(data, "train", size))
     with keras_precision(precision):
         ours_model = study_convnet(size)
     ours_seconds = _timed_fit(ours_model, to_dataset(train, batch_size, shuffle=True).repeat(), steps, warmup,
@@ -197,10 +185,10 @@ def _training_side(data: Path, steps: int, warmup: int, batch_size: int, precisi
     ours = Throughput(f"catsdogs ({precision}, decoded once)", steps * batch_size, ours_seconds)
 
     # how much of an epoch is input: iterate each pipeline alone
-    plain_input = Throughput("plain Keras input pipeline alone", *_timed(lambda: _drain(plain_train, steps)))
+    plain_input = Throughput("plain Keras input pipeline alone", *timed(lambda: _drain(plain_train, steps)))
     ours_batches = to_dataset(train, batch_size, shuffle=True).repeat()  # built once, as in training
     _drain(ours_batches, 2)
-    ours_input = Throughput("catsdogs input pipeline alone", *_timed(lambda: _drain(ours_batches, steps)))
+    ours_input = Throughput("catsdogs input pipeline alone", *timed(lambda: _drain(ours_batches, steps)))
     return [plain, ours, plain_input, ours_input], decode_seconds, ours_model, train
 
 
@@ -273,9 +261,7 @@ def _single_image_latency(model, paths: list[Path], size: int) -> float:
     forward(load_image(paths[0], size)[None])
     times = []
     for path in paths:
-        started = time.perf_counter()
-        forward(load_image(path, size)[None])
-        times.append(time.perf_counter() - started)
+        times.append(timed(lambda path=path: forward(load_image(path, size)[None]))[1])
     return float(np.median(times) * 1000)
 
 

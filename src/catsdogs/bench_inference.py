@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from catsdogs.timing import images_per_second, timed
 
 BATCH = 32
 
@@ -36,15 +37,6 @@ class EngineSpeed:
             return f"{self.model:<28} {self.engine:<9} {self.precision:<8} {'-':>8}             {self.note}"
         diff = f"max |diff| vs Keras {self.max_abs_diff:.1e}" if self.max_abs_diff is not None else ""
         return f"{self.model:<28} {self.engine:<9} {self.precision:<8} {self.rate:8.1f} images/s  {diff}"
-
-
-def images_per_second(forward: Callable[[np.ndarray], object], batch: np.ndarray, repeats: int = 3) -> float:
-    """Warm `forward` on `batch`, then time `repeats` calls."""
-    forward(batch)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        forward(batch)
-    return repeats * len(batch) / (time.perf_counter() - started)
 
 
 def engine_speeds(label: str, model, images: np.ndarray, calibration: np.ndarray,
@@ -131,9 +123,8 @@ def end_to_end(run: Path, paths: list[Path], int8: Path | None = None,
     results, baseline = [], None
     for label, way in ways:
         way()  # warm-up: graphs traced, files in the page cache
-        started = time.perf_counter()
-        predicted = way()
-        rate = len(paths) / (time.perf_counter() - started)
+        predicted, seconds = timed(way)
+        rate = len(paths) / seconds
         baseline = predicted if baseline is None else baseline
         results.append(EndToEnd(label, rate, float(np.mean(predicted == baseline)),
                                 None if labels is None else float(np.mean(predicted == labels))))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
-from catsdogs.images import ImageError, load_image
+from catsdogs.images import ImageError, decode_many, load_image
 from catsdogs.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def load_data_image(path: Path, image_size: int) -> np.ndarray:
 
 
 def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path | None = None,
-               workers: int = 2, storage: str = "auto") -> SplitArrays:
+               workers: int | None = None, storage: str = "auto") -> SplitArrays:
     """Decode and resize every image of a split once; with `cache_dir`, reuse the result across runs.
 
     storage: "memory" (one array), "shards" (catsdogs.shards, bounded memory) or "auto": shards when the
@@ -79,15 +78,8 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
             images = np.load(cache_file)
             if len(images) == len(rows):
                 return SplitArrays(images, labels, paths, classes)
-    images = np.empty((len(rows), image_size, image_size, 3), dtype=np.uint8)
     bar = progress(len(rows), f"decoding {split}", unit="images")
-
-    def decode(index: int) -> None:
-        images[index] = load_data_image(paths[index], image_size)
-        bar.update()
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(decode, range(len(rows))))
+    images = decode_many(paths, image_size, workers, decode=load_data_image, on_each=bar.update)
     bar.close()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +94,7 @@ def sample_images(data_dir: Path, split: str, image_size: int, count: int) -> np
     if not rows:
         raise UsageError(f"{data_dir}: the {split} split is empty")
     rows = rows[:: max(1, len(rows) // count)][:count]
-    return np.stack([load_data_image(Path(data_dir) / row["path"], image_size) for row in rows])
+    return decode_many([Path(data_dir) / row["path"] for row in rows], image_size, decode=load_data_image)
 
 
 def choose_storage(count: int, image_size: int, storage: str = "auto", split: str = "") -> str:

@@ -18,15 +18,15 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.errors import CatsdogsError, UsageError, one_line
 from catsdogs.files import write_text_atomic
+from catsdogs.timing import images_per_second
 
 logger = logging.getLogger(__name__)
 
@@ -185,17 +185,15 @@ def load_engine(name: str, onnx_path: Path) -> Engine:
     except ImportError:
         raise
     except Exception as error:  # noqa: BLE001 - runtimes raise their own types (InvalidProtobuf, RuntimeError)
-        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        reason = one_line(error)
         raise CatsdogsError(f"cannot load {onnx_path}: {reason}") from None
 
 
 def _load_engine(name: str, onnx_path: Path) -> Engine:
     if name == "onnx":
-        import onnxruntime
+        from catsdogs.export import onnx_session
 
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(onnx_path)
         input_name = session.get_inputs()[0].name
         return Engine("onnx", lambda batch: session.run(None, {input_name: batch})[0])
     import openvino
@@ -224,7 +222,7 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
         try:
             candidates[name] = _verified(name, model, folder, key, samples, reference)
         except Exception as error:  # noqa: BLE001 - a converter or runtime failure only rules the engine out
-            refused[name] = " ".join(str(error).split())[:300] or type(error).__name__
+            refused[name] = one_line(error)
     timings = _images_per_second(candidates, samples)
     chosen = max(timings, key=timings.get)
     logger.info("engines: using %s (%s images/s%s)", chosen,
@@ -243,14 +241,7 @@ def _images_per_second(candidates: dict[str, Engine], samples: np.ndarray, batch
                        repeats: int = TIMING_REPEATS) -> dict[str, float]:
     """Each engine's images/s on batches of `batch_size` made from `samples`, after one warm-up call."""
     batch = np.resize(samples, (batch_size, *samples.shape[1:])).astype(np.float32)
-    timings = {}
-    for name, engine in candidates.items():
-        engine(batch)
-        started = time.perf_counter()
-        for _ in range(repeats):
-            engine(batch)
-        timings[name] = batch_size * repeats / (time.perf_counter() - started)
-    return timings
+    return {name: images_per_second(engine, batch, repeats) for name, engine in candidates.items()}
 
 
 def fastest_forward(model, samples: np.ndarray) -> Engine:

@@ -21,3 +21,20 @@ class UsageError(CatsdogsError, ValueError):
     def __init__(self, message: str, parameter: str | None = None) -> None:
         super().__init__(message)
         self.parameter = parameter
+
+
+def shorten(text: str, limit: int | None = 300) -> str:
+    """`text` on one line (whitespace collapsed), cut to at most `limit` characters with "..." (None: no cut)."""
+    text = " ".join(str(text).split())
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
+def one_line(exc: BaseException, limit: int | None = 300, *, first_line: bool = False) -> str:
+    """`exc`'s message on one line for an error message or a log, or its type's name when it has none.
+
+    `first_line=True` keeps only the message's first line (the rest is often a traceback or a hint).
+    """
+    text = str(exc).strip()
+    if first_line and text:
+        text = text.splitlines()[0]
+    return shorten(text, limit) or type(exc).__name__

@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from catsdogs.compat import graph_nodes, inbound_nodes
 from catsdogs.decision import decide
 from catsdogs.errors import CatsdogsError, UsageError
 from catsdogs.models.frozen import single_view
@@ -49,31 +50,26 @@ class GradCam:
 # --------------------------------------------------------------------------- graph helpers
 
 
-def _graph(model: keras.Model):
-    """The functional graph of ``model`` (a built Sequential keeps one in ``_functional``)."""
-    return getattr(model, "_functional", None) or model
-
-
 def _is_nested(layer: keras.layers.Layer) -> bool:
     """True for a functional/sequential model used as one layer of another model."""
-    return isinstance(layer, keras.Model) and hasattr(_graph(layer), "_nodes_by_depth")
+    return isinstance(layer, keras.Model) and graph_nodes(layer) is not None
 
 
 def _graph_nodes(model: keras.Model) -> set:
     """The nodes of ``model``'s own graph."""
-    nodes = getattr(_graph(model), "_nodes_by_depth", None)
+    nodes = graph_nodes(model)
     if nodes is None:
         raise UsageError(
             f"model '{model.name}' is not a functional or sequential Keras model; "
             "Grad-CAM cannot follow its layers"
         )
-    return {node for group in nodes.values() for node in group}
+    return nodes
 
 
 def _node(model: keras.Model, layer: keras.layers.Layer):
     """The single node where ``layer`` is called inside ``model``'s graph."""
     graph = _graph_nodes(model)
-    nodes = [n for n in layer._inbound_nodes if n in graph]
+    nodes = [n for n in inbound_nodes(layer) if n in graph]
     if len(nodes) != 1:
         raise UsageError(
             f"layer '{layer.name}' is called {len(nodes)} times in model '{model.name}'; "

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.errors import CatsdogsError, UsageError, one_line
 from catsdogs.files import check_out_file
 
 if TYPE_CHECKING:
@@ -148,11 +148,11 @@ def _write_and_verify(
     except CatsdogsError:
         raise
     except Exception as exc:  # converters raise anything; keep it to one line
-        raise CatsdogsError(f"{fmt} export failed: {_one_line(exc)}") from exc
+        raise CatsdogsError(f"{fmt} export failed: {one_line(exc)}") from exc
     try:
         got = _batched(_RUNNERS[fmt](target), images)
     except Exception as exc:
-        raise CatsdogsError(f"the {fmt} export could not be run: {_one_line(exc)}") from exc
+        raise CatsdogsError(f"the {fmt} export could not be run: {one_line(exc)}") from exc
     reference = np.asarray(reference).reshape(len(reference), -1)  # as `_batched` answers
     if got.shape != reference.shape:
         raise CatsdogsError(f"the {fmt} export answers shape {got.shape}, Keras {reference.shape}")
@@ -285,11 +285,6 @@ def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
     return float("inf") if not np.all(np.isfinite(diff)) else float(diff.max())
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
     parts = [run(images[i : i + _BATCH]) for i in range(0, len(images), _BATCH)]
     return np.concatenate([np.asarray(p, np.float32).reshape(len(p), -1) for p in parts])
@@ -374,10 +369,17 @@ def _run_savedmodel(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: serve(**{INPUT_NAME: tf.constant(x, tf.float32)})[OUTPUT_NAME].numpy()
 
 
-def _run_onnx(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_session(path: Path) -> Any:
+    """The one way the package opens an ONNX model: an ONNX Runtime session on the CPU, every graph optimization on."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    session = onnx_session(path)
     return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, np.float32)})[0]
 
 

@@ -7,11 +7,15 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from catsdogs.errors import one_line
 
 MIN_SIDE = 32
 MAX_PIXELS = 50_000_000  # well above any photo; a 100-megapixel image or a bomb is refused
@@ -158,7 +162,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_side: int = M
     except Image.DecompressionBombError:
         raise ImageError(f"too large: more than {max_pixels:,} pixels (decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, RuntimeError) as error:  # PIL's (and libheif's) "not an image"
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = one_line(error, first_line=True)
         if "cannot identify image file" in reason:
             reason = "not an image"
         raise ImageError(f"cannot decode: {reason}") from None
@@ -179,6 +183,31 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     data = read_photo_bytes(path)
     pixels = decode_image(data, at_least=size).pixels
     return resize(pixels, size) if size else pixels
+
+
+def decode_workers(workers: int | None = None) -> int:
+    """The threads that decode photos: `workers`, or by default one per core (at least 2; Pillow decodes
+    without the GIL)."""
+    return workers if workers is not None else max(2, os.cpu_count() or 2)
+
+
+def decode_many(paths: Sequence[str | Path], size: int, workers: int | None = None, *,
+                decode: Callable[[str | Path, int], np.ndarray] | None = None, out: np.ndarray | None = None,
+                on_each: Callable[[], object] | None = None) -> np.ndarray:
+    """`paths` decoded and resized to `size` x `size` on `decode_workers(workers)` threads, as one uint8 array
+    in `paths`' order (written into `out` when given). `decode` defaults to `load_image`; `on_each` is called
+    after each photo (a progress bar's update). The first photo that fails raises its error."""
+    decode = decode or load_image
+    images = out if out is not None else np.empty((len(paths), size, size, 3), dtype=np.uint8)
+
+    def one(index: int) -> None:
+        images[index] = decode(paths[index], size)
+        if on_each is not None:
+            on_each()
+
+    with ThreadPoolExecutor(max_workers=decode_workers(workers)) as pool:
+        list(pool.map(one, range(len(paths))))
+    return images
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from catsdogs.compat import output_input
 from catsdogs.errors import UsageError
 
 K_NEIGHBOURS = 10
@@ -43,8 +44,7 @@ def embedding_model(model):
 def _penultimate(model, inputs):
     import keras
 
-    last, node_index, _ = model.outputs[0]._keras_history
-    called_on = last._inbound_nodes[node_index].input_tensors[0]  # its input in THIS graph
+    last, called_on = output_input(model.outputs[0])  # the last layer, and its input in THIS graph
     if isinstance(last, keras.Model):
         inner = keras.Model(last.inputs, _penultimate(last, last.inputs))
         return inner(called_on)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,12 +13,10 @@ import numpy as np
 from catsdogs.decision import class_probabilities, decide
 from catsdogs.engines import create_engine
 from catsdogs.errors import UsageError
-from catsdogs.images import ImageError, load_image, resize
+from catsdogs.images import ImageError, decode_workers, load_image, resize
 from catsdogs.options import check_threshold
 from catsdogs.run_files import check_run, load_run_model, read_threshold
 from catsdogs.sources import OTHER_IMAGE_SUFFIXES, iter_image_files
-
-DECODE_WORKERS = max(2, os.cpu_count() or 2)  # Pillow decodes without the GIL
 
 
 @dataclass
@@ -142,7 +139,7 @@ class Predictor:
         """Classify files (folders expanded recursively) in order; unreadable files get an `error` row.
         Each batch's files are decoded in parallel (draft-mode JPEG decoding, `images.load_image`)."""
         files = iter_image_files([Path(p) for p in paths])
-        with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
+        with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
             while batch := [str(path) for path in itertools.islice(files, self.batch_size)]:
                 yield from self._flush(list(zip(batch, pool.map(self._decode, batch))))
 

@@ -25,7 +25,7 @@ from catsdogs.data_files import MANIFEST_FIELDS, OWN_FILES, SPLITS
 from catsdogs.errors import UsageError
 from catsdogs.exclusions import read_exclusions
 from catsdogs.grouping import Moment, check_group, exif_moment, photo_groups
-from catsdogs.images import ImageError, decode_image, encode_jpeg
+from catsdogs.images import ImageError, decode_image, decode_workers, encode_jpeg
 from catsdogs.near_duplicates import cross_split_pairs, drop_near_duplicates, phash
 from catsdogs.options import DEFAULT_SEED
 from catsdogs.progress import progress
@@ -201,7 +201,7 @@ def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
 
 def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,
             test: SplitSize = None, seed: int = DEFAULT_SEED, overwrite: bool = False,
-            workers: int = 2, exclude: str | Path | None = None, dedupe: str = "exact",
+            workers: int | None = None, exclude: str | Path | None = None, dedupe: str = "exact",
             allow_outside: bool = False, corrections: str | Path | None = None, group: str = "near+burst"
             ) -> PrepareSummary:
     """Check, de-duplicate and split SOURCE into DATA; see the module docstring for the layout.
@@ -270,12 +270,12 @@ def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: Split
                           skipped=skipped, groups_kept=len(kept_together), grouped_photos=sum(kept_together))
 
 
-def _checked_photos(scan, workers: int) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:
+def _checked_photos(scan, workers: int | None) -> tuple[list[CheckedPhoto], list[tuple[str, str]]]:
     """(photos that decode, rejected rows: refused, skipped and undecodable files) of a scanned SOURCE."""
     bar = progress(len(scan.files), "checking photos")
     photos: list[CheckedPhoto] = []
     rejected = list(scan.refused) + list(scan.skipped)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=decode_workers(workers)) as pool:
         for result in pool.map(_check, scan.files, chunksize=16):
             bar.update()
             if isinstance(result, CheckedPhoto):

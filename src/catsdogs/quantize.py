@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from catsdogs.decision import class_probabilities, decide
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.errors import CatsdogsError, UsageError, one_line
 from catsdogs.files import write_text_atomic
 
 MAX_DROP_POINTS = 0.5
@@ -156,7 +156,7 @@ def quantize_graph(float32_path: Path, int8_path: Path, calibration: np.ndarray,
                           per_channel=True, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                           calibrate_method=q.CalibrationMethod.MinMax)
     except Exception as error:  # the quantizer raises anything; keep it to one line
-        raise CatsdogsError(f"int8 quantization failed: {' '.join(str(error).split())[:300]}") from error
+        raise CatsdogsError(f"int8 quantization failed: {one_line(error)}") from error
 
 
 def _input_name(path: Path) -> str:

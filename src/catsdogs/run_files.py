@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from catsdogs.errors import UsageError
+from catsdogs.errors import UsageError, one_line
 from catsdogs.files import write_text_atomic
 
 CONFIG, CLASSES, MODEL, HISTORY, CURVES = "config.json", "classes.json", "model.keras", "history.csv", "curves.png"
@@ -131,7 +131,7 @@ def load_keras_model(path: Path):
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, UsageError) or not path.is_file():
             raise
-        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        reason = one_line(error)
         raise UsageError(f"cannot load {path}: {reason}", "run") from None
 
 

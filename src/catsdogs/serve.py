@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from catsdogs import __version__
+from catsdogs.errors import one_line
 from catsdogs.images import ImageError, decode_image, resize
 from catsdogs.memory import release_memory
 from catsdogs.options import check_limit, check_threshold
@@ -322,7 +323,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        message = one_line(error, None, first_line=True) if str(error).strip() else ""
         return JSONResponse({"error": f"internal error: {type(error).__name__}: {message}"}, status_code=500)
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +138,11 @@ def _data_offset(path: Path) -> int:
 
 
 def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size: int = SHARD_SIZE,
-                 workers: int = 2, label: str = "decoding", decode=None) -> ShardedImages:
+                 workers: int | None = None, label: str = "decoding", decode=None) -> ShardedImages:
     """Decode and resize `paths` into shards in `folder`, one shard in memory at a time; reuse a complete
     folder (same count, size and shard size) and keep the finished shards of an interrupted one."""
-    if decode is None:
-        from catsdogs.images import load_image as decode
+    from catsdogs.images import decode_many
+
     folder = Path(folder)
     index_file = folder / INDEX
     if index_file.exists():
@@ -155,24 +154,21 @@ def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size
     folder.mkdir(parents=True, exist_ok=True)
     bar = progress(len(paths), label, unit="images")
     files, counts = [], []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for number, start in enumerate(range(0, len(paths), shard_size)):
-            chunk = paths[start:start + shard_size]
-            name = f"shard-{number:05d}.npy"
-            target = folder / name
-            if not (target.exists() and _shard_rows(target) == (len(chunk), image_size)):
-                buffer = np.empty((len(chunk), image_size, image_size, 3), np.uint8)
-                list(pool.map(_decode_into, [(buffer, i, path, image_size, decode, bar)
-                                             for i, path in enumerate(chunk)]))
-                partial = folder / f".partial-{name}"
-                with open(partial, "wb") as handle:
-                    np.save(handle, buffer)
-                os.replace(partial, target)
-                del buffer
-            else:
-                bar.update(len(chunk))
-            files.append(name)
-            counts.append(len(chunk))
+    for number, start in enumerate(range(0, len(paths), shard_size)):
+        chunk = paths[start:start + shard_size]
+        name = f"shard-{number:05d}.npy"
+        target = folder / name
+        if not (target.exists() and _shard_rows(target) == (len(chunk), image_size)):
+            buffer = decode_many(chunk, image_size, workers, decode=decode, on_each=bar.update)
+            partial = folder / f".partial-{name}"
+            with open(partial, "wb") as handle:
+                np.save(handle, buffer)
+            os.replace(partial, target)
+            del buffer
+        else:
+            bar.update(len(chunk))
+        files.append(name)
+        counts.append(len(chunk))
     bar.close()
     index = {"version": FORMAT_VERSION, "image_size": image_size, "shard_size": shard_size, "files": files,
              "counts": counts}
@@ -180,12 +176,6 @@ def write_shards(paths: list[Path], image_size: int, folder: Path, *, shard_size
     partial.write_text(json.dumps(index))
     os.replace(partial, index_file)
     return ShardedImages(folder)
-
-
-def _decode_into(job) -> None:
-    buffer, index, path, image_size, decode, bar = job
-    buffer[index] = decode(path, image_size)
-    bar.update()
 
 
 def _shard_rows(path: Path) -> tuple[int, int] | None:

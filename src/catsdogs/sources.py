@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 
 from catsdogs.data_files import SPLITS
-from catsdogs.errors import UsageError
+from catsdogs.errors import UsageError, one_line, shorten
 from catsdogs.images import MAX_FILE_BYTES, ImageError, read_photo_bytes, size_limit_reason
 
 # the photos we decode (phone formats through `images.register_openers`); matched case-insensitively
@@ -125,8 +125,7 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[],
             with archive.open(info) as handle:  # a lying header cannot make us read more than this
                 data = handle.read(MAX_ENTRY_BYTES + 1)
         except ZIP_ERRORS as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ImageError(f"corrupt zip entry: {_short(reason)}") from None
+            raise ImageError(f"corrupt zip entry: {one_line(error, 80, first_line=True)}") from None
         if len(data) > MAX_ENTRY_BYTES:
             raise ImageError(size_limit_reason(MAX_ENTRY_BYTES))
         return data
@@ -144,12 +143,6 @@ def _list_folder(root: Path) -> dict[str, Callable[[], bytes]]:
     return readers
 
 
-def _short(text: str, limit: int = 80) -> str:
-    """`text` on one line and at most about `limit` characters, for messages."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def label_problem(label: str) -> str | None:
     """Why a CSV label cannot be a class (a folder name in DATA), or None when it can."""
     if not label:
@@ -157,9 +150,9 @@ def label_problem(label: str) -> str | None:
     if len(label) > MAX_LABEL_CHARS:
         return f"label longer than {MAX_LABEL_CHARS} characters ({len(label)})"
     if any(c in label for c in "/\\\0") or label in (".", "..") or label.startswith("."):
-        return f"label {_short(label)!r} cannot be a folder name (no /, \\, NUL or leading dot)"
+        return f"label {shorten(label, 80)!r} cannot be a folder name (no /, \\, NUL or leading dot)"
     if any(ord(c) < 32 for c in label):
-        return f"label {_short(label)!r} cannot be a folder name (control character)"
+        return f"label {shorten(label, 80)!r} cannot be a folder name (control character)"
     return None
 
 
@@ -242,8 +235,8 @@ def scan_source(source: Path, *, allow_outside: bool = False) -> SourceScan:
     names = normalised_classes(set(labelled.values()))
     classes = sorted(set(names.values()))
     if len(classes) < 2:
-        why = f" ({len(refused)} refused, e.g. {_short(refused[0][0], 40)}: {_short(refused[0][1], 60)})" if refused else ""
-        raise UsageError(f"{source}: found {len(classes)} class ({_short(', '.join(classes)) or 'none'}){why}; a "
+        why = f" ({len(refused)} refused, e.g. {shorten(refused[0][0], 40)}: {shorten(refused[0][1], 60)})" if refused else ""
+        raise UsageError(f"{source}: found {len(classes)} class ({shorten(', '.join(classes), 80) or 'none'}){why}; a "
                          "classifier needs at least 2: one subfolder per class, Kaggle's cat.N.jpg names, "
                          "train/val/test folders of class folders, or a CSV of path,label", "source")
     files = [SourceFile(relpath, names[labelled[relpath]], candidates[relpath], splits.get(relpath))
@@ -315,7 +308,7 @@ def _csv_rows(data: bytes, name: str) -> list[dict[str, str]]:
     try:
         return _parse_csv(text, name)
     except csv.Error as error:
-        raise UsageError(f"{name}: not a readable CSV ({_short(str(error))})", "source") from None
+        raise UsageError(f"{name}: not a readable CSV ({one_line(error, 80)})", "source") from None
 
 
 def _parse_csv(text: str, name: str) -> list[dict[str, str]]:
@@ -325,7 +318,7 @@ def _parse_csv(text: str, name: str) -> list[dict[str, str]]:
     label_column = next((columns[c] for c in CSV_LABEL_COLUMNS if c in columns), None)
     if path_column is None or label_column is None:
         raise UsageError(f"{name}: a labels CSV needs a header with path and label columns, got "
-                         f"{_short(', '.join(reader.fieldnames or [])) or 'no header'}", "source")
+                         f"{shorten(', '.join(reader.fieldnames or []), 80) or 'no header'}", "source")
     split_column = columns.get("split")
     return [{"path": (row[path_column] or "").strip(), "label": (row[label_column] or "").strip(),
              "split": (row[split_column] or "").strip() if split_column else ""} for row in reader]
@@ -369,17 +362,17 @@ def _read_labels_csv(labels_csv: str, readers: dict[str, Callable[[], bytes]], a
         elif problem:
             refused.append((where, problem))
         elif _outside(path) and not allow_outside:
-            refused.append((where, f"path {_short(path)!r} leaves the CSV's folder (allow_outside=True to read it)"))
+            refused.append((where, f"path {shorten(path, 80)!r} leaves the CSV's folder (allow_outside=True to read it)"))
         elif relpath not in readers:
             refused.append((path, f"listed in {labels_csv} but not found"))
         elif row["split"] and not split_alias(row["split"]):
-            refused.append((where, f"unknown split {_short(row['split'])!r} (train, val or test)"))
+            refused.append((where, f"unknown split {shorten(row['split'], 80)!r} (train, val or test)"))
         else:
             accepted.setdefault(relpath, []).append((where, row))
     labelled, splits = {}, {}
     for relpath, rows in accepted.items():
         if len({row["label"] for _, row in rows}) > 1:
-            refused += [(relpath, f"conflicting labels in CSV ({where}: {_short(row['label'], 40)!r})")
+            refused += [(relpath, f"conflicting labels in CSV ({where}: {shorten(row['label'], 40)!r})")
                         for where, row in rows]
             continue
         labelled[relpath] = rows[0][1]["label"]

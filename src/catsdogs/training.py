@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from catsdogs.callbacks import EpochTimer, ProgressLines
+from catsdogs.compat import checkpoint_target, is_improvement
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.dataset import SplitArrays, check_split_files, load_split, to_dataset
 from catsdogs.errors import UsageError
@@ -338,9 +339,9 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     def __init__(self, filepath: Path, **kwargs) -> None:
         super().__init__(str(filepath), **kwargs)
 
-    def _save_model(self, epoch, batch, logs) -> None:
-        filepath = self._get_file_path(epoch, batch, logs)
-        if self._should_save_model(epoch, batch, logs, filepath):
+    def _save_model(self, epoch, batch, logs) -> None:  # compat.CHECKPOINT_SAVE_HOOK, called by Keras
+        filepath = checkpoint_target(self, epoch, batch, logs)
+        if filepath is not None:
             _save_model(self.model, Path(filepath))
 
 
@@ -367,14 +368,12 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         self._replay()
 
     def _replay(self) -> None:
-        if self.monitor_op is None:
-            self._set_monitor_op()
         self.wait, self.best = 0, None
         for row in self.history:
             value = row.get(self.monitor)
             if row["epoch"] < self.start_from_epoch or not isinstance(value, float):
                 continue
-            if self.best is None or self._is_improvement(value, self.best):
+            if self.best is None or is_improvement(self, value, self.best):
                 self.best, self.wait = value, 0
             else:
                 self.wait += 1

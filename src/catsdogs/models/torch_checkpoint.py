@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from catsdogs.errors import CatsdogsError
+from catsdogs.errors import CatsdogsError, one_line
 
 __all__ = ["read_torch_state_dict"]
 
@@ -272,7 +272,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> collections.OrderedDict[st
         raise CatsdogsError(f"PyTorch checkpoint not found: {path}") from None
     except (pickle.UnpicklingError, ValueError, EOFError, KeyError, TypeError, IndexError,
             AttributeError, struct.error, zipfile.BadZipFile, OSError) as exc:
-        detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = one_line(exc, None)
         raise CatsdogsError(f"cannot read PyTorch checkpoint {path} (corrupt?): {detail}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from catsdogs.compat import keras_dir_set_to, keras_home
 from catsdogs.errors import CatsdogsError, UsageError
 
 WEIGHTS_ENV = "CATSDOGS_WEIGHTS"  # a folder of Keras weight files to install into the cache
@@ -38,11 +39,7 @@ def keras_models_dir() -> Path:
     home Keras resolved at import, which falls back to /tmp/.keras when ~/.keras is not writable)."""
     home = os.environ.get("KERAS_HOME")
     if not home:
-        try:
-            from keras.src.backend.config import keras_home  # what Keras itself uses (read at import)
-            home = keras_home()
-        except ImportError:
-            home = os.path.join(os.path.expanduser("~"), ".keras")
+        home = keras_home() or os.path.join(os.path.expanduser("~"), ".keras")  # what Keras itself uses
     return Path(home).expanduser() / "models"
 
 
@@ -52,15 +49,13 @@ def keras_cache(home: Path) -> Iterator[Path]:
 
     Keras reads KERAS_HOME once, at import; this also updates the value Keras already read.
     """
-    from keras.src.backend import config
-
     home = Path(home).resolve()
-    saved_env, saved_dir = os.environ.get("KERAS_HOME"), config._KERAS_DIR
-    os.environ["KERAS_HOME"], config._KERAS_DIR = str(home), str(home)
+    saved_env = os.environ.get("KERAS_HOME")
+    os.environ["KERAS_HOME"] = str(home)
     try:
-        yield home / "models"
+        with keras_dir_set_to(str(home)):
+            yield home / "models"
     finally:
-        config._KERAS_DIR = saved_dir
         if saved_env is None:
             os.environ.pop("KERAS_HOME", None)
         else:

@@ -18,6 +18,7 @@ import numpy as np
 from catsdogs.decision import class_probabilities
 from catsdogs.models.frozen import backbone_names, branch_layer, dense_head, logistic_head, with_head
 from catsdogs.run_files import HISTORY
+from catsdogs.timing import timed
 from catsdogs.trainers.features import CACHE_SUBDIR, cached_features
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -89,9 +90,8 @@ def fit_heads(model: keras.Model, context) -> dict:
     from catsdogs.learning_curve import write_learning_curve
     from catsdogs.training import _save_model, _write_history, class_weights
 
-    started = time.perf_counter()
-    train, validation = split_features(model, context, "train"), split_features(model, context, "validation")
-    extraction = time.perf_counter() - started
+    (train, validation), extraction = timed(lambda: (split_features(model, context, "train"),
+                                                     split_features(model, context, "validation")))
     num_classes = len(context.config["classes"])
     balanced = bool(context.options.class_weight)
     fitted = time.perf_counter()
