@@ -328,9 +328,8 @@ def _audit(data_dir: Path, out: Path, cache: Path, chosen: Path):
     features (only the test split is embedded again), or None (with the reason) when it cannot run."""
     from catsdogs.auditing import audit
     from catsdogs.errors import CatsdogsError
-    from catsdogs.models.frozen import backbone_names
+    from catsdogs.models.frozen import backbone_names, branch_extractor
     from catsdogs.run_files import load_run_model
-    from catsdogs.trainers.heads import branch_extractor
 
     started = time.monotonic()
     try:

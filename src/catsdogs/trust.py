@@ -168,7 +168,7 @@ def _embeddings(model, joint, config: dict, data: Path, classes: list[str], cach
     labels)): from the features cache for a `heads` run (no image decoded), else through `joint`."""
     from catsdogs.dataset import load_split
     from catsdogs.novelty import MAX_REFERENCE
-    from catsdogs.trainers.heads import cached_pool_features
+    from catsdogs.trainers.features import cached_pool_features
 
     rng = np.random.default_rng(seed)
     cached = [cached_pool_features(model, config.get("backbone"), data, split, features_cache)

@@ -41,6 +41,11 @@ def branch_layer(name: str) -> str:
     return f"flipavg_{name}"
 
 
+def branch_extractor(model: keras.Model, name: str) -> keras.Model:
+    """Images -> one base's flip-averaged features (the model's own layers)."""
+    return keras.Model(model.inputs, model.get_layer(branch_layer(name)).output, name=f"extractor_{name}")
+
+
 def build_heads(image_size: int | None = None, *, backbone: str | None = None, weights: str | None = "imagenet",
                 learning_rate: float = HEADS_LEARNING_RATE, seed: int | None = None, num_classes: int = 2) -> keras.Model:
     """Frozen base(s) with flip-averaged pooled features and a logistic-regression head (untrained)."""

@@ -149,3 +149,20 @@ def fit_features(model: keras.Model, context) -> dict:
                         jit_compile=jit_compile_setting())
     context.fit(trainer, train, validation, part_of=model, part="head")
     return {"feature_extraction_s": round(extraction, 1)}
+
+
+def cached_pool_features(model: keras.Model, backbone: str, data_dir: Path, split: str,
+                         cache_dir: Path | None) -> np.ndarray | None:
+    """A `heads` model's `pool` features of a split (its bases' flip-averaged features side by side) from the
+    features cache that training filled, or None when any is missing (another DATA, other weights)."""
+    from catsdogs.data_files import manifest_sha256
+    from catsdogs.models.frozen import backbone_names, branch_extractor
+
+    if cache_dir is None or not any(layer.name.startswith("flipavg_") for layer in model.layers):
+        return None
+    manifest = manifest_sha256(data_dir)
+    paths = [cache_file(Path(cache_dir), branch_extractor(model, name), manifest, split)
+             for name in backbone_names(backbone)]
+    if not all(path.exists() for path in paths):
+        return None
+    return np.concatenate([np.load(path).astype(np.float32) for path in paths], axis=1)

@@ -16,18 +16,13 @@ import keras
 import numpy as np
 
 from catsdogs.decision import class_probabilities
-from catsdogs.models.frozen import backbone_names, branch_layer, dense_head, logistic_head, with_head
+from catsdogs.models.frozen import backbone_names, branch_extractor, dense_head, logistic_head, with_head
 from catsdogs.run_files import HISTORY
 from catsdogs.timing import timed
 from catsdogs.trainers.features import CACHE_SUBDIR, cached_features
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 DENSE_EPOCHS, DENSE_PATIENCE = 100, 10
-
-
-def branch_extractor(model: keras.Model, name: str) -> keras.Model:
-    """Images -> one base's flip-averaged features (the model's own layers)."""
-    return keras.Model(model.inputs, model.get_layer(branch_layer(name)).output, name=f"extractor_{name}")
 
 
 def split_features(model: keras.Model, context, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -112,20 +107,3 @@ def fit_heads(model: keras.Model, context) -> dict:
             "heads": {name: {"val_accuracy": round(r["val_accuracy"], 4), "val_loss": round(r["val_loss"], 4)}
                       for name, r in (("logistic", logistic), ("dense", dense))},
             "learning_curve": curve}
-
-
-def cached_pool_features(model: keras.Model, backbone: str, data_dir: Path, split: str,
-                         cache_dir: Path | None) -> np.ndarray | None:
-    """A `heads` model's `pool` features of a split (its bases' flip-averaged features side by side) from the
-    features cache that training filled, or None when any is missing (another DATA, other weights)."""
-    from catsdogs.data_files import manifest_sha256
-    from catsdogs.trainers.features import cache_file
-
-    if cache_dir is None or not any(layer.name.startswith("flipavg_") for layer in model.layers):
-        return None
-    manifest = manifest_sha256(data_dir)
-    paths = [cache_file(Path(cache_dir), branch_extractor(model, name), manifest, split)
-             for name in backbone_names(backbone)]
-    if not all(path.exists() for path in paths):
-        return None
-    return np.concatenate([np.load(path).astype(np.float32) for path in paths], axis=1)
