@@ -162,8 +162,7 @@ def _decode(path: Path, size: int | None, want_hash: bool, root: Path | None = N
 
 
 def _embedder(extractor, model, count: int) -> Extractor:
-    """uint8 batch -> float32 features. A Keras extractor of `count` images runs through the engine that
-    `catsdogs.trainers.features.choose_forward` picks on the first batch (the fastest verified one for many)."""
+    """uint8 batch -> float32 features: for `count` images, `trainers.features.choose_forward`'s engine."""
     if model is None:
         return lambda batch: np.asarray(extractor(batch), dtype=np.float32)
     if any(layer.name == "mirror" for layer in model.layers):  # a `heads` base (fit): Keras, as its training did
