@@ -40,7 +40,7 @@ import numpy as np
 from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
-from catsdogs.images import ImageError, decode_image, decode_workers, read_photo_bytes, resize
+from catsdogs.images import ImageError, batch_for, decode_image, decode_workers, read_photo_bytes, resize
 from catsdogs.label_errors import FOLDS, label_issues, out_of_fold_probabilities, require_cleanlab
 from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
 from catsdogs.progress import progress
@@ -60,8 +60,7 @@ HASH_DISTANCE_WITH_EMBEDDING = 14
 NEIGHBOURS = 10  # k of the k-nearest-neighbour outlier score
 FAR_FENCE = 3.0  # Tukey's "far out" fence: Q3 + 3 IQR
 AMBIGUOUS_MARGIN = 0.1  # top two out-of-fold probabilities closer than this: ambiguous
-BATCH = 64
-BLOCK = 1024
+BATCH, BLOCK = 64, 1024
 
 Extractor = Callable[[np.ndarray], np.ndarray]  # uint8 (n, S, S, 3) -> float32 (n, D)
 
@@ -165,8 +164,9 @@ def _embedder(extractor, model, count: int) -> Extractor:
     """uint8 batch -> float32 features: for `count` images, `trainers.features.choose_forward`'s engine."""
     if model is None:
         return lambda batch: np.asarray(extractor(batch), dtype=np.float32)
-    if any(layer.name == "mirror" for layer in model.layers):  # a `heads` base (fit): Keras, as its training did
-        return lambda batch: np.asarray(model.predict_on_batch(batch.astype(np.float32)), dtype=np.float32)
+    if any(layer.name == "mirror" for layer in model.layers):  # a `heads` base (fit): Keras, in bounded batches
+        return lambda batch: np.asarray(model.predict(batch.astype(np.float32), verbose=0,
+                                                      batch_size=batch_for(int(model.input_shape[1]), 32)), np.float32)
     from catsdogs.trainers.features import choose_forward
 
     chosen: list = []

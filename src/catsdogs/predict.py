@@ -13,7 +13,7 @@ import numpy as np
 from catsdogs.decision import class_probabilities, decide
 from catsdogs.engines import create_engine
 from catsdogs.errors import UsageError
-from catsdogs.images import ImageError, decode_workers, load_image, resize
+from catsdogs.images import ImageError, batch_for, decode_workers, load_image, resize
 from catsdogs.options import check_threshold
 from catsdogs.run_files import check_run, load_run_model, read_threshold
 from catsdogs.sources import OTHER_IMAGE_SUFFIXES, iter_image_files
@@ -57,7 +57,7 @@ class Predictor:
         if threshold is None and self.tuned_threshold is not None and self.trust is not None:
             self.threshold = self.trust.calibration.map_threshold(self.threshold)
         self.image_size = int(self.model.input_shape[1])
-        self.tta, self.batch_size = tta, batch_size
+        self.tta, self.batch_size = tta, min(batch_size, batch_for(self.image_size))
         self.forward = create_engine(self.run, self.model, engine, samples)  # keras, onnx, openvino or auto
         self.engine = self.forward.name
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from catsdogs.dataset import SplitArrays
 from catsdogs.files import atomic_path
+from catsdogs.images import batch_for
 from catsdogs.models.pretrained import find_base
 from catsdogs.precision import jit_compile_setting
 from catsdogs.progress import progress
@@ -116,7 +117,8 @@ def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path
         with atomic_path(labels_path) as partial:
             np.save(partial, images.labels)
         with atomic_path(path) as partial:
-            features = extract_features(extractor, images.images, context.options.batch_size, split, out=partial,
+            batch = min(context.options.batch_size, batch_for(int(extractor.input_shape[1])))
+            features = extract_features(extractor, images.images, batch, split, out=partial,
                                         chosen=chosen)
             del features  # unmapped before the rename
     return SplitArrays(load_features(path), np.load(labels_path), [], context.config["classes"])
