@@ -185,3 +185,20 @@ def test_novelty_round_trip(tmp_path):
     again = Novelty.load(tmp_path / "n.npz", json.loads(json.dumps(novelty.to_dict())))
     np.testing.assert_allclose(again.score(embeddings, probabilities), novelty.score(embeddings, probabilities),
                                atol=1e-2)
+
+
+def test_too_few_validation_photos_set_no_unknown_threshold(tmp_path):
+    """The split-conformal rank ceil((n + 1) x accept) is past n for n < 49 at 0.98: nothing is labelled unknown."""
+    from catsdogs.run_files import write_json
+
+    rng = np.random.default_rng(5)
+    novelty = fit_novelty(rng.normal(0, 1, (40, 4)), rng.integers(0, 2, 40), 2, method="knn")
+    few, many = novelty.knn(rng.normal(0, 1, (20, 4))), novelty.knn(rng.normal(0, 1, (99, 4)))
+    novelty.set_threshold(few, 0.98)
+    assert novelty.threshold == float("inf") and novelty.accepts(few * 100).all()
+    write_json(tmp_path / "c.json", novelty.to_dict())
+    novelty.save_arrays(tmp_path / "n.npz")
+    again = Novelty.load(tmp_path / "n.npz", json.loads((tmp_path / "c.json").read_text()))
+    assert again.threshold == float("inf")
+    novelty.set_threshold(many, 0.98)  # rank ceil(100 x 0.98) = 98 of 99
+    assert novelty.threshold == np.sort(many)[97] and novelty.accepted == pytest.approx(98 / 99)

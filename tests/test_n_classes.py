@@ -84,7 +84,7 @@ def test_predict_csv_and_json_have_one_column_per_class(baseline, data: Path, ca
     classes = baseline.classes
     assert main(["predict", str(baseline), str(data / "test")]) == 0
     rows = list(csv.reader(capsys.readouterr().out.splitlines()))
-    assert rows[0] == ["path", "label", *(f"p_{name}" for name in classes), "error"]
+    assert rows[0] == ["path", "label", *(f"p_{name}" for name in classes), "novelty", "error"]
     assert main(["predict", str(baseline), str(data / "test"), "--format", "json"]) == 0
     first = json.loads(capsys.readouterr().out)[0]
     assert list(first["probabilities"]) == classes

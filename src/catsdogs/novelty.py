@@ -111,12 +111,16 @@ class Novelty:
 
     # ---- fitting and storage ------------------------------------------------------------------------
     def set_threshold(self, validation_scores: np.ndarray, accept: float) -> None:
-        """The `accept` quantile of in-distribution validation scores (accept=1: the largest)."""
+        """The split-conformal `accept` quantile of in-distribution validation scores: the ceil((n + 1) x accept)-th
+        smallest of n, so that a new in-distribution photo is accepted with probability >= `accept`. Too few
+        validation photos for that rank (n < accept / (1 - accept), 49 at 0.98): no threshold, nothing is
+        labelled unknown (a 98% cut can't be read off a handful of photos)."""
         check_accept(accept)
         scores = np.sort(np.asarray(validation_scores, dtype=np.float64))
-        index = min(len(scores) - 1, max(0, int(np.ceil(accept * len(scores))) - 1))
-        self.threshold, self.accept = float(scores[index]), float(accept)
-        self.accepted = float(np.mean(scores <= self.threshold))
+        rank = int(np.ceil((len(scores) + 1) * accept))
+        self.threshold = float(scores[rank - 1]) if 1 <= rank <= len(scores) else float("inf")
+        self.accept = float(accept)
+        self.accepted = float(np.mean(scores <= self.threshold)) if len(scores) else None
 
     def save_arrays(self, path) -> None:
         np.savez_compressed(path, reference=self.reference.astype(np.float16), means=self.means.astype(np.float32),
@@ -133,7 +137,8 @@ class Novelty:
             return cls(arrays["reference"], arrays["means"].astype(np.float64),
                        arrays["precision"].astype(np.float64), method=data["method"], k=int(data["k"]),
                        stats={k: list(v) for k, v in data.get("stats", {}).items()},
-                       threshold=float(data["threshold"]), accept=float(data["accept"]),
+                       threshold=float("inf") if data["threshold"] is None else float(data["threshold"]),
+                       accept=float(data["accept"]),
                        accepted=data.get("accepted_validation"))
 
 

@@ -84,8 +84,11 @@ class CalibrationSummary:
 
     def line(self) -> str:
         c, n = self.calibration, self.novelty
-        text = (f"{self.run}: {c.method} calibration (validation NLL {c.nll_before:.4f} -> {c.nll_after:.4f}); "
-                f"unknown above novelty {n.threshold:.4g} ({n.method}), {n.accepted:.1%} of validation accepted")
+        text = f"{self.run}: {c.method} calibration (validation NLL {c.nll_before:.4f} -> {c.nll_after:.4f}); "
+        if n.threshold == float("inf"):
+            text += f"no unknown threshold: too few validation photos for a {n.accept:.0%} cut"
+        else:
+            text += f"unknown above novelty {n.threshold:.4g} ({n.method}), {n.accepted:.1%} of validation accepted"
         if self.other:
             text += (f"; other photos: {self.other['rejected']:.1%} rejected, AUROC {self.other['auroc']:.4f} "
                      f"({self.other['n']} photos)")
