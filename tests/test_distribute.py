@@ -213,7 +213,7 @@ def test_fit_on_two_workers(tmp_path: Path):
     photos = make_class_folders(tmp_path / "photos", per_class=12)
     out = tmp_path / "fitted"
     command = [sys.executable, "-m", "catsdogs.cli", "fit", str(photos), "--out", str(out),
-               "--backbone", "mobilenetv2", "--distribute", "multi-worker", "--no-audit", "--epochs", "3"]
+               "--backbone", "mobilenetv2", "--distribute", "multi-worker", "--no-audit", "--budget", "0"]
     wait_all(start_workers(command, tmp_path, [f"127.0.0.1:{port}" for port in free_ports(2)]), tmp_path)
     assert json.loads((out / "fit.json").read_text())["status"] == "complete"
     config = json.loads((out / "config.json").read_text())

@@ -229,9 +229,23 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
                               distribute, stage.image_size)
         stage.seconds = round(time.monotonic() - started, 1)
         stage.status, stage.val_accuracy, stage.val_loss = "done", result["val_accuracy"], result["val_loss"]
+        _forget_models()
         pace = max(pace, stage.seconds / stage.estimate_s) if stage.estimate_s else pace
         say(f"{stage.name}: validation accuracy {stage.val_accuracy:.4f} in {format_seconds(stage.seconds)}"
             + ("" if limit.unlimited else f"; {format_seconds(max(0.0, limit.left()))} of the budget left"))
+
+
+def _forget_models() -> None:
+    """Free what a finished stage built (its bases, traced graphs, decoded photos) before the next one."""
+    import gc
+
+    import keras
+
+    from catsdogs.memory import release_memory
+
+    keras.backend.clear_session()
+    gc.collect()
+    release_memory()
 
 
 def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,
@@ -269,6 +283,7 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
         say(calibrate(out, accept, data=data_dir, cache_dir=cache).line())
     run = Run(out)
     metrics = evaluate(out, data_dir, "test", cache_dir=cache, predictor=run.predictor())
+    _forget_models()
     audited = _audit(data_dir, out, cache, chosen) if audit else None
     record.update(status="complete", test_accuracy=metrics["accuracy"], wall_time_s=round(limit.elapsed(), 1),
                   learning_curve=config.get("learning_curve"))

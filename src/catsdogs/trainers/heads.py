@@ -31,8 +31,10 @@ def split_features(model: keras.Model, context, split: str) -> tuple[np.ndarray,
     extractors = [branch_extractor(model, name) for name in backbone_names(context.options.backbone)]
     # Keras extracts: ONNX Runtime is as fast here only with its memory arena, which holds ~2 GB more for
     # EfficientNet-Lite2's two views (and exporting peaks ~1.8 GB higher): docs/performance.md
-    parts = [cached_features(extractor, context, split, cache_dir,
-                             {"forward": extractor.predict_on_batch, "engine": "keras"}) for extractor in extractors]
+    distributed = context.distribution is not None and context.distribution.strategy is not None
+    parts = [cached_features(extractor, context, split, cache_dir,  # distributed: each worker its own graph
+                             None if distributed else {"forward": extractor.predict_on_batch, "engine": "keras"})
+             for extractor in extractors]
     return np.concatenate([np.asarray(part.images, np.float32) for part in parts], axis=1), np.asarray(parts[0].labels)
 
 
