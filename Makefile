@@ -22,7 +22,7 @@ install: $(BIN)/python
 # torch only checks EfficientNet-Lite's converted weights against a PyTorch forward pass (pinned: the
 # CPU wheel; an unpinned torch would pull the CUDA build). Those tests skip when it cannot be installed.
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e ".[serve,lite,export,audit,engines,test]"
+	$(BIN)/pip install -q -e ".[serve,lite,export,audit,engines,mlflow,test]"
 	$(BIN)/pip install -q torch==2.13.0 || echo "warning: torch not installed; PyTorch parity tests will skip"
 
 # Debian's Chromium + ChromeDriver for the browser tests (no browser download at run time).
