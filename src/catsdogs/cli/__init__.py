@@ -5,7 +5,6 @@ and the exit codes (0 done, 1 failed, 2 bad usage or input). Heavy imports happe
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 
@@ -13,6 +12,7 @@ from catsdogs import __version__, set_verbosity
 from catsdogs.cli import bench, data, inference, results, review, training
 from catsdogs.cli.common import OneLineErrorParser, resolve_input, use_default_weights
 from catsdogs.errors import CatsdogsError, one_line
+from catsdogs.verbosity import import_tensorflow_quietly
 
 GROUPS = (data, review, training, results, inference, bench)
 
@@ -52,22 +52,6 @@ def in_flags(error: CatsdogsError, parser: argparse.ArgumentParser, command: str
                          message)
         message = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/.-])", flags[name], message)
     return message
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (oneDNN, absl) kept off stderr; `--debug` shows it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import keras  # noqa: F401  (imports tensorflow)
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
