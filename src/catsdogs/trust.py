@@ -48,13 +48,13 @@ class RunTrust:
 
 
 def embed(joint, images, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, outputs) of images (an array or shards) through an `embedding_model`."""
-    import keras
-
+    """(embeddings, outputs) of images (an array or shards) through an `embedding_model`, batch by batch in
+    Keras' compiled predict function (calling the model eagerly peaked at 5.9 GB instead of 1.5 GB for 32
+    photos through EfficientNet-Lite2's two views, and took twice as long)."""
     embeddings, outputs = [], []
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
-        e, o = (keras.ops.convert_to_numpy(t) for t in joint(batch, training=False))
+        e, o = joint.predict_on_batch(batch)
         embeddings.append(np.asarray(e, np.float32).reshape(len(batch), -1))
         outputs.append(np.asarray(o, np.float32))
     if not embeddings:
