@@ -19,6 +19,7 @@ from catsdogs.files import check_out_file
 from catsdogs.html_parts import DASH, escape, figure, file_figure, is_number, num, table, text
 from catsdogs.plots import EVALUATION_PLOTS, GALLERY_PNG, figure_png, gallery_figure, most_wrong
 from catsdogs.runs import Run
+from catsdogs.trust_report import TRUST_PLOTS, trust_section
 
 MAX_EXPLAIN = 4
 GALLERY_SIZE = 16
@@ -256,10 +257,11 @@ def _run_html(run: Run, anchor: str) -> str:
     if run.metrics:
         parts.append(_metrics_html(run.metrics))
     known = list(EVALUATION_PLOTS.values())
-    plots = sorted((p for p in (run.path / "plots").glob("*.png") if p.name != GALLERY_PNG),
+    plots = sorted((p for p in (run.path / "plots").glob("*.png") if p.name not in (GALLERY_PNG, *TRUST_PLOTS)),
                    key=lambda p: (known.index(p.name) if p.name in known else len(known), p.name))
     if plots:
         parts += ["<h3>Evaluation plots</h3>", '<div class="grid">', *map(file_figure, plots), "</div>"]
+    parts.append(trust_section(run.path, run.classes, run.metrics))
     parts.append(_gallery_html(run))
     explain = sorted((run.path / "explain").glob("*.png"))[:MAX_EXPLAIN]
     if explain:
