@@ -228,6 +228,23 @@ def selective_metrics(labels: np.ndarray, raw: np.ndarray, probabilities: np.nda
     return out
 
 
+def format_trust(trust: dict, split: str) -> str:
+    """`evaluate`'s terminal lines for metrics.json's `trust`: calibration before/after, the operating point and
+    the coverage curve at a few coverages."""
+    lines = [f"calibration on the {split} split: ECE {trust['ece_before_calibration']:.4f} -> "
+             f"{trust['ece_after_calibration']:.4f}, log loss {trust['log_loss_before_calibration']:.4f} -> "
+             f"{trust['log_loss_after_calibration']:.4f}"]
+    point = trust.get("operating_point")
+    if point:
+        accuracy = "-" if point["accuracy_accepted"] is None else f"{point['accuracy_accepted']:.4f}"
+        lines.append(f"operating point (unknown above novelty {point['novelty_threshold']:.4g}): {point['coverage']:.1%}"
+                     f" of {split} accepted, accuracy on them {accuracy}, {point['unknown']} labelled unknown")
+        shown = [c for c in trust["coverage_curve"] if round(c["coverage"] * 100) in (50, 80, 90, 95, 100)]
+        lines.append("accuracy at coverage (most familiar first): " + ", ".join(
+            f"{c['coverage']:.0%} {c['accuracy']:.4f}" for c in shown) + " (plots/coverage.png)")
+    return "\n".join(lines)
+
+
 def save_trust_plots(labels, raw, probabilities, classes, threshold, metrics: dict, out_dir: Path) -> None:
     """plots/reliability-before.png, reliability-after.png and (with novelty) coverage.png."""
     from matplotlib.figure import Figure
