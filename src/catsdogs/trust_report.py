@@ -42,9 +42,9 @@ def trust_section(run_path: Path, classes: list[str], metrics: dict | None) -> s
                    for p in plots[:2] if p.is_file()]
     if reliability:
         parts += ['<div class="grid">', *reliability, "</div>"]
-    parts.append(_operating_point_html(novelty, trust, split))
-    if plots[2].is_file():
-        parts.append(file_figure(plots[2], f"coverage and accuracy on the accepted {split} photos"))
+    coverage = file_figure(plots[2], f"coverage and accuracy on the accepted {split} photos") \
+        if plots[2].is_file() else ""
+    parts += ['<div class="grid"><div>', _operating_point_html(novelty, trust, split), "</div>", coverage, "</div>"]
     parts.append(_other_html(data.get("other")))
     return "\n".join(parts)
 
