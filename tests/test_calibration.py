@@ -161,12 +161,19 @@ def test_cli_calibrate(tiny_run, tmp_path, capsys):
 
 
 def test_evaluate_adds_trust_metrics_and_plots(tiny_run, tmp_path):
-    from catsdogs.evaluation import evaluate
+    from catsdogs.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    metrics = evaluate(run, explain=False)
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        assert main(["evaluate", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
     trust = metrics["trust"]
+    printed = buffer.getvalue()
+    assert f"ECE {trust['ece_before_calibration']:.4f} -> {trust['ece_after_calibration']:.4f}" in printed
+    assert f"{trust['operating_point']['coverage']:.1%} of test accepted" in printed
+    assert "accuracy at coverage (most familiar first): 50% " in printed
     for key in ("ece_before_calibration", "ece_after_calibration", "log_loss_before_calibration",
                 "log_loss_after_calibration"):
         assert 0 <= trust[key] < 10
@@ -175,6 +182,20 @@ def test_evaluate_adds_trust_metrics_and_plots(tiny_run, tmp_path):
     assert 0 < trust["operating_point"]["coverage"] <= 1
     for name in ("coverage.png", "reliability-before.png", "reliability-after.png"):
         assert (run / "plots" / name).stat().st_size > 1000
+
+
+def test_format_trust_lines():
+    from catsdogs.trust import format_trust, selective_metrics
+
+    labels, p = overconfident(200, classes=3)
+    novelty = np.random.default_rng(1).random(200)
+    trust = selective_metrics(labels, p, Calibration("temperature", temperature=2.0).apply(p), novelty,
+                              p.argmax(axis=1), float(np.quantile(novelty, 0.9)))
+    calibration, point, curve = format_trust(trust, "validation").splitlines()
+    assert calibration.startswith("calibration on the validation split: ECE ") and "log loss" in calibration
+    assert f"{trust['operating_point']['accuracy_accepted']:.4f}" in point and "90.0% of validation accepted" in point
+    assert curve.count("%") == 5 and f"100% {trust['coverage_curve'][-1]['accuracy']:.4f}" in curve
+    assert format_trust({k: v for k, v in trust.items() if "calibration" in k}, "test").count("\n") == 0
 
 
 def test_novelty_round_trip(tmp_path):

@@ -137,3 +137,84 @@ def test_bad_input_is_usage_error(tmp_path, models, images):
     with pytest.raises(UsageError, match="N x H x W x 3"):
         export_model(models["plain"], "savedmodel", tmp_path / "m", images[0])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_is_carried_by_every_format(tmp_path, models, images):
+    from catsdogs.export_metadata import read_metadata
+
+    metadata = {"catsdogs.calibration": '{"method": "platt", "slope": 1.5}', "note": "<&> \u00e9"}
+    for fmt in FORMATS:
+        if fmt == "onnx" and not (_has("tf2onnx") and _has("onnxruntime")):
+            continue
+        out = tmp_path / f"model{SUFFIX[fmt]}"
+        export_model(models["plain"], fmt, out, images, metadata=metadata)
+        assert read_metadata(fmt, out) == metadata, fmt
+        assert _load_and_run(fmt, out, images).shape == (len(images), 1)  # the graph still runs on its own
+
+
+def _has(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def apply_calibration(p: np.ndarray, meta: dict[str, str]) -> np.ndarray:
+    """docs/serving-and-export.md's recipe: an export's probabilities -> calibrated n x N probabilities."""
+    import json
+
+    calibration = json.loads(meta["catsdogs.calibration"])
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    if p.shape[1] == 1:  # one sigmoid output: p(class 1)
+        p = np.concatenate([1 - p, p], axis=1)
+    if calibration and calibration["method"] == "platt":
+        p1 = 1 / (1 + np.exp(-(calibration["slope"] * np.log(p[:, 1] / (1 - p[:, 1])) + calibration["intercept"])))
+        p = np.stack([1 - p1, p1], axis=1)
+    elif calibration and calibration["method"] == "temperature":
+        z = np.log(p / p.sum(axis=1, keepdims=True)) / calibration["temperature"]
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
+def test_run_export_carries_calibration_and_threshold(run_copy, tiny_data, tmp_path, capsys):
+    import json
+
+    import catsdogs.calibration
+    from catsdogs.cli import main
+    from catsdogs.dataset import sample_images
+    from catsdogs.export_metadata import read_metadata
+    from catsdogs.predict import Predictor
+
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    catsdogs.calibrate(run_copy, accept=0.5)
+    stored = json.loads((run_copy / "calibration.json").read_text())
+    for fmt in ("onnx", "tflite"):
+        out = tmp_path / f"model{SUFFIX[fmt]}"
+        assert main(["export", str(run_copy), "--format", fmt, "--out", str(out)]) == 0
+        meta = read_metadata(fmt, out)
+        calibration, novelty = json.loads(meta["catsdogs.calibration"]), json.loads(meta["catsdogs.novelty"])
+        assert calibration == {k: stored["calibration"][k] for k in ("method", "temperature", "slope", "intercept")}
+        assert novelty["threshold"] == stored["novelty"]["threshold"] and novelty["accept"] == 0.5
+        assert json.loads(meta["catsdogs.classes"]) == json.loads((run_copy / "classes.json").read_text())
+        assert 0 < json.loads(meta["catsdogs.decision_threshold"]) < 1
+        assert "softmax(log(p) / temperature)" in meta["catsdogs.how_to_apply"]
+    assert "in the file's metadata" in capsys.readouterr().out
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map  # what a runtime sees, without catsdogs
+    x = sample_images(tiny_data, "test", 48, 8).astype(np.float32)
+    exported = session.run(None, {"image": x})[0]
+    calibration = catsdogs.calibration.Calibration.from_dict(stored["calibration"])
+    np.testing.assert_allclose(apply_calibration(exported, meta), calibration.apply(np.c_[1 - exported, exported]),
+                               atol=1e-6)  # the documented recipe is the library's calibration
+    # and close to what catsdogs predicts (the tiny model's float32 outputs differ by ~1e-4 from call to call)
+    np.testing.assert_allclose(apply_calibration(exported, meta), Predictor(run_copy).probabilities(x), atol=2e-3)
+
+    (run_copy / "calibration.json").unlink()
+    out = tmp_path / "uncalibrated.onnx"
+    assert main(["export", str(run_copy), "--format", "onnx", "--out", str(out)]) == 0
+    meta = read_metadata("onnx", out)
+    assert meta["catsdogs.calibration"] == "null" and meta["catsdogs.novelty"] == "null"
+    assert not (tmp_path / "uncalibrated.onnx.calibration.json").exists()

@@ -11,7 +11,7 @@ from catsdogs.plots import GALLERY_PNG
 from catsdogs.report import format_duration, write_report, write_results_markdown
 from catsdogs.runs import Run
 
-from fake_runs import make_run
+from fake_runs import add_calibration, make_run
 
 PUBLISHED = {"baseline": {"train": 0.85, "val": 0.82, "test": None}}
 NASTY = "x<img src=x onerror=alert(1)>&|y"  # a run name with HTML and a Markdown "|"
@@ -154,3 +154,50 @@ def test_gallery_from_predictions_with_true_column_and_error_rows(tmp_path):
     assert "No misclassified test images" in write_report([run], tmp_path / "t.html").read_text()
     (run / "predictions-test.csv").write_text("path,label,p_dog\nmissing.jpg,error,\n")
     assert "Most confidently wrong" not in write_report([run], tmp_path / "s.html").read_text()
+
+
+HOSTILE_CLASS = '<script>alert("dog")</script>'
+TRUST_HEADING = "<h3>Calibration and unknown photos</h3>"
+
+
+def test_calibrated_run_has_the_trust_section(tmp_path):
+    folder = f"{tmp_path}/<b>other</b>"
+    other = {"folder": folder, "n": 17, "auroc": 0.9123, "rejected": 0.8236}
+    run = make_run(tmp_path, "calibrated", classes=["cat", HOSTILE_CLASS])
+    trust = add_calibration(run, other=other)
+    plain = make_run(tmp_path, "plain")
+    page = write_report([run, plain], tmp_path / "r.html").read_text()
+    calibrated, uncalibrated = page.split('<section class="run"')[1:]
+    section = calibrated.split(TRUST_HEADING, 1)[1]
+    assert "<script" not in page and "<b>other" not in page
+    assert "p(&lt;script&gt;alert(&quot;dog&quot;)&lt;/script&gt;)" in section  # Platt of p(class 1), escaped
+    assert "&lt;b&gt;other&lt;/b&gt;" in section and "a = 1.7000, b = -0.2000" in section
+    assert "0.6100 \u2192 0.5200" in section and "validation split (40 photos)" in section
+    assert "On the test split (12 photos)" in section
+    for key in ("ece", "log_loss"):
+        for when in ("before", "after"):
+            assert f"<td>{trust[f'{key}_{when}_calibration']:.4f}</td>" in section
+    point = trust["operating_point"]
+    assert f"<td>{point['coverage']:.1%}</td>" in section and f"<td>{point['accuracy_accepted']:.4f}</td>" in section
+    assert "<td>0.8000</td>" in section and "<td>97.5%</td>" in section  # threshold, validation accepted
+    assert "82.4% labelled unknown, AUROC 0.9123" in section and "17 photos" in section
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", section)
+    assert captions[:3] == ["reliability before calibration (test split)", "reliability after calibration (test split)",
+                            "coverage and accuracy on the accepted test photos"]
+    evaluation = calibrated.split(TRUST_HEADING, 1)[0]
+    assert not re.search(r"reliability-|alt=\"coverage|calibration\)", evaluation)  # not shown twice
+    assert TRUST_HEADING in uncalibrated and "Not calibrated (no calibration.json)" in uncalibrated
+    assert uncalibrated.split(TRUST_HEADING, 1)[1].split("</p>", 1)[1].lstrip().startswith("<h3>Most")
+
+
+def test_calibrated_but_not_evaluated_run_says_how_to_measure(tmp_path):
+    run = make_run(tmp_path, "r")
+    add_calibration(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["trust"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    for name in ("reliability-before.png", "reliability-after.png", "coverage.png"):
+        (run / "plots" / name).unlink()
+    section = write_report([run], tmp_path / "r.html").read_text().split(TRUST_HEADING, 1)[1]
+    assert "No before/after numbers yet" in section and "No photos of other subjects" in section
+    assert "<td>0.8000</td>" in section and "test photos accepted" not in section

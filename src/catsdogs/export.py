@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from catsdogs.errors import CatsdogsError, UsageError, one_line
+from catsdogs.export_metadata import embed_metadata
 from catsdogs.files import check_out_file
 
 if TYPE_CHECKING:
@@ -69,8 +70,12 @@ def export_model(
     *,
     atol: float = 1e-4,
     mixed_atol: float = 0.1,
+    metadata: Mapping[str, str] | None = None,
 ) -> ExportResult:
     """Write ``model`` to ``out`` in format ``fmt`` and verify it on ``sample_images``.
+
+    ``metadata``: text carried inside the export (catsdogs.export_metadata: ONNX ``metadata_props``, a TFLite
+    metadata entry, SavedModel ``assets.extra/catsdogs.json``), e.g. the RUN's calibration.
 
     ``sample_images``: uint8 or float 0-255 RGB, shape N x H x W x 3. The exported model's
     probabilities must be within ``atol`` of Keras' ``predict`` (of the float32 rebuild for a
@@ -93,7 +98,7 @@ def export_model(
     try:
         target = work / out.name
         shape = (None, height, width, 3)
-        diff = _write_and_verify(fmt, model, shape, target, images, reference, atol)
+        diff = _write_and_verify(fmt, model, shape, target, images, reference, atol, metadata)
         if out.exists():
             raise UsageError(f"{out} appeared during the export; nothing was written")
         os.replace(target, out)
@@ -139,12 +144,15 @@ def _write_and_verify(
     images: np.ndarray,
     reference: np.ndarray,
     atol: float,
+    metadata: Mapping[str, str] | None = None,
 ) -> float:
-    """Write the export to ``target``, run it on ``images`` and return its largest difference."""
+    """Write the export (with ``metadata``) to ``target``, run it on ``images`` and return its largest difference."""
     import keras
 
     try:
         _WRITERS[fmt](keras, model, shape, target, target.parent)
+        if metadata:
+            embed_metadata(fmt, target, metadata)
     except CatsdogsError:
         raise
     except Exception as exc:  # converters raise anything; keep it to one line

@@ -6,12 +6,8 @@ threshold.json, plots/*.png, predictions-test.csv and explain/*.png; optional fi
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
-import math
-import mimetypes
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -20,19 +16,15 @@ from pathlib import Path
 from catsdogs import __version__
 from catsdogs.errors import UsageError
 from catsdogs.files import check_out_file
+from catsdogs.html_parts import DASH, escape, figure, file_figure, is_number, num, table, text
 from catsdogs.plots import EVALUATION_PLOTS, GALLERY_PNG, figure_png, gallery_figure, most_wrong
 from catsdogs.runs import Run
+from catsdogs.trust_report import TRUST_PLOTS, trust_section
 
-DASH = "\u2014"
 MAX_EXPLAIN = 4
 GALLERY_SIZE = 16
 #: Published numbers are read from these keys of ``published[model]`` (see catsdogs.published).
 PUBLISHED_KEYS = ("train", "val", "test")
-
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _number_or_text(value: str):
@@ -59,17 +51,9 @@ def _load_runs(run_dirs: Sequence[Path]) -> list[Run]:
     return [Run(Path(d)) for d in run_dirs]
 
 
-def _text(value) -> str:
-    return DASH if value is None or value == "" else str(value)
-
-
-def _num(value, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if _is_number(value) else DASH
-
-
 def format_duration(seconds) -> str:
     """'42 s', '3 min 05 s' or '1 h 02 min'."""
-    if not _is_number(seconds):
+    if not is_number(seconds):
         return DASH
     s = round(seconds)
     if s < 60:
@@ -83,16 +67,16 @@ def format_duration(seconds) -> str:
 Column = tuple[str, Callable[[Run], str]]
 _COLUMNS: dict[str, Column] = {
     "run": ("run", lambda r: r.name),
-    "model": ("model", lambda r: _text(r.recipe)),
-    "backbone": ("backbone", lambda r: _text(r.config.get("backbone"))),
+    "model": ("model", lambda r: text(r.recipe)),
+    "backbone": ("backbone", lambda r: text(r.config.get("backbone"))),
     "epochs": ("epochs", lambda r: r.epochs_text),
     "wall": ("wall time", lambda r: format_duration(r.config.get("wall_time_s"))),
-    "train": ("train acc", lambda r: _num(r.final_train_acc)),
-    "val": ("val acc", lambda r: _num(r.best_val_acc)),
-    "test": ("test acc", lambda r: _num((r.test_metrics or {}).get("accuracy"))),
-    "log_loss": ("test log loss", lambda r: _num((r.test_metrics or {}).get("log_loss"))),
-    "auc": ("test AUC", lambda r: _num((r.test_metrics or {}).get("roc_auc"))),
-    "threshold": ("threshold", lambda r: _num(r.threshold, 2)),
+    "train": ("train acc", lambda r: num(r.final_train_acc)),
+    "val": ("val acc", lambda r: num(r.best_val_acc)),
+    "test": ("test acc", lambda r: num((r.test_metrics or {}).get("accuracy"))),
+    "log_loss": ("test log loss", lambda r: num((r.test_metrics or {}).get("log_loss"))),
+    "auc": ("test AUC", lambda r: num((r.test_metrics or {}).get("roc_auc"))),
+    "threshold": ("threshold", lambda r: num(r.threshold, 2)),
 }
 HTML_COLUMNS = ("run", "model", "backbone", "epochs", "wall", "train", "val", "test", "log_loss", "auc", "threshold")
 MARKDOWN_COLUMNS = ("run", "model", "backbone", "epochs", "train", "val", "test", "wall")
@@ -102,7 +86,7 @@ def _columns(keys: Sequence[str], published: dict[str, dict] | None) -> list[Col
     cols = [_COLUMNS[k] for k in keys]
     if published is not None:
         for key in PUBLISHED_KEYS:
-            cols.append((f"published {key}", lambda r, k=key: _num((published.get(r.model_name) or {}).get(k))))
+            cols.append((f"published {key}", lambda r, k=key: num((published.get(r.model_name) or {}).get(k))))
     return cols
 
 
@@ -171,89 +155,52 @@ pre{overflow-x:auto;background:#f8f8f8;padding:.6em;font-size:.8rem}
 """
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _figure(data: bytes, caption: str, mime: str = "image/png") -> str:
-    return (f'<figure><img src="{_data_uri(data, mime)}" alt="{_e(caption)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-
-def _file_figure(path: Path) -> str:
-    mime = mimetypes.guess_type(path.name)[0] or "image/png"
-    return _figure(path.read_bytes(), path.stem.replace("_", " "), mime)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, kind: str = "",
-           published_from: int | None = None) -> str:
-    """An HTML table (CSS class ``kind``) of formatted, unescaped cells, in a horizontally scrolling box.
-
-    Columns from ``published_from`` on are marked as published numbers.
-    """
-
-    def cells(tag: str, values: Sequence[str]) -> str:
-        return "".join(
-            f'<{tag} class="published">{_e(v)}</{tag}>' if published_from is not None and i >= published_from
-            else f"<{tag}>{_e(v)}</{tag}>"
-            for i, v in enumerate(values)
-        )
-
-    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
-    return (f'<div class="scroll"><table class="{kind}"><thead><tr>{cells("th", header)}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")
-
-
 def _config_html(run: Run) -> str:
     c = run.config
     versions = c.get("versions")
     rows = [
-        ("model", _text(c.get("model"))),
-        ("schedule", _text(c.get("schedule", "constant"))),
-        ("backbone", _text(c.get("backbone"))),
-        ("image size", _text(c.get("image_size"))),
+        ("model", text(c.get("model"))),
+        ("schedule", text(c.get("schedule", "constant"))),
+        ("backbone", text(c.get("backbone"))),
+        ("image size", text(c.get("image_size"))),
         ("epochs", run.epochs_text),
-        ("seed", _text(c.get("seed"))),
-        ("precision", _text(c.get("precision"))),
+        ("seed", text(c.get("seed"))),
+        ("precision", text(c.get("precision"))),
         ("wall time", format_duration(c.get("wall_time_s"))),
-        ("data", _text(c.get("data"))),
-        ("manifest sha256", _text(c.get("manifest_sha256"))[:16]),
+        ("data", text(c.get("data"))),
+        ("manifest sha256", text(c.get("manifest_sha256"))[:16]),
         ("classes", ", ".join(run.classes) if run.classes else DASH),
-        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else _text(versions)),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else text(versions)),
     ]
     everything = json.dumps(c, indent=2, sort_keys=True, default=str)
-    return (_table(("setting", "value"), rows, kind="kv")
-            + f"<details><summary>all settings</summary><pre>{_e(everything)}</pre></details>")
+    return (table(("setting", "value"), rows, kind="kv")
+            + f"<details><summary>all settings</summary><pre>{escape(everything)}</pre></details>")
 
 
 def _metrics_html(metrics: dict) -> str:
     split = metrics.get("split", "test")
     headline = [
-        ("accuracy", _num(metrics.get("accuracy"), 4)),
-        ("balanced accuracy", _num(metrics.get("balanced_accuracy"), 4)),
-        ("ROC AUC", _num(metrics.get("roc_auc"), 4)),
-        ("log loss", _num(metrics.get("log_loss"), 4)),
-        ("Brier score", _num(metrics.get("brier"), 4)),
-        ("ECE (10 bins)", _num(metrics.get("ece"), 4)),
-        ("threshold", _num(metrics.get("threshold"), 3)),
-        ("images", _text(metrics.get("n"))),
+        ("accuracy", num(metrics.get("accuracy"), 4)),
+        ("balanced accuracy", num(metrics.get("balanced_accuracy"), 4)),
+        ("ROC AUC", num(metrics.get("roc_auc"), 4)),
+        ("log loss", num(metrics.get("log_loss"), 4)),
+        ("Brier score", num(metrics.get("brier"), 4)),
+        ("ECE (10 bins)", num(metrics.get("ece"), 4)),
+        ("threshold", num(metrics.get("threshold"), 3)),
+        ("images", text(metrics.get("n"))),
     ]
-    parts = [f'<h3>Metrics on the {_e(split)} split</h3><div class="row">', _table(("metric", "value"), headline)]
+    parts = [f'<h3>Metrics on the {escape(split)} split</h3><div class="row">', table(("metric", "value"), headline)]
     per_class = metrics.get("per_class") or {}
-    rows = [(name, *(_num(m.get(k), 4) for k in ("precision", "recall", "f1")), _text(m.get("support")))
+    rows = [(name, *(num(m.get(k), 4) for k in ("precision", "recall", "f1")), text(m.get("support")))
             for name, m in per_class.items()]
     if "macro" in metrics:
-        rows.append(("macro avg", *(_num(metrics["macro"].get(k), 4) for k in ("precision", "recall", "f1")), DASH))
+        rows.append(("macro avg", *(num(metrics["macro"].get(k), 4) for k in ("precision", "recall", "f1")), DASH))
     if rows:
-        parts.append(_table(("class", "precision", "recall", "F1", "support"), rows))
+        parts.append(table(("class", "precision", "recall", "F1", "support"), rows))
     cm = metrics.get("confusion_matrix") or {}
     if cm.get("labels") and cm.get("matrix"):
         header = ["true \u2193 / predicted \u2192", *map(str, cm["labels"])]
-        parts.append(_table(header, [(str(n), *map(str, row)) for n, row in zip(cm["labels"], cm["matrix"])]))
+        parts.append(table(header, [(str(n), *map(str, row)) for n, row in zip(cm["labels"], cm["matrix"])]))
     return "".join(parts) + "</div>"
 
 
@@ -274,7 +221,7 @@ def _gallery_html(run: Run) -> str:
     heading = "<h3>Most confidently wrong test images</h3>"
     saved = run.path / "plots" / GALLERY_PNG
     if saved.is_file():
-        return heading + _figure(saved.read_bytes(), "most confidently wrong")
+        return heading + figure(saved.read_bytes(), "most confidently wrong")
     rows = _read_csv(run.path / "predictions-test.csv")
     if not rows or not run.classes:
         return ""
@@ -284,7 +231,7 @@ def _gallery_html(run: Run) -> str:
     usable = []
     for row in rows:
         values = [_number_or_text(row.get(key)) for key in keys]
-        if row.get(label_key) in index and all(_is_number(v) and 0 <= v <= 1 for v in values):
+        if row.get(label_key) in index and all(is_number(v) and 0 <= v <= 1 for v in values):
             usable.append((row.get("path") or "", index[row[label_key]], values if len(values) > 1 else values[0]))
     if not usable:
         return ""
@@ -298,26 +245,27 @@ def _gallery_html(run: Run) -> str:
     )
     if not records:
         return heading + "<p>No misclassified test images.</p>"
-    return heading + _figure(figure_png(gallery_figure(records, run.classes)), "most confidently wrong")
+    return heading + figure(figure_png(gallery_figure(records, run.classes)), "most confidently wrong")
 
 
 def _run_html(run: Run, anchor: str) -> str:
-    parts = [f'<section class="run" id="{anchor}"><h2>{_e(run.name)}</h2>',
-             f'<p class="muted">{_e(run.path)}</p>', "<h3>Configuration</h3>", _config_html(run)]
+    parts = [f'<section class="run" id="{anchor}"><h2>{escape(run.name)}</h2>',
+             f'<p class="muted">{escape(run.path)}</p>', "<h3>Configuration</h3>", _config_html(run)]
     curves = run.path / "curves.png"
     if curves.is_file():
-        parts += ["<h3>Training curves</h3>", _figure(curves.read_bytes(), "training and validation curves")]
+        parts += ["<h3>Training curves</h3>", figure(curves.read_bytes(), "training and validation curves")]
     if run.metrics:
         parts.append(_metrics_html(run.metrics))
     known = list(EVALUATION_PLOTS.values())
-    plots = sorted((p for p in (run.path / "plots").glob("*.png") if p.name != GALLERY_PNG),
+    plots = sorted((p for p in (run.path / "plots").glob("*.png") if p.name not in (GALLERY_PNG, *TRUST_PLOTS)),
                    key=lambda p: (known.index(p.name) if p.name in known else len(known), p.name))
     if plots:
-        parts += ["<h3>Evaluation plots</h3>", '<div class="grid">', *map(_file_figure, plots), "</div>"]
+        parts += ["<h3>Evaluation plots</h3>", '<div class="grid">', *map(file_figure, plots), "</div>"]
+    parts.append(trust_section(run.path, run.classes, run.metrics))
     parts.append(_gallery_html(run))
     explain = sorted((run.path / "explain").glob("*.png"))[:MAX_EXPLAIN]
     if explain:
-        parts += ["<h3>Grad-CAM</h3>", '<div class="grid">', *map(_file_figure, explain), "</div>"]
+        parts += ["<h3>Grad-CAM</h3>", '<div class="grid">', *map(file_figure, explain), "</div>"]
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -330,7 +278,7 @@ def write_report(run_dirs: Sequence[Path], out_html: Path, *, title: str = "cats
     runs = _load_runs(run_dirs)
     anchors = [f"run-{i}" for i in range(1, len(runs) + 1)]
     header, rows = _summary(runs, HTML_COLUMNS, published)
-    nav = "".join(f'<li><a href="#{a}">{_e(r.name)}</a></li>' for r, a in zip(runs, anchors))
+    nav = "".join(f'<li><a href="#{a}">{escape(r.name)}</a></li>' for r, a in zip(runs, anchors))
     note = (' <span class="published">Shaded columns: the study\'s published numbers.</span>'
             if published is not None else "")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -339,20 +287,20 @@ def write_report(run_dirs: Sequence[Path], out_html: Path, *, title: str = "cats
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title>
+<title>{escape(title)}</title>
 <link rel="icon" href="data:,">
 <style>{CSS}</style>
 </head>
 <body>
-<h1>{_e(title)}</h1>
+<h1>{escape(title)}</h1>
 <p class="muted">{len(runs)} run(s). Accuracy: train on the last epoch, validation on the best epoch
 (the saved model), test from metrics.json.{note}</p>
 <h2>Comparison</h2>
-{_table(header, rows, kind="compare", published_from=len(HTML_COLUMNS) if published is not None else None)}
+{table(header, rows, kind="compare", published_from=len(HTML_COLUMNS) if published is not None else None)}
 {"".join(sections)}
 <nav><ul>{nav}</ul></nav>
 {"".join(_run_html(r, a) for r, a in zip(runs, anchors))}
-<p class="muted">Generated by catsdogs {_e(__version__)} on {generated}.</p>
+<p class="muted">Generated by catsdogs {escape(__version__)} on {generated}.</p>
 </body>
 </html>
 """

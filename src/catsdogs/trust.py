@@ -8,6 +8,7 @@ RUN/calibration.json (the numbers) and RUN/novelty.npz (the reference embeddings
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -228,6 +229,23 @@ def selective_metrics(labels: np.ndarray, raw: np.ndarray, probabilities: np.nda
     return out
 
 
+def format_trust(trust: dict, split: str) -> str:
+    """`evaluate`'s terminal lines for metrics.json's `trust`: calibration before/after, the operating point and
+    the coverage curve at a few coverages."""
+    lines = [f"calibration on the {split} split: ECE {trust['ece_before_calibration']:.4f} -> "
+             f"{trust['ece_after_calibration']:.4f}, log loss {trust['log_loss_before_calibration']:.4f} -> "
+             f"{trust['log_loss_after_calibration']:.4f}"]
+    point = trust.get("operating_point")
+    if point:
+        accuracy = "-" if point["accuracy_accepted"] is None else f"{point['accuracy_accepted']:.4f}"
+        lines.append(f"operating point (unknown above novelty {point['novelty_threshold']:.4g}): {point['coverage']:.1%}"
+                     f" of {split} accepted, accuracy on them {accuracy}, {point['unknown']} labelled unknown")
+        shown = [c for c in trust["coverage_curve"] if round(c["coverage"] * 100) in (50, 80, 90, 95, 100)]
+        lines.append("accuracy at coverage (most familiar first): " + ", ".join(
+            f"{c['coverage']:.0%} {c['accuracy']:.4f}" for c in shown) + " (plots/coverage.png)")
+    return "\n".join(lines)
+
+
 def save_trust_plots(labels, raw, probabilities, classes, threshold, metrics: dict, out_dir: Path) -> None:
     """plots/reliability-before.png, reliability-after.png and (with novelty) coverage.png."""
     from matplotlib.figure import Figure
@@ -255,25 +273,41 @@ def save_trust_plots(labels, raw, probabilities, classes, threshold, metrics: di
         _save(fig, out_dir / "coverage.png")
 
 
-EXPORT_NOTE = ("The exported graph outputs the model's own probabilities. To show calibrated ones: two classes "
-               "(method platt): p1 = sigmoid(slope * logit(p1_graph) + intercept); N classes (method temperature): "
-               "p = softmax(log(p_graph) / temperature); identity: unchanged. Clip p to [1e-7, 1 - 1e-7] first. "
-               "decision_threshold applies to the calibrated p1. The unknown label needs the penultimate "
-               "embeddings and novelty.npz, which the graph does not output: use catsdogs.Predictor for it.")
+EXPORT_NOTE = ("The graph outputs probabilities, not logits. Clip p to [1e-7, 1 - 1e-7], then: two classes (one "
+               "sigmoid output p1), method platt: p1 = sigmoid(slope * logit(p1) + intercept), logit(p) = log(p) - "
+               "log(1 - p); N classes (a softmax), method temperature: p = softmax(log(p) / temperature) (the "
+               "log-probabilities divided by T, then a softmax: softmax(logits / T)); identity or null: p as it is. "
+               "decision_threshold applies to the calibrated p1. The unknown label needs the penultimate embeddings "
+               "and novelty.npz, which the graph does not output: use catsdogs.Predictor for it.")
+METADATA_PREFIX = "catsdogs."
+
+
+def export_metadata(run: str | os.PathLike) -> dict[str, str]:
+    """Text metadata for the exports of a RUN (values are JSON): classes, calibration, decision_threshold (on
+    the calibrated p1; two classes), novelty (its threshold and settings) and how to apply them. calibration and
+    novelty are null for a RUN that was never calibrated."""
+    from catsdogs.run_files import json_text, read_run_classes, read_threshold
+
+    run = Path(run)
+    classes = read_run_classes(run)
+    data = read_json(run / CALIBRATION) if (run / CALIBRATION).exists() else {}
+    calibration = Calibration.from_dict(data["calibration"]) if data.get("calibration") else None
+    raw_threshold = read_threshold(run) or 0.5
+    threshold = (calibration.map_threshold(raw_threshold) if calibration else raw_threshold) if len(classes) == 2 else None
+    kept = ("method", "temperature", "slope", "intercept")
+    novelty = {k: v for k, v in data["novelty"].items() if k in ("method", "k", "threshold", "accept", "stats")} \
+        if data.get("novelty") else None
+    values = {"classes": classes, "calibration": {k: calibration.to_dict()[k] for k in kept} if calibration else None,
+              "decision_threshold": threshold, "novelty": novelty, "how_to_apply": EXPORT_NOTE}
+    return {METADATA_PREFIX + key: value if key == "how_to_apply" else json_text(value, indent=None)
+            for key, value in values.items()}
 
 
 def write_export_metadata(run: str | os.PathLike, export: str | os.PathLike) -> Path | None:
     """EXPORT.calibration.json beside an export: the RUN's calibration and how to apply it; None without one."""
-    source = Path(run) / CALIBRATION
-    if not source.exists():
+    if not (Path(run) / CALIBRATION).exists():
         return None
-    from catsdogs.run_files import read_run_classes, read_threshold
-
-    data = read_json(source)
-    calibration = Calibration.from_dict(data["calibration"])
-    classes = read_run_classes(Path(run))
-    threshold = calibration.map_threshold(read_threshold(Path(run)) or 0.5) if len(classes) == 2 else None
+    values = {key[len(METADATA_PREFIX):]: value for key, value in export_metadata(run).items()}
     out = Path(f"{export}.calibration.json")
-    write_json(out, {"classes": classes, "calibration": calibration.to_dict(), "decision_threshold": threshold,
-                     "novelty": data.get("novelty"), "how_to_apply": EXPORT_NOTE})
+    write_json(out, {key: value if key == "how_to_apply" else json.loads(value) for key, value in values.items()})
     return out

@@ -125,13 +125,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     predictor = Predictor(args.run)
     if args.quantize:
         return _export_int8(args, predictor)
-    samples = _sample_images(args.run, predictor.image_size)
-    result = export_model(predictor.model, args.format, args.out, samples)
-    print(f"exported {args.run} as {result.format} to {result.path}")
-    from catsdogs.trust import write_export_metadata
+    from catsdogs.trust import export_metadata, write_export_metadata
 
+    samples = _sample_images(args.run, predictor.image_size)
+    result = export_model(predictor.model, args.format, args.out, samples, metadata=export_metadata(args.run))
+    print(f"exported {args.run} as {result.format} to {result.path}")
     if (metadata := write_export_metadata(args.run, result.path)) is not None:
-        print(f"calibration and unknown threshold (apply them in your runtime): {metadata}")
+        print(f"calibration and unknown threshold (in the file's metadata and {metadata}; apply them in your "
+              "runtime: docs/serving-and-export.md)")
     print(f"input:  {result.input_signature}")
     print(f"output: {result.output_signature}")
     note = " (float32 rebuild of a bf16 model)" if result.float32_rebuild else ""
@@ -144,8 +145,12 @@ def _export_int8(args: argparse.Namespace, predictor) -> None:
 
     if args.format != "onnx":
         raise UsageError(f"--quantize int8 writes an ONNX graph; use --format onnx, not {args.format}")
+    from catsdogs.export_metadata import embed_metadata
+    from catsdogs.trust import export_metadata
+
     report = quantize_run(args.run, args.out, model=predictor.model, calibration_images=args.calibration_images)
-    print(f"exported {args.run} as int8 onnx to {report.path}")
+    embed_metadata("onnx", args.out, export_metadata(args.run))
+    print(f"exported {args.run} as int8 onnx to {report.path} (calibration in its metadata_props)")
     print(report.line())
     print(f"measurement written to {report_path(args.out)}")
 

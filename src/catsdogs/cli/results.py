@@ -62,6 +62,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 if metrics.get("threshold") is not None else "the most probable class")
     print(f"{args.split} split, {decision}{', with TTA (photo + mirror)' if args.tta else ''}")
     print(format_metrics_table(metrics))
+    if "trust" in metrics:
+        from catsdogs.trust import format_trust
+
+        print(format_trust(metrics["trust"], args.split))
 
 
 def add_report(commands) -> None:
