@@ -93,3 +93,28 @@ def test_calibrating_a_heads_run_reuses_its_cached_features(tmp_path: Path, monk
     summary = catsdogs.calibrate(run.path, accept=0.9)
     assert (run / "calibration.json").exists() and (run / "novelty.npz").exists()
     assert summary.novelty.accepted is not None and summary.novelty.accepted >= 0.8
+
+
+@pytest.mark.slow
+def test_evaluating_a_heads_run_caches_the_test_features_once_and_matches_the_whole_model(tmp_path: Path,
+                                                                                         monkeypatch):
+    from catsdogs.evaluation import evaluate
+    from catsdogs.predict import Predictor
+
+    data = tmp_path / "data"
+    catsdogs.prepare(make_class_folders(tmp_path / "photos", per_class=10, names=("ants", "bees", "wasps")), data)
+    run = catsdogs.train(data=data, model="heads", out=tmp_path / "run", backbone="mobilenetv2", image_size=64,
+                         model_options={"weights": None})
+    cache = run.path / "cache"
+    before = set(cache.glob("features-*-test.npy"))
+    whole = evaluate(run.path, data, "test", explain=False)  # no cache: the whole model
+    through_cache = evaluate(run.path, data, "test", cache_dir=cache, explain=False)
+    assert len(set(cache.glob("features-*-test.npy")) - before) == 1
+    assert through_cache["accuracy"] == whole["accuracy"] and through_cache["n"] == whole["n"]
+    assert abs(through_cache["trust"]["log_loss_after_calibration"] - whole["trust"]["log_loss_after_calibration"]) < 1e-3
+
+    def no_base(*args, **kwargs):
+        raise AssertionError("the base ran although the test features are cached")
+
+    monkeypatch.setattr(Predictor, "assess", no_base)
+    assert evaluate(run.path, data, "test", cache_dir=cache, explain=False)["accuracy"] == whole["accuracy"]

@@ -34,8 +34,23 @@ def split_probabilities(predictor: Predictor, data: Path, split: str, cache_dir:
         raise UsageError(f"the {split} split of {data} is empty", "split")
     if assessed is None:
         return arrays.labels, predictor.probabilities(arrays.images), arrays.paths, arrays.images
-    assessed["raw"], probabilities, assessed["novelty"] = predictor.assess(arrays.images)
+    pooled = _pooled_features(predictor, data, split, cache_dir, arrays)
+    assessed["raw"], probabilities, assessed["novelty"] = (predictor.assess(arrays.images) if pooled is None
+                                                           else predictor.assess_pooled(pooled))
     return arrays.labels, probabilities, arrays.paths, arrays.images
+
+
+def _pooled_features(predictor: Predictor, data: Path, split: str, cache_dir: Path | None, arrays):
+    """A `heads` run's pooled features of the split through the features cache (read, or extracted once and
+    cached for the next reader, e.g. the audit after `fit`), or None for other runs, engines and TTA."""
+    if cache_dir is None or predictor.engine != "keras" or predictor.tta:
+        return None
+    from catsdogs.trainers.features import cached_pool_features
+
+    backbone = read_config(predictor.run).get("backbone")
+    if not backbone or read_config(predictor.run).get("model") != "heads":
+        return None
+    return cached_pool_features(predictor.model, backbone, data, split, cache_dir, arrays.images, arrays.labels)
 
 
 def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accuracy", *, tta: bool = False,

@@ -90,6 +90,15 @@ class Predictor:
             novelty = np.zeros(0, np.float32)
         return raw, probabilities, novelty
 
+    def assess_pooled(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """`assess` from the model's `pool` features (a `heads` run's cached features): only the head runs."""
+        raw = class_probabilities(self.model.get_layer("head").predict(pooled, verbose=0, batch_size=256))
+        if self.trust is None:
+            return raw, raw, None
+        probabilities = self.trust.calibration.apply(raw)
+        novelty = self.trust.novelty.score(pooled, probabilities) if self.trust.novelty is not None else None
+        return raw, probabilities, novelty
+
     def raw_probabilities(self, images: np.ndarray) -> np.ndarray:
         """n x N class probabilities as the model gives them (before calibration)."""
         if len(images) == 0:

@@ -154,17 +154,38 @@ def fit_features(model: keras.Model, context) -> dict:
 
 
 def cached_pool_features(model: keras.Model, backbone: str, data_dir: Path, split: str,
-                         cache_dir: Path | None) -> np.ndarray | None:
+                         cache_dir: Path | None, images: np.ndarray | None = None,
+                         labels: np.ndarray | None = None) -> np.ndarray | None:
     """A `heads` model's `pool` features of a split (its bases' flip-averaged features side by side) from the
-    features cache that training filled, or None when any is missing (another DATA, other weights)."""
+    features cache that training filled, or None when any is missing (another DATA, other weights) and no
+    `images` are given. With `images` (uint8, the split in manifest order) and their `labels`, a missing base's
+    features are extracted (Keras, bounded batches) and cached: evaluation fills the test split's cache once,
+    and the audit after `fit` reads it."""
     from catsdogs.data_files import manifest_sha256
     from catsdogs.models.frozen import backbone_names, branch_extractor
 
     if cache_dir is None or not any(layer.name.startswith("flipavg_") for layer in model.layers):
         return None
     manifest = manifest_sha256(data_dir)
-    paths = [cache_file(Path(cache_dir), branch_extractor(model, name), manifest, split)
-             for name in backbone_names(backbone)]
-    if not all(path.exists() for path in paths):
-        return None
-    return np.concatenate([np.load(path).astype(np.float32) for path in paths], axis=1)
+    parts = []
+    for name in backbone_names(backbone):
+        extractor = branch_extractor(model, name)
+        path = cache_file(Path(cache_dir), extractor, manifest, split)
+        if not path.exists():
+            if images is None or labels is None:
+                return None
+            _write_features(extractor, images, labels, path, split)
+        parts.append(np.load(path).astype(np.float32))
+    return np.concatenate(parts, axis=1)
+
+
+def _write_features(extractor: keras.Model, images: np.ndarray, labels: np.ndarray, path: Path, label: str) -> None:
+    """Extract (Keras) and cache the features of `images` with their labels beside, as `cached_features` does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path.with_name("labels-" + path.name.removeprefix("features-"))) as partial:
+        np.save(partial, np.asarray(labels))
+    with atomic_path(path) as partial:
+        keras_forward = {"forward": extractor.predict_on_batch, "engine": "keras"}
+        features = extract_features(extractor, images, batch_for(int(extractor.input_shape[1])), label, out=partial,
+                                    chosen=keras_forward)
+        del features  # unmapped before the rename
