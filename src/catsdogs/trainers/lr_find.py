@@ -34,6 +34,7 @@ class LrFind:
     suggestions: dict[str, float] = field(default_factory=dict)
     method: str = "valley"
     diverged: bool = False  # stopped before `end` because the loss diverged
+    plot_path: Path | None = None  # where `run_lr_find` / `data_lr_find` wrote the plot
 
     @property
     def suggestion(self) -> float:
@@ -209,3 +210,59 @@ def _cycled(batches):
             yield x, y
         if empty:
             raise UsageError("data gave no batches", "data")
+
+
+def run_lr_find(run: str | Path, *, data: str | Path | None = None, split: str = "train",
+                cache_dir: str | Path | None = None, **options) -> LrFind:
+    """The range test on a RUN's model (its trainable layers as saved) and the images of a split of its DATA (or
+    `data`); writes RUN/plots/lr_find.png. `options` go to `lr_find` (start, end, steps, batch_size, ...)."""
+    from catsdogs.run_files import load_run_model, read_config
+
+    config = read_config(Path(run))  # a UsageError when RUN is not a run
+    model = _compiled(load_run_model(Path(run)))
+    options.setdefault("batch_size", int(config.get("batch_size") or 32))
+    options.setdefault("seed", int(config.get("seed") or 0))
+    images = _split(Path(data or config["data"]), split, int(model.input_shape[1]), cache_dir)
+    result = lr_find(model, images, **options)
+    result.plot_path = result.save_plot(Path(run) / "plots" / "lr_find.png")
+    return result
+
+
+def data_lr_find(data: str | Path, model: str, plot: str | Path, *, backbone: str | None = None,
+                 image_size: int | None = None, weights: str | None = "imagenet", seed: int = 0,
+                 cache_dir: str | Path | None = None, **options) -> LrFind:
+    """The range test before any training, as `train` would start: `model` (a registry name, with `backbone`
+    and `image_size` as in TrainOptions) built afresh on DATA's classes and its training images; writes `plot`."""
+    import keras
+
+    from catsdogs.data_files import read_classes
+    from catsdogs.models import create_model, model_entry
+
+    entry = model_entry(model)
+    if backbone is not None and not entry.uses_backbone:
+        raise UsageError(f"backbone is only for the pretrained models, not {model}", "backbone")
+    classes = read_classes(Path(data))
+    keras.utils.set_random_seed(seed)
+    built = create_model(model, image_size=image_size, num_classes=len(classes), seed=seed,
+                         **({"backbone": backbone, "weights": weights} if entry.uses_backbone else {}))
+    images = _split(Path(data), "train", int(built.input_shape[1]), cache_dir)
+    result = lr_find(_compiled(built), images, seed=seed, **options)
+    result.plot_path = result.save_plot(Path(plot))
+    return result
+
+
+def _compiled(model):
+    """The model, compiled as the pretrained classifiers are (Adam, accuracy) when it was saved without."""
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
+        from catsdogs.models.pretrained import compile_classifier
+
+        compile_classifier(model, 1e-3)
+    return model
+
+
+def _split(data: Path, split: str, image_size: int, cache_dir):
+    from catsdogs.dataset import load_split
+
+    if split not in ("train", "validation", "test"):
+        raise UsageError(f"split must be train, validation or test, got {split!r}", "split")
+    return load_split(data, split, image_size, cache_dir=Path(cache_dir) if cache_dir else None)
