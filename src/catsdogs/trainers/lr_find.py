@@ -163,6 +163,11 @@ def _constant_copy(optimizer, learning_rate: float):
     return type(optimizer).from_config(config)
 
 
+def _check_options(options: dict) -> None:
+    _check(options.get("start", START), options.get("end", END), options.get("steps"), options.get("batch_size", 32),
+           options.get("diverge", DIVERGE))
+
+
 def _check(start: float, end: float, steps: int | None, batch_size: int, diverge: float) -> None:
     for name, value in (("start", start), ("end", end), ("diverge", diverge)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -218,6 +223,7 @@ def run_lr_find(run: str | Path, *, data: str | Path | None = None, split: str =
     `data`); writes RUN/plots/lr_find.png. `options` go to `lr_find` (start, end, steps, batch_size, ...)."""
     from catsdogs.run_files import load_run_model, read_config
 
+    _check_options(options)  # bad numbers: one line before any work
     config = read_config(Path(run))  # a UsageError when RUN is not a run
     model = _compiled(load_run_model(Path(run)))
     options.setdefault("batch_size", int(config.get("batch_size") or 32))
@@ -238,6 +244,7 @@ def data_lr_find(data: str | Path, model: str, plot: str | Path, *, backbone: st
     from catsdogs.data_files import read_classes
     from catsdogs.models import create_model, model_entry
 
+    _check_options(options)
     entry = model_entry(model)
     if backbone is not None and not entry.uses_backbone:
         raise UsageError(f"backbone is only for the pretrained models, not {model}", "backbone")
