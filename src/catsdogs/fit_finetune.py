@@ -38,9 +38,9 @@ def skip_reason(estimate: float, before_s: float, limit: Budget) -> str | None:
     None when it fits (or there is no budget: stage (a) only, the stage is not planned)."""
     if limit.unlimited or before_s + estimate <= limit.seconds:
         return None
-    need = format_seconds(math.ceil((before_s + estimate) / 60) * 60)
-    return (f"{NAME} needs ~{format_seconds(estimate)} here, {format_seconds(max(0.0, limit.seconds - before_s))} "
-            f"of the budget is left for it; give budget {need} or more to run it")
+    need = math.ceil((before_s + estimate) / 60)
+    return (f"{NAME} skipped: it needs ~{format_seconds(estimate)} here, {format_seconds(max(0.0, limit.seconds - before_s))} "
+            f"of the budget is left for it; give budget {need}m or more to run it")
 
 
 def run_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,

@@ -6,8 +6,7 @@ from __future__ import annotations
 import keras
 
 from catsdogs.models.finetune import start_finetune
-from catsdogs.models.pretrained import TRANSFER_LEARNING_RATE, compile_classifier
-from catsdogs.models.pretrained import find_base
+from catsdogs.models.pretrained import TRANSFER_LEARNING_RATE, compile_classifier, find_base
 from catsdogs.trainers.transfer import fit_trainable_part
 
 
