@@ -47,6 +47,8 @@ def test_fine_tuning_runs_within_a_generous_budget_and_records_its_score(photos:
     config = json.loads((tuned / "config.json").read_text())
     assert config["model"] == "finetune" and config["schedule"] == "one-cycle" and config["patience"] == 2
     assert config["learning_rate"] == stage["learning_rate"] and (tuned / "plots" / "lr_find.png").exists()
+    optimizer = catsdogs.Run(tuned).model.optimizer  # one cycle, the base's top at a tenth of the head's rate
+    assert type(optimizer).__name__ == "DiscriminativeAdamW" and optimizer.base_factor == 0.1
     assert json.loads((run / "candidates" / "finetune-mobilenetv2-head" / "config.json").read_text())["epochs"] == 1
     done = [s for s in record["stages"] if s["status"] == "done"]
     best = max(done, key=lambda s: (s["val_accuracy"], -s["val_loss"]))  # kept only when it beats the heads
@@ -74,3 +76,23 @@ def test_the_plan_leaves_out_fine_tuning_that_cannot_fit():
     assert fast.status == "planned" and fast.estimate_s < 100 and "fine-tuning" in plan_line([heads, fast], limit)
     assert "give budget" in fit_finetune.skip_reason(stage.estimate_s, 90.0, limit)
     assert fit_finetune.estimate_seconds(3000, 10.0) > fit_finetune.estimate_seconds(3000, 50.0)
+
+
+def test_discriminative_adamw_updates_the_base_at_a_fraction_of_the_heads_rate(tmp_path: Path):
+    import keras
+    import numpy as np
+
+    from catsdogs.models.optimizers import DiscriminativeAdamW
+    from catsdogs.run_files import load_keras_model
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="top"),
+                              keras.layers.Dense(1, activation="sigmoid", name="probability")])
+    model.compile(optimizer=DiscriminativeAdamW(learning_rate=1e-2, base_factor=0.1, weight_decay=0.0),
+                  loss="binary_crossentropy")
+    before = model.get_weights()
+    model.train_on_batch(np.random.default_rng(0).random((8, 4)), np.array([[0], [1]] * 4, np.float32))
+    steps = [float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), before)]  # Adam: ~ the rate
+    assert steps[0] == pytest.approx(1e-3, rel=0.01) and steps[2] == pytest.approx(1e-2, rel=0.01)
+    model.save(tmp_path / "m.keras")
+    assert load_keras_model(tmp_path / "m.keras").optimizer.get_config()["base_factor"] == 0.1
