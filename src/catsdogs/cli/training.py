@@ -99,7 +99,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
               overwrite=args.overwrite, distribute=args.distribute, audit=args.audit, budget=args.budget,
               corrections=args.corrections)
     metrics = run.metrics
-    print(f"fitted {run}: {run.config['fit']['chosen']} ({run.config.get('head')} head), test accuracy "
+    recipe = f"{run.config['head']} head" if run.config.get("head") else run.model_name  # heads, or finetune
+    print(f"fitted {run}: {run.config['fit']['chosen']} ({recipe}), test accuracy "
           f"{metrics['accuracy']:.4f} ({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
 
 
