@@ -5,7 +5,8 @@ SOURCE -> RUN/data (prepared: checked, de-duplicated, split) -> the stages, chea
 RUN/candidates/ and each kept only if it beats the earlier ones on validation:
   (a) `heads` on each candidate backbone: flip-averaged features of a frozen ImageNet base, cached, and the better
       on validation of a logistic-regression head (C tuned) and a dense head;
-  (b) `heads` on the two best backbones together (their features side by side).
+  (b) `heads` on the two best backbones together (their features side by side);
+  (c) fine-tuning of the best backbone (catsdogs.fit_finetune), when the budget holds it.
 The stage with the best validation accuracy (then log loss) is copied to RUN (an ordinary run folder), evaluated
 once on the test split, its photos audited with its own cached features, and RUN/report.html written.
 
@@ -67,10 +68,13 @@ class Stage:
     val_accuracy: float | None = None
     val_loss: float | None = None
     image_size: int | None = None  # a higher resolution than the base's own
+    model: str = "heads"  # or "finetune" (stage c)
+    learning_rate: float | None = None  # fine-tuning's peak rate, from the range test
 
     @property
     def folder(self) -> str:
-        return self.backbone + (f"@{self.image_size}" if self.image_size else "")
+        prefix = "finetune-" if self.model == "finetune" else ""
+        return prefix + self.backbone + (f"@{self.image_size}" if self.image_size else "")
 
 
 def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None = None,
@@ -129,6 +133,8 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     weights = _class_weight(data_dir, class_weight)
     if not limit.unlimited and (larger := resolution_stage(stages, data_dir)) is not None:
         stages.append(larger)
+    if not limit.unlimited:
+        stages.append(finetune_stage(stages, speeds, photos, limit))
     say(plan_line(stages, limit))
     with weights_cache(cache / "keras"):
         _run_stages(stages, data_dir, out, seed, weights, cache, distribution.kind, limit)
@@ -199,7 +205,22 @@ def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
     return Stage(f"heads best backbone at {size} px", BEST, estimate, image_size=size)
 
 
+def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget) -> Stage:
+    """(c) fine-tuning the best single backbone (catsdogs.fit_finetune), planned at the first candidate's speed;
+    skipped at once, saying why, when the budget cannot hold it after the other stages."""
+    from catsdogs import fit_finetune
+
+    estimate = fit_finetune.estimate_seconds(photos, speeds[stages[0].backbone])
+    stage = Stage(f"{fit_finetune.NAME} best backbone", BEST, estimate, model="finetune")
+    before = sum(s.estimate_s for s in stages) + FIXED_S + FIXED_S_PER_PHOTO * photos
+    if reason := fit_finetune.skip_reason(estimate, before, limit):
+        stage.status = "skipped"
+        say(reason)
+    return stage
+
+
 def plan_line(stages: list[Stage], limit: Budget) -> str:
+    stages = [stage for stage in stages if stage.status != "skipped"]
     total = sum(stage.estimate_s for stage in stages)
     steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}" for stage in stages)
     within = "no budget" if limit.unlimited else f"budget {format_seconds(limit.seconds)}"
@@ -211,6 +232,8 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
     """Run each stage that still fits the budget; the pair stage takes the two best single backbones."""
     pace = 1.0  # actual / estimated seconds so far: later estimates are scaled by it
     for stage in stages:
+        if stage.status == "skipped":  # at planning (fine-tuning that the budget cannot hold)
+            continue
         singles = sorted((s for s in stages if s.status == "done" and "+" not in s.backbone and not s.image_size),
                          key=lambda s: (s.val_accuracy, -s.val_loss), reverse=True)
         if "+" in stage.backbone or stage.backbone == BEST:
@@ -225,8 +248,15 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
                 f"(needs ~{format_seconds(stage.estimate_s * pace)})")
             continue
         started = time.monotonic()
-        result = _train_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight, cache,
-                              distribute, stage.image_size)
+        if stage.model == "finetune":
+            from catsdogs.fit_finetune import run_stage
+
+            result = run_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight, cache,
+                               distribute)
+            stage.learning_rate = result["learning_rate"]
+        else:
+            result = _train_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight,
+                                  cache, distribute, stage.image_size)
         stage.seconds = round(time.monotonic() - started, 1)
         stage.status, stage.val_accuracy, stage.val_loss = "done", result["val_accuracy"], result["val_loss"]
         _forget_models()
@@ -284,7 +314,9 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
     run = Run(out)
     metrics = evaluate(out, data_dir, "test", cache_dir=cache, predictor=run.predictor())
     _forget_models()
-    audited = _audit(data_dir, out, cache, chosen) if audit else None
+    heads = max((s for s in stages if s.status == "done" and s.model == "heads"),
+                key=lambda s: (s.val_accuracy, -s.val_loss))  # fine-tuning chosen: the audit reads the best heads'
+    audited = _audit(data_dir, out, cache, out / "candidates" / heads.folder) if audit else None
     record.update(status="complete", test_accuracy=metrics["accuracy"], wall_time_s=round(limit.elapsed(), 1),
                   learning_curve=config.get("learning_curve"))
     if audited is not None:

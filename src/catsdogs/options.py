@@ -50,7 +50,7 @@ class TrainOptions:
     learning_rate: float | None = option(help="default: the model's own (one-cycle: the peak, 1e-3)")
     schedule: Schedule = option("constant", help="constant: the model's own optimizer (the study's); one-cycle: "
                                 "AdamW warmed up to the peak learning rate, then cosine-decayed to zero (fastai's "
-                                "fit_one_cycle; baseline, augmented, transfer)")
+                                "fit_one_cycle; baseline, augmented, transfer, finetune: over its fine-tuning epochs)")
     monitor: Monitor = option("val_loss", help="which validation number picks the saved model.keras (and early "
                               "stopping)")
     patience: int | None = option(help="stop after N epochs without improvement on validation (default: finetune "

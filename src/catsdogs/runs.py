@@ -212,6 +212,15 @@ class Run:
             target = int(predictor.predicted_index(predictor.probabilities(pixels[None]))[0])
         return overlay(pixels, gradcam(self.model, pixels, layer=layer, target=target).heatmap)
 
+    def lr_find(self, *, data: str | os.PathLike | None = None, split: str = "train",
+                cache_dir: str | os.PathLike | None = None, **options):
+        """The learning-rate range test (fastai's `lr_find`) on this run's model and the photos of a split of its
+        DATA: an `LrFind` (`.suggestion`, `.plot()`); writes RUN/plots/lr_find.png. The model's weights are left
+        as they were. `options`: start, end, steps, batch_size, diverge (catsdogs.trainers.lr_find)."""
+        from catsdogs.trainers.lr_find import run_lr_find
+
+        return run_lr_find(self.path, data=data, split=split, cache_dir=cache_dir, **options)
+
     def interpret(self, split: str = "test", *, data: str | os.PathLike | None = None,
                   cache_dir: str | os.PathLike | None = None):
         """An `Interpretation` of the run on a split: methods that return matplotlib figures (curves, confusion

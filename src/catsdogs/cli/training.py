@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from catsdogs.cli.common import (
@@ -27,6 +28,7 @@ def register(commands) -> None:
     add_fit(commands)
     add_train(commands)
     add_reproduce(commands)
+    add_lr_find(commands)
 
 
 def add_train(commands) -> None:
@@ -97,7 +99,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
               overwrite=args.overwrite, distribute=args.distribute, audit=args.audit, budget=args.budget,
               corrections=args.corrections)
     metrics = run.metrics
-    print(f"fitted {run}: {run.config['fit']['chosen']} ({run.config.get('head')} head), test accuracy "
+    recipe = f"{run.config['head']} head" if run.config.get("head") else run.model_name  # heads, or finetune
+    print(f"fitted {run}: {run.config['fit']['chosen']} ({recipe}), test accuracy "
           f"{metrics['accuracy']:.4f} ({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
 
 
@@ -117,3 +120,42 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
     source = args.source or default_source()
     reproduce(source, args.out, quick=args.quick, precision=args.precision, backbone=args.backbone)
+
+
+def add_lr_find(commands) -> None:
+    p = add_command(commands, "lr-find", cmd_lr_find, "the learning-rate range test (fastai's lr_find): the suggested "
+                    "rate on stdout, the loss-against-rate plot written")
+    p.add_argument("run", type=Path, nargs="?", metavar="RUN",
+                   help="a trained RUN: its model on its DATA's training photos (plot: RUN/plots/lr_find.png)")
+    p.add_argument("--data", type=Path, help="before training: a prepared DATA, with --model as train takes it")
+    p.add_argument("--model", help="with --data: the model to build (as train --model)")
+    p.add_argument("--backbone", help="with --data: the pretrained base (as train --backbone)")
+    p.add_argument("--image-size", type=int, metavar="N", help="with --data: as train --image-size")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="with --data: where to write the plot (default lr_find.png)")
+    p.add_argument("--start", type=float, default=1e-7, help="the first rate (default 1e-7)")
+    p.add_argument("--end", type=float, default=10.0, help="the last rate (default 10)")
+    p.add_argument("--steps", type=int, help="batches (default 100, fewer for small data: one pass, at least 30)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: the run's, else 32)")
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from catsdogs.trainers.lr_find import data_lr_find, run_lr_find
+
+    options = {"start": args.start, "end": args.end, "steps": args.steps}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    if (args.run is None) == (args.data is None):
+        raise UsageError("give a trained RUN, or --data DATA --model MODEL (not both)")
+    if args.run is not None:
+        given = [flag for flag, value in (("--model", args.model), ("--backbone", args.backbone),
+                                          ("--image-size", args.image_size), ("--plot", args.plot)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --data (a RUN has its own model and plot)")
+        result = run_lr_find(args.run, data=None, **options)
+    else:
+        if not args.model:
+            raise UsageError("--data needs --model (the model to build, as train takes it)")
+        result = data_lr_find(args.data, args.model, args.plot or Path("lr_find.png"), backbone=args.backbone,
+                              image_size=args.image_size, **options)
+    print(f"{result.line()}; plot: {result.plot_path}", file=sys.stderr)
+    print(f"{result.suggestion:.3g}")  # one line alone on stdout: LR=$(catsdogs lr-find RUN)

@@ -55,7 +55,7 @@ MODELS: dict[str, ModelEntry] = {
     "finetune": ModelEntry("catsdogs.models.finetune:build_finetune",
                            "transfer (or --from-run a transfer RUN), then the base's top unfrozen at a low rate",
                            default_epochs=10, uses_backbone=True, trainer="catsdogs.trainers.finetune:fit_finetune",
-                           default_patience=3, takes_schedule=False),
+                           default_patience=3),
 }
 
 
