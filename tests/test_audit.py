@@ -274,3 +274,24 @@ def test_issues_csv_without_the_confident_column_is_still_read(tmp_path):
     path.write_text("path,split,kind,score,detail\ntrain/a/1.jpg,train,label,0.9,b\ntrain/a/2.jpg,train,outlier,0.5,far\n")
     label, outlier = read_issues(path)
     assert (label.confident, outlier.confident) == (True, None)
+
+
+def test_a_keras_model_extractor_reads_and_fills_the_features_cache(planted, tmp_path, monkeypatch):
+    """fit audits with its chosen base (a Keras model): a second audit embeds nothing."""
+    import keras
+
+    inner = keras.Input((9, 9, 3))
+    base = keras.Model(inner, keras.layers.Conv2D(4, 1)(inner), name="mobilenetv2")  # named as a backbone
+    inputs = keras.Input((9, 9, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="pool")(base(inputs)), name="extractor")
+    cache = tmp_path / "cache"
+    first = audit(planted["data"], tmp_path / "a", extractor=model, cache_dir=cache, html=False)
+    assert sorted(p.name.rsplit("-", 1)[1] for p in cache.glob("features-*.npy")) == \
+        ["test.npy", "train.npy", "validation.npy"]
+
+    def no_embedding(batch):
+        raise AssertionError("embedded photos although their features are cached")
+
+    monkeypatch.setattr("catsdogs.auditing._embedder", lambda *args: no_embedding)
+    again = audit(planted["data"], tmp_path / "b", extractor=model, cache_dir=cache, html=False)
+    assert again.cached and not first.cached and again.photos == first.photos

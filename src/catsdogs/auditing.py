@@ -308,7 +308,8 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
 
     `backbone`: the embeddings' ImageNet backbone (default efficientnet_lite0, else mobilenetv2). `cache_dir`: where features and
     hashes are cached (default OUT/cache). `extractor`: any function of uint8 (n, S, S, 3) images ->
-    (n, D) features (with `image_size` S) to use instead of a backbone (tests; not cached).
+    (n, D) features (with `image_size` S) to use instead of a backbone: a Keras model (fit's chosen base) reads and
+    fills the features cache, a plain function (tests) is not cached.
     """
     started = time.perf_counter()
     data_dir = Path(data_dir)
@@ -336,8 +337,9 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
             raise UsageError("image_size is needed with a custom extractor", "image_size")
     seconds["setup"] = time.perf_counter() - started
     moment = time.perf_counter()
-    features, hashes, cached = embed_and_hash(data_dir, rows, model, image_size,
-                                              cache if extractor is None else None, classes=classes)
+    keras_model = extractor is None or hasattr(extractor, "predict_on_batch")  # cached under its weights' key
+    features, hashes, cached = embed_and_hash(data_dir, rows, model, image_size, cache if keras_model else None,
+                                              classes=classes)
     seconds["features"] = time.perf_counter() - moment
     moment = time.perf_counter()
     labels = np.array([classes.index(row["class"]) for row in rows], dtype=np.int64)
