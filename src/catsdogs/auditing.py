@@ -310,7 +310,8 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
 
     `backbone`: the embeddings' ImageNet backbone (default efficientnet_lite0, else mobilenetv2). `cache_dir`: where features and
     hashes are cached (default OUT/cache). `extractor`: any function of uint8 (n, S, S, 3) images ->
-    (n, D) features (with `image_size` S) to use instead of a backbone (tests; not cached).
+    (n, D) features (with `image_size` S) to use instead of a backbone (tests; not cached), or a Keras model
+    of images -> features (`fit`: the chosen run's base; cached, keyed by its weights like the backbones).
     """
     started = time.perf_counter()
     data_dir = Path(data_dir)
@@ -338,8 +339,8 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
             raise UsageError("image_size is needed with a custom extractor", "image_size")
     seconds["setup"] = time.perf_counter() - started
     moment = time.perf_counter()
-    features, hashes, cached = embed_and_hash(data_dir, rows, model, image_size,
-                                              cache if extractor is None else None)
+    keras_model = extractor is None or hasattr(extractor, "predict_on_batch")  # cached under its weights' hash
+    features, hashes, cached = embed_and_hash(data_dir, rows, model, image_size, cache if keras_model else None)
     seconds["features"] = time.perf_counter() - moment
     moment = time.perf_counter()
     labels = np.array([classes.index(row["class"]) for row in rows], dtype=np.int64)
