@@ -219,11 +219,10 @@ def test_cli_audit_with_a_backbone(planted, tmp_path, capsys):
     assert line.startswith("audit of ") and "mobilenetv2" in line
     assert (out / "issues.csv").exists() and (out / "audit.html").exists()
     cached = sorted((out / "cache").glob("features-mobilenetv2-160-*-train.npy"))
-    assert len(cached) == 1  # the features model's cache: features and labels .npy, as fit and train read them
-    classes = json.loads((planted["data"] / "classes.json").read_text())
-    train = [classes.index(r["class"]) for r in read_manifest(planted["data"]) if r["split"] == "train"]
-    labels = np.load(cached[0].with_name(cached[0].name.replace("features-", "labels-", 1)))
-    assert labels.tolist() == train and len(np.load(cached[0])) == len(train)
+    assert len(cached) == 1  # the features model's cache: features and photo ids .npy, as fit and train read them
+    train = [r["sha256"] for r in read_manifest(planted["data"]) if r["split"] == "train"]
+    ids = np.load(cached[0].with_name(cached[0].name.replace("features-", "ids-", 1)))
+    assert ids.tolist() == train and len(np.load(cached[0])) == len(train)
     started = json.loads((out / "audit.json").read_text())
     assert main(["audit", str(planted["data"]), "--out", str(out), "--backbone", "mobilenetv2"]) == 0  # cached
     assert json.loads((out / "audit.json").read_text())["cached"] and not started["cached"]

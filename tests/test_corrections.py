@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from catsdogs.cli import main
@@ -90,3 +92,58 @@ def test_write_is_atomic_and_round_trips(tmp_path):
         ("a/1.jpg", "relabel", "bees"), ("b/2.jpg", "exclude", "")]
     assert [p.name for p in tmp_path.iterdir()] == ["corrections.csv"]  # no partial file left
     assert parse_corrections("source,action,label\n") == []
+
+
+@pytest.mark.slow
+def test_training_again_after_a_relabel_reuses_the_features_cache_and_uses_the_new_label(source, tmp_path, monkeypatch):
+    import catsdogs
+    from catsdogs.trainers import heads
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    fit_logistic = heads.fit_logistic
+
+    def spy(train, validation, *args, **kwargs):
+        seen.append((np.array(train[0]), np.array(train[1])))
+        return fit_logistic(train, validation, *args, **kwargs)
+
+    monkeypatch.setattr(heads, "fit_logistic", spy)
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    options = dict(data=data, model="heads", backbone="mobilenetv2", image_size=64, model_options={"weights": None},
+                   calibration=False, cache_dir=cache)
+    prepare(source, data, val=0.25, test=0.25)
+    catsdogs.train(out=tmp_path / "run1", **options)
+    before = [row for row in manifest(data).values() if row["split"] == "train"]
+    moved = next(row for row in before if row["class"] == "ants")  # its path and manifest order change too
+    fixes = tmp_path / "corrections.csv"
+    fixes.write_text(f"source,action,label\n{moved['source']},relabel,bees\n")
+    prepare(source, data, val=0.25, test=0.25, corrections=fixes, overwrite=True)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features extracted again although only a label changed")
+
+    monkeypatch.setattr("catsdogs.trainers.features.extract_features", no_extraction)
+    catsdogs.train(out=tmp_path / "run2", **options)
+    (x1, y1), (x2, y2) = seen
+    with open(data / "manifest.csv", newline="") as handle:
+        after = [row for row in csv.DictReader(handle) if row["split"] == "train"]
+    classes = json.loads((data / "classes.json").read_text())
+    assert y2.tolist() == [classes.index(row["class"]) for row in after]  # labels: the current manifest's
+    first, second = [row["sha256"] for row in before], [row["sha256"] for row in after]
+    assert first != second and sorted(first) == sorted(second)  # same photos, another order
+    at = second.index(moved["sha256"])
+    assert classes[y1[first.index(moved["sha256"])]] == "ants" and classes[y2[at]] == "bees"
+    np.testing.assert_array_equal(x2, x1[[first.index(sha) for sha in second]])  # rows follow their photos
+
+
+def test_fit_overwrite_keeps_the_cache_and_the_review_decisions(tmp_path):
+    from catsdogs.fitting import _check_out
+
+    out = tmp_path / "run"
+    for folder in ("cache", "candidates", "data", "audit"):
+        (out / folder).mkdir(parents=True)
+    (out / "fit.json").write_text('{"status": "complete"}')
+    for name in ("corrections.csv", "corrections.csv.review.json", "mine.csv", "report.html"):
+        (out / name).write_text("x")
+    _check_out(out, overwrite=True, keep=out / "mine.csv")
+    assert sorted(p.name for p in out.iterdir()) == ["cache", "corrections.csv", "corrections.csv.review.json",
+                                                   "mine.csv"]

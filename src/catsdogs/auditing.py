@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
+from catsdogs.data_files import read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
 from catsdogs.images import ImageError, batch_for, decode_image, decode_workers, read_photo_bytes, resize
 from catsdogs.label_errors import FOLDS, label_issues, out_of_fold_probabilities, require_cleanlab
 from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
+from catsdogs.photo_keys import in_order, photo_ids, save_ids, set_digest, stored_order
 from catsdogs.progress import progress
 
 KINDS = ("near_duplicate", "label", "outlier")
@@ -145,11 +146,6 @@ def build_extractor(backbone: str, cache_dir: Path):
     return feature_extractor(model)
 
 
-def _labels_file(features_file: Path) -> Path:
-    """The labels beside a cached features file (catsdogs.trainers.features.cached_features' naming)."""
-    return features_file.with_name("labels-" + features_file.name.removeprefix("features-"))
-
-
 def _decode(path: Path, size: int | None, want_hash: bool, root: Path | None = None):
     """(resized pixels or None, hash or None) of one photo; an unreadable photo gives zeros and no hash.
     Read with `read_photo_bytes`: regular files inside `root` (DATA) only, at most 64 MB."""
@@ -181,26 +177,26 @@ def _embedder(extractor, model, count: int) -> Extractor:
 
 
 def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_size: int | None,
-                   cache_dir: Path | None, *, classes: Sequence[str] = (), workers: int | None = None,
+                   cache_dir: Path | None, *, workers: int | None = None,
                    batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray, bool]:
     """(features (n, D) float32, hashes (n, 2, 8) uint8, whether everything came from the cache), in `rows`
     order. Photos are decoded batch by batch (once for both); only features and hashes stay in memory."""
-    manifest = manifest_sha256(data_dir)
     model = extractor if hasattr(extractor, "predict_on_batch") else None
     if model is not None:
         image_size = int(model.input_shape[1])
-    hash_file = Path(cache_dir) / f"phash-{manifest[:16]}.npy" if cache_dir else None
-    hashes = np.load(hash_file) if hash_file and hash_file.exists() else None
-    if hashes is not None and len(hashes) != len(rows):
-        hashes = None
-    features_by_split, feature_files = {}, {}
+    ids = photo_ids(rows)  # content hashes: the caches survive relabels (catsdogs.photo_keys)
+    hash_file = Path(cache_dir) / f"phash-{set_digest(ids)}.npy" if cache_dir else None
+    hashes = _cached_hashes(hash_file, ids)
+    features_by_split, feature_files, split_ids = {}, {}, {}
     for split in SPLIT_ORDER:
+        split_ids[split] = [photo for photo, row in zip(ids, rows) if row["split"] == split]
         if model is not None and cache_dir is not None:
-            from catsdogs.trainers.features import cache_file
+            from catsdogs.trainers.features import cache_file, load_cached
 
-            feature_files[split] = cache_file(cache_dir, model, manifest, split)
-            if feature_files[split].exists() and _labels_file(feature_files[split]).exists():
-                features_by_split[split] = np.load(feature_files[split])
+            feature_files[split] = cache_file(cache_dir, model, split_ids[split], split)
+            cached_split = load_cached(feature_files[split], split_ids[split])
+            if cached_split is not None:
+                features_by_split[split] = np.asarray(cached_split)
     cached = hashes is not None and all(
         split in features_by_split or not any(r["split"] == split for r in rows) for split in SPLIT_ORDER)
     want_hash = hashes is None
@@ -234,19 +230,25 @@ def embed_and_hash(data_dir: Path, rows: list[dict[str, str]], extractor, image_
     for split in todo:
         features_by_split[split] = np.concatenate(computed[split])
         if split in feature_files:
-            # the `features` model's cache format (features .npy, labels .npy beside): fit and train reuse it
-            labels = np.array([classes.index(r["class"]) for r in rows if r["split"] == split], np.int32)
-            feature_files[split].parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(_labels_file(feature_files[split])) as partial, open(partial, "wb") as handle:
-                np.save(handle, labels)
-            with atomic_path(feature_files[split]) as partial, open(partial, "wb") as handle:
-                np.save(handle, features_by_split[split].astype(np.float32))
+            # the `features` model's cache format (features .npy, photo ids .npy beside): fit and train reuse it
+            from catsdogs.trainers.features import save_cached
+
+            save_cached(feature_files[split], features_by_split[split], split_ids[split])
     if want_hash and hash_file is not None:
         hash_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(hash_file) as partial, open(partial, "wb") as handle:
             np.save(handle, new_hashes)
+        save_ids(hash_file.with_name("ids-" + hash_file.name), ids)
     features = np.concatenate([features_by_split[s] for s in SPLIT_ORDER if s in features_by_split])
     return features.astype(np.float32), new_hashes, cached
+
+
+def _cached_hashes(hash_file: Path | None, ids: list[str]) -> np.ndarray | None:
+    """The cached perceptual hashes of the photos `ids`, in that order, or None."""
+    if hash_file is None or not hash_file.exists():
+        return None
+    order = stored_order(hash_file.with_name("ids-" + hash_file.name), ids)
+    return None if order is None else in_order(np.load(hash_file), order)
 
 
 # ---- the three kinds ------------------------------------------------------------------------------------
@@ -308,8 +310,8 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
 
     `backbone`: the embeddings' ImageNet backbone (default efficientnet_lite0, else mobilenetv2). `cache_dir`: where features and
     hashes are cached (default OUT/cache). `extractor`: any function of uint8 (n, S, S, 3) images ->
-    (n, D) features (with `image_size` S) to use instead of a backbone: a Keras model (fit's chosen base) reads and
-    fills the features cache, a plain function (tests) is not cached.
+    (n, D) features (with `image_size` S) to use instead of a backbone (tests; not cached), or a Keras model
+    of images -> features (`fit`: the chosen run's base; cached, keyed by its weights like the backbones).
     """
     started = time.perf_counter()
     data_dir = Path(data_dir)
@@ -337,9 +339,8 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
             raise UsageError("image_size is needed with a custom extractor", "image_size")
     seconds["setup"] = time.perf_counter() - started
     moment = time.perf_counter()
-    keras_model = extractor is None or hasattr(extractor, "predict_on_batch")  # cached under its weights' key
-    features, hashes, cached = embed_and_hash(data_dir, rows, model, image_size, cache if keras_model else None,
-                                              classes=classes)
+    keras_model = extractor is None or hasattr(extractor, "predict_on_batch")  # cached under its weights' hash
+    features, hashes, cached = embed_and_hash(data_dir, rows, model, image_size, cache if keras_model else None)
     seconds["features"] = time.perf_counter() - moment
     moment = time.perf_counter()
     labels = np.array([classes.index(row["class"]) for row in rows], dtype=np.int64)

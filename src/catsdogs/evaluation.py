@@ -50,7 +50,7 @@ def _pooled_features(predictor: Predictor, data: Path, split: str, cache_dir: Pa
     backbone = read_config(predictor.run).get("backbone")
     if not backbone or read_config(predictor.run).get("model") != "heads":
         return None
-    return cached_pool_features(predictor.model, backbone, data, split, cache_dir, arrays.images, arrays.labels)
+    return cached_pool_features(predictor.model, backbone, data, split, cache_dir, arrays.images)
 
 
 def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accuracy", *, tta: bool = False,

@@ -42,6 +42,9 @@ OVERHEAD_S = 15.0  # per stage: building the bases, exporting and checking an en
 FIXED_S = 30.0  # prepare, evaluation, audit and report, on top of the stages (scaled with the photos below)
 FIXED_S_PER_PHOTO = 0.02
 MAX_RESOLUTION, LARGER = 384, 1.25  # the resolution stage: up to 384 px, for photos 1.25x the base's input
+# what `overwrite` leaves in a finished OUT: the features cache (keyed by the photos' content and the weights, so
+# a refit after corrections reuses it) and catsdogs review's decisions (the corrections a refit applies)
+KEPT_ON_OVERWRITE = ("cache", "corrections.csv", "labeled.csv")
 BEST = "best"  # a stage's backbone chosen when it starts (the best single one so far)
 
 
@@ -108,7 +111,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         from catsdogs.novelty import check_accept
 
         check_accept(accept)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, keep=corrections)
     candidates = list(backbones) if backbones else default_candidates()
     if not candidates:
         raise UsageError("backbones must name at least one backbone", "backbones")
@@ -334,7 +337,7 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
     return run
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, keep: str | Path | None = None) -> None:
     """Refuse an OUT that is not empty and not an unfinished fit (overwrite replaces a finished one)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"out {out} exists and is not a folder; choose another out", "out")
@@ -346,7 +349,12 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if record.exists() and read_json(record).get("status") == "complete":
         if not overwrite:
             raise UsageError(f"out {out} is already fitted; choose another out, or overwrite=True", "out")
-        shutil.rmtree(out)
+        kept = Path(keep).resolve() if keep is not None else None
+        for entry in out.iterdir():
+            if entry.name in KEPT_ON_OVERWRITE or entry.name.endswith(".review.json") or \
+                    (kept is not None and (kept == entry.resolve() or entry.resolve() in kept.parents)):
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _prepared(source: Path, data_dir: Path, seed: int, train_size, val_size, test_size,

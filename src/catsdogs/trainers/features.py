@@ -5,8 +5,10 @@ The RUN still saves the whole image -> probability model (base and head share th
 The base runs through the fastest engine verified on the split's first batch (catsdogs.engines: ONNX Runtime
 or OpenVINO within 1e-4 of Keras, 2x Keras' speed on EfficientNet-Lite here) when the split is large enough to
 repay the export.
-Cache files are keyed by backbone, image size, the base's actual weights, the compute dtype and the
-DATA's manifest hash: another DATA, other weights or another precision never reuse them.
+Cache files are keyed by backbone, image size, the base's actual weights, the compute dtype, the split and the
+set of its photos (their content hashes, catsdogs.photo_keys), not by their labels: other photos, other weights
+or another precision never reuse them, but a relabelled DATA (corrections) does. The photos' identities are
+stored beside the features; labels always come from the current manifest, rows in its order.
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from catsdogs.data_files import read_manifest
 from catsdogs.dataset import SplitArrays
 from catsdogs.files import atomic_path
 from catsdogs.images import batch_for
 from catsdogs.models.pretrained import find_base
+from catsdogs.photo_keys import in_order, photo_ids, save_ids, set_digest, stored_order
 from catsdogs.precision import jit_compile_setting
 from catsdogs.progress import progress
 
-CACHE_VERSION = 2  # 2: features in a .npy (memory-mappable) beside a labels .npy, instead of one .npz
+CACHE_VERSION = 3  # 3: keyed by the split's photos (content hashes), their ids beside; 2: labels beside
 CACHE_SUBDIR = "cache"  # inside RUN when TrainOptions.cache_dir is None
 # below this many images Keras extracts: exporting and checking another engine takes ~10 s (EfficientNet-Lite2),
 # about what it saves on 500 images
@@ -48,15 +53,35 @@ def weights_fingerprint(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def cache_file(cache_dir: Path, extractor: keras.Model, manifest_sha256: str, split: str) -> Path:
-    """Where the features of `split` computed by `extractor` are cached."""
+def cache_file(cache_dir: Path, extractor: keras.Model, ids: Sequence[str], split: str) -> Path:
+    """Where the features of `split`, whose photos have identities `ids` (`photo_keys.photo_ids`), computed by
+    `extractor` are cached (whatever the photos' labels and order)."""
     base = find_base(extractor)
     key = json.dumps({"version": CACHE_VERSION, "backbone": base.name, "input": list(extractor.input_shape),
                       "output": extractor.layers[-1].name,
                       "weights": weights_fingerprint(extractor), "dtype": base.compute_dtype,
-                      "manifest": manifest_sha256, "split": split}, sort_keys=True)
+                      "photos": set_digest(ids), "split": split}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(cache_dir) / f"features-{base.name}-{extractor.input_shape[1]}-{digest}-{split}.npy"
+
+
+def ids_file(features_file: Path) -> Path:
+    """The photo identities stored beside a cached features file, one per row."""
+    return features_file.with_name("ids-" + features_file.name.removeprefix("features-"))
+
+
+def load_cached(features_file: Path, ids: Sequence[str]) -> np.ndarray | None:
+    """A cached features file's rows in the order of `ids`, or None when it (or a photo in it) is missing."""
+    order = stored_order(ids_file(features_file), ids) if features_file.exists() else None
+    return None if order is None else in_order(load_features(features_file), order)
+
+
+def save_cached(features_file: Path, features: np.ndarray, ids: Sequence[str]) -> None:
+    """Write features (rows in the order of `ids`) and their identities into the cache, atomically."""
+    features_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(features_file) as partial, open(partial, "wb") as handle:
+        np.save(handle, np.asarray(features, np.float32))
+    save_ids(ids_file(features_file), ids)
 
 
 def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int, label: str,
@@ -107,21 +132,24 @@ def choose_forward(extractor: keras.Model, first_batch: np.ndarray, count: int,
 
 def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path,
                     chosen: dict | None = None) -> SplitArrays:
-    """The features of a split as SplitArrays (features in `images`), from the cache or computed and cached
-    (`chosen`: see `extract_features`)."""
-    path = cache_file(cache_dir, extractor, context.config["manifest_sha256"], split)
-    labels_path = path.with_name("labels-" + path.name.removeprefix("features-"))
-    if not (path.exists() and labels_path.exists()):
+    """The features of a split as SplitArrays (features in `images`, labels from the current manifest), from the
+    cache or computed and cached (`chosen`: see `extract_features`)."""
+    rows = read_manifest(context.options.data, split)
+    ids = photo_ids(rows)
+    labels = np.array([context.config["classes"].index(row["class"]) for row in rows], dtype=np.int32)
+    path = cache_file(cache_dir, extractor, ids, split)
+    features = load_cached(path, ids)
+    if features is None:
         images = context.split(split)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(labels_path) as partial:
-            np.save(partial, images.labels)
         with atomic_path(path) as partial:
             batch = min(context.options.batch_size, batch_for(int(extractor.input_shape[1])))
             features = extract_features(extractor, images.images, batch, split, out=partial,
                                         chosen=chosen)
             del features  # unmapped before the rename
-    return SplitArrays(load_features(path), np.load(labels_path), [], context.config["classes"])
+        save_ids(ids_file(path), ids)
+        features = load_features(path)
+    return SplitArrays(features, labels, [], context.config["classes"])
 
 
 def load_features(path: Path) -> np.ndarray:
@@ -154,38 +182,37 @@ def fit_features(model: keras.Model, context) -> dict:
 
 
 def cached_pool_features(model: keras.Model, backbone: str, data_dir: Path, split: str,
-                         cache_dir: Path | None, images: np.ndarray | None = None,
-                         labels: np.ndarray | None = None) -> np.ndarray | None:
+                         cache_dir: Path | None, images: np.ndarray | None = None) -> np.ndarray | None:
     """A `heads` model's `pool` features of a split (its bases' flip-averaged features side by side) from the
-    features cache that training filled, or None when any is missing (another DATA, other weights) and no
-    `images` are given. With `images` (uint8, the split in manifest order) and their `labels`, a missing base's
-    features are extracted (Keras, bounded batches) and cached: evaluation fills the test split's cache once,
-    and the audit after `fit` reads it."""
-    from catsdogs.data_files import manifest_sha256
+    features cache that training filled, rows in the current manifest order, or None when any is missing (other
+    photos, other weights) and no `images` are given. With `images` (uint8, the split in manifest order), a
+    missing base's features are extracted (Keras, bounded batches) and cached: evaluation fills the test split's
+    cache once, and the audit after `fit` reads it."""
     from catsdogs.models.frozen import backbone_names, branch_extractor
 
     if cache_dir is None or not any(layer.name.startswith("flipavg_") for layer in model.layers):
         return None
-    manifest = manifest_sha256(data_dir)
+    ids = photo_ids(read_manifest(data_dir, split))
     parts = []
     for name in backbone_names(backbone):
         extractor = branch_extractor(model, name)
-        path = cache_file(Path(cache_dir), extractor, manifest, split)
-        if not path.exists():
-            if images is None or labels is None:
+        path = cache_file(Path(cache_dir), extractor, ids, split)
+        part = load_cached(path, ids)
+        if part is None:
+            if images is None:
                 return None
-            _write_features(extractor, images, labels, path, split)
-        parts.append(np.load(path).astype(np.float32))
+            _write_features(extractor, images, ids, path, split)
+            part = load_features(path)
+        parts.append(np.asarray(part, np.float32))
     return np.concatenate(parts, axis=1)
 
 
-def _write_features(extractor: keras.Model, images: np.ndarray, labels: np.ndarray, path: Path, label: str) -> None:
-    """Extract (Keras) and cache the features of `images` with their labels beside, as `cached_features` does."""
+def _write_features(extractor: keras.Model, images: np.ndarray, ids: Sequence[str], path: Path, label: str) -> None:
+    """Extract (Keras) and cache the features of `images` (rows in the order of `ids`), as `cached_features` does."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path.with_name("labels-" + path.name.removeprefix("features-"))) as partial:
-        np.save(partial, np.asarray(labels))
     with atomic_path(path) as partial:
         keras_forward = {"forward": extractor.predict_on_batch, "engine": "keras"}
         features = extract_features(extractor, images, batch_for(int(extractor.input_shape[1])), label, out=partial,
                                     chosen=keras_forward)
         del features  # unmapped before the rename
+    save_ids(ids_file(path), ids)
