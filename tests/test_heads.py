@@ -118,3 +118,23 @@ def test_evaluating_a_heads_run_caches_the_test_features_once_and_matches_the_wh
 
     monkeypatch.setattr(Predictor, "assess", no_base)
     assert evaluate(run.path, data, "test", cache_dir=cache, explain=False)["accuracy"] == whole["accuracy"]
+
+
+@pytest.mark.slow
+def test_a_heads_run_exports_to_onnx_and_matches_keras(tmp_path: Path):
+    """The heads' standardisation is held in weights: tf2onnx once made its constants missing graph inputs."""
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from catsdogs.export import export_model
+    from catsdogs.run_files import load_run_model
+
+    data = tmp_path / "data"
+    catsdogs.prepare(make_class_folders(tmp_path / "photos", per_class=10, names=("ants", "bees", "wasps")), data)
+    run = catsdogs.train(data=data, model="heads", out=tmp_path / "run", backbone="mobilenetv2", image_size=64,
+                         model_options={"weights": None}, calibration=False)
+    model = load_run_model(run.path)
+    images = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    export_model(model, "onnx", tmp_path / "model.onnx", images)  # verified against Keras, or raises
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images})[0]
+    np.testing.assert_allclose(got, model.predict(images, verbose=0), atol=1e-4)

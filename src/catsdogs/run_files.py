@@ -121,6 +121,7 @@ def load_keras_model(path: Path):
     import keras
 
     import catsdogs.models.augmentation  # noqa: F401  (registers RandomAffine for deserialization)
+    import catsdogs.models.heads  # noqa: F401  (the heads' Standardize)
     import catsdogs.models.optimizers  # noqa: F401  (and finetune's DiscriminativeAdamW)
 
     path = Path(path)

@@ -17,7 +17,7 @@ from keras import layers
 from catsdogs.errors import UsageError
 from catsdogs.models.augmentation import HorizontalFlip
 from catsdogs.models.backbones import get_backbone
-from catsdogs.models.heads import probability_output
+from catsdogs.models.heads import Standardize, probability_output
 from catsdogs.models.pretrained import compile_classifier
 
 HEADS_LEARNING_RATE = 1e-3
@@ -71,9 +71,10 @@ def build_heads(image_size: int | None = None, *, backbone: str | None = None, w
 
 def _standardize(dimension: int, mean: np.ndarray | None, variance: np.ndarray | None):
     inputs = keras.Input((dimension,), name="features")
-    if mean is None:
-        mean, variance = np.zeros(dimension, np.float32), np.ones(dimension, np.float32)
-    return inputs, layers.Normalization(mean=mean, variance=variance, name="standardize")(inputs)
+    standardize = Standardize(dimension, name="standardize")
+    if mean is not None:
+        standardize.set_weights([np.asarray(mean, np.float32), np.asarray(variance, np.float32)])
+    return inputs, standardize(inputs)
 
 
 def logistic_head(dimension: int, num_classes: int, mean: np.ndarray | None = None, variance: np.ndarray | None = None,

@@ -36,3 +36,23 @@ def output_classes(model: keras.Model) -> int:
     """How many classes a catsdogs model tells apart (one sigmoid unit: two)."""
     units = int(model.output_shape[-1])
     return 2 if units == 1 else units
+
+
+@keras.saving.register_keras_serializable(package="catsdogs")
+class Standardize(layers.Layer):
+    """(x - mean) / max(sqrt(variance), epsilon), as keras' `Normalization` computes it, with the statistics
+    held as (non-trainable) weights: `Normalization(mean=..., variance=...)` keeps them as constant tensors,
+    which the ONNX export (tf2onnx) turned into missing graph inputs."""
+
+    def __init__(self, dimension: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dimension = dimension
+        self.mean = self.add_weight(name="mean", shape=(dimension,), initializer="zeros", trainable=False)
+        self.variance = self.add_weight(name="variance", shape=(dimension,), initializer="ones", trainable=False)
+
+    def call(self, inputs):
+        scale = keras.ops.maximum(keras.ops.sqrt(self.variance), keras.backend.epsilon())
+        return (inputs - keras.ops.cast(self.mean, inputs.dtype)) / keras.ops.cast(scale, inputs.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "dimension": self.dimension}
