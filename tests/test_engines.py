@@ -171,3 +171,16 @@ def test_the_audit_embeds_many_photos_through_the_chosen_engine(extractor, monke
     many = _embedder(extractor, extractor, ENGINE_MIN_IMAGES)
     for _ in range(2):  # chosen on the first batch, once
         assert np.max(np.abs(many(images) - expected)) <= 1e-4 and chosen == [4]
+
+
+def test_auto_keeps_keras_for_a_flip_averaged_model_without_exporting(tmp_path: Path, monkeypatch):
+    from catsdogs.models.frozen import build_heads
+
+    model = build_heads(64, backbone="mobilenetv2", weights=None, seed=0, num_classes=3)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported a heads model for the auto engine")
+
+    monkeypatch.setattr(engines, "_fastest", no_export)
+    assert engines.create_engine(tmp_path, model, "auto").name == "keras"
+    assert not (tmp_path / engines.ENGINE_DIR).exists()
