@@ -77,3 +77,16 @@ def test_a_resolution_stage_only_for_photos_larger_than_the_base(tmp_path: Path)
         assert (stage.image_size if stage else None) == expected
         if stage:
             assert stage.estimate_s > 100.0 and stage.folder == f"best@{expected}"
+
+
+def test_the_eta_counts_every_planned_stage_and_the_finish():
+    from catsdogs.fitting import finish_seconds, plan_eta, plan_line
+
+    stages = plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(600))
+    finish = finish_seconds(1000, 10.0)
+    assert finish > 2 * 150 / 10.0  # at least the test split's two views at a's speed
+    stages[1].status = "skipped"
+    eta = plan_eta(stages, finish)
+    assert eta == pytest.approx(stages[0].estimate_s + stages[2].estimate_s + finish)
+    line = plan_line(stages, Budget(600), finish)
+    assert line.endswith(f"ETA {format_seconds(eta)}") and "heads b ~" not in line

@@ -38,6 +38,7 @@ def test_fit_writes_an_ordinary_evaluated_run(fitted: catsdogs.Run):
     best = max(done, key=lambda stage: (stage["val_accuracy"], -stage["val_loss"]))
     assert config["fit"]["chosen"] == best["backbone"] == record["chosen"]
     assert all(stage["seconds"] > 0 and stage["estimate_s"] > 0 for stage in done)
+    assert record["plan"]["eta_s"] > 0 and 0 < record["plan"]["actual_s"] <= record["wall_time_s"]
     curve = json.loads((fitted / "learning_curve.json").read_text())
     assert curve["fractions"] == [0.25, 0.5, 0.75, 1.0] and set(curve["recall"]) == {"ants", "bees"}
     assert curve["train_photos"][-1] == config["train_images"] and (fitted / "learning_curve.png").exists()

@@ -20,7 +20,10 @@ def fit_section(record: dict) -> str:
     budget = "none" if not record.get("budget_s") else format_seconds(record["budget_s"])
     curve = record.get("learning_curve") or {}
     advice = f"<p><b>How many more photos?</b> {escape(curve['advice'])} (learning_curve.png)</p>" if curve else ""
+    plan = record.get("plan") or {}
+    eta = (f" The plan's ETA was {format_seconds(plan['eta_s'])}; from the plan to the end took "
+           f"{format_seconds(plan['actual_s'])}.") if "actual_s" in plan else ""
     return (f"<h2>How fit chose</h2><p>Budget {escape(budget)}; chosen on {escape(record['chosen_on'])}: "
-            f"<b>{escape(record['chosen'])}</b>.</p>"
+            f"<b>{escape(record['chosen'])}</b>.{eta}</p>"
             "<div class=\"scroll\"><table><thead><tr><th>stage</th><th>status</th><th>val accuracy</th>"
             f"<th>planned</th><th>took</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>{advice}")

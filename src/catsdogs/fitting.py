@@ -38,8 +38,10 @@ FIT_RECORD = "fit.json"
 DEFAULT_BUDGET = "10m"
 UNBALANCED = 1.5  # largest / smallest class above this: class_weight="balanced"
 RUN_FILES = (CONFIG, CLASSES, MODEL, HISTORY, CURVES, "learning_curve.json", "learning_curve.png")
-OVERHEAD_S = 15.0  # per stage: building the bases, exporting and checking an engine, fitting the heads
-FIXED_S = 30.0  # prepare, evaluation, audit and report, on top of the stages (scaled with the photos below)
+OVERHEAD_S = 15.0  # per stage: building the bases and the models, saving the run
+HEADS_S_PER_PHOTO = 0.01  # per stage: the logistic C path, the dense head and the learning curve (~25 s for 2500)
+TRAINED_SHARE = 0.85  # of the photos, the train and validation splits (whose features a stage extracts)
+FIXED_S = 30.0  # calibration, evaluation, audit and report, on top of the stages (scaled with the photos below)
 FIXED_S_PER_PHOTO = 0.02
 MAX_RESOLUTION, LARGER = 384, 1.25  # the resolution stage: up to 384 px, for photos 1.25x the base's input
 # what `overwrite` leaves in a finished OUT: the features cache (keyed by the photos' content and the weights, so
@@ -138,14 +140,17 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         stages.append(larger)
     if not limit.unlimited:
         stages.append(finetune_stage(stages, speeds, photos, limit))
-    say(plan_line(stages, limit))
+    finish_s = finish_seconds(photos, speeds[candidates[0]])
+    say(plan_line(stages, limit, finish_s))
+    planned = {"eta_s": round(plan_eta(stages, finish_s), 1), "at_s": round(limit.elapsed(), 1)}
     with weights_cache(cache / "keras"):
         _run_stages(stages, data_dir, out, seed, weights, cache, distribution.kind, limit)
     done = [stage for stage in stages if stage.status == "done"]
     best = max(done, key=lambda stage: (stage.val_accuracy, -stage.val_loss))
     scores = ", ".join(f"{stage.folder} {stage.val_accuracy:.4f}" for stage in done)
     say(f"chose {best.folder} on validation accuracy ({scores})")
-    return _finish(out, data_dir, cache, best, stages, limit, report=report, audit=audit and distribution.is_chief,
+    return _finish(out, data_dir, cache, best, stages, limit, planned, report=report,
+                   audit=audit and distribution.is_chief,
                    accept=accept if calibration and distribution.is_chief else None)
 
 
@@ -176,14 +181,14 @@ def measure_speed(backbone: str, batch: int = 8) -> float:
 def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Budget) -> list[Stage]:
     """The stages and their estimated seconds: (a) each backbone, (b) the two first together; a UsageError when
     the budget cannot hold even the first stage."""
-    def extraction(name: str) -> float:  # two views of every photo (train, validation, test)
-        return 2 * photos / speeds[name] + OVERHEAD_S
+    def extraction(name: str) -> float:  # two views of each train and validation photo, then the heads
+        return 2 * TRAINED_SHARE * photos / speeds[name] + OVERHEAD_S + HEADS_S_PER_PHOTO * photos
 
     stages = [Stage(f"heads {name}", name, extraction(name)) for name in candidates]
     if len(candidates) >= 2:
         pair = "+".join(candidates[:2])
         stages.append(Stage(f"heads {pair}", pair, extraction(candidates[1]) + OVERHEAD_S))
-    fixed = FIXED_S + FIXED_S_PER_PHOTO * photos
+    fixed = finish_seconds(photos, speeds[candidates[0]])
     if not limit.unlimited and stages[0].estimate_s + fixed > limit.seconds:
         need = format_seconds(stages[0].estimate_s + fixed)
         raise UsageError(f"budget {format_seconds(limit.seconds)} is too small for even the first stage (heads on "
@@ -215,19 +220,29 @@ def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, l
 
     estimate = fit_finetune.estimate_seconds(photos, speeds[stages[0].backbone])
     stage = Stage(f"{fit_finetune.NAME} best backbone", BEST, estimate, model="finetune")
-    before = sum(s.estimate_s for s in stages) + FIXED_S + FIXED_S_PER_PHOTO * photos
+    before = sum(s.estimate_s for s in stages) + finish_seconds(photos, speeds[stages[0].backbone])
     if reason := fit_finetune.skip_reason(estimate, before, limit):
         stage.status = "skipped"
         say(reason)
     return stage
 
 
-def plan_line(stages: list[Stage], limit: Budget) -> str:
-    stages = [stage for stage in stages if stage.status != "skipped"]
-    total = sum(stage.estimate_s for stage in stages)
-    steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}" for stage in stages)
+def finish_seconds(photos: int, speed: float) -> float:
+    """After the stages: calibration, the test split's features (two views), evaluation, audit and report."""
+    return 2 * (1 - TRAINED_SHARE) * photos / speed + FIXED_S + FIXED_S_PER_PHOTO * photos
+
+
+def plan_eta(stages: list[Stage], finish_s: float) -> float:
+    """Seconds from the plan to the end: the stages planned, then the finish."""
+    return sum(stage.estimate_s for stage in stages if stage.status != "skipped") + finish_s
+
+
+def plan_line(stages: list[Stage], limit: Budget, finish_s: float) -> str:
+    steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}" for stage in stages
+                      if stage.status != "skipped")
     within = "no budget" if limit.unlimited else f"budget {format_seconds(limit.seconds)}"
-    return f"plan ({within}): {steps}; ETA {format_seconds(total)} plus evaluation and report"
+    return (f"plan ({within}): {steps}; then calibration, test, audit and report ~{format_seconds(finish_s)}; "
+            f"ETA {format_seconds(plan_eta(stages, finish_s))}")
 
 
 def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class_weight: str | None, cache: Path,
@@ -295,7 +310,7 @@ def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weig
     return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"])}
 
 
-def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[Stage], limit: Budget, *,
+def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[Stage], limit: Budget, planned: dict, *,
             report: bool, audit: bool, accept: float | None) -> Run:
     """Copy the chosen stage into OUT, evaluate it on test, audit, write fit.json and the report."""
     from catsdogs.evaluation import evaluate
@@ -320,7 +335,8 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
     heads = max((s for s in stages if s.status == "done" and s.model == "heads"),
                 key=lambda s: (s.val_accuracy, -s.val_loss))  # fine-tuning chosen: the audit reads the best heads'
     audited = _audit(data_dir, out, cache, out / "candidates" / heads.folder) if audit else None
-    record.update(status="complete", test_accuracy=metrics["accuracy"], wall_time_s=round(limit.elapsed(), 1),
+    planned["actual_s"] = round(limit.elapsed() - planned["at_s"], 1)  # the plan's ETA against the time it took
+    record.update(status="complete", test_accuracy=metrics["accuracy"], wall_time_s=round(limit.elapsed(), 1), plan=planned,
                   learning_curve=config.get("learning_curve"))
     if audited is not None:
         record["audit_s"] = audited.wall_s

@@ -9,6 +9,7 @@ training photos) is written beside the run (`catsdogs.learning_curve`).
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -47,18 +48,21 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]
 
 def fit_logistic(train: tuple, validation: tuple, num_classes: int, *, balanced: bool, grid=C_GRID,
                  seed: int = 0) -> dict:
-    """Logistic regression on standardised features for each C; the best on validation (accuracy, then log loss)."""
+    """Logistic regression on standardised features for each C (warm-started along the path); the best on
+    validation (accuracy, then log loss)."""
     from sklearn.linear_model import LogisticRegression
 
     (x, y), (vx, vy) = train, validation
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     best = None
-    for c in grid:
-        model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced" if balanced else None, random_state=seed)
-        model.fit((x - mean) / std, y)
+    # the regularisation path, weakest last, each fit starting from the previous one's weights (half the time)
+    model = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None, random_state=seed,
+                               warm_start=True)
+    for c in sorted(grid):
+        model.set_params(C=c).fit((x - mean) / std, y)
         accuracy, loss = scores(model.predict_proba((vx - mean) / std), vy)
         if best is None or (accuracy, -loss) > (best["val_accuracy"], -best["val_loss"]):
-            best = {"C": c, "val_accuracy": accuracy, "val_loss": loss, "model": model}
+            best = {"C": c, "val_accuracy": accuracy, "val_loss": loss, "model": copy.deepcopy(model)}
     coef, intercept = best["model"].coef_, best["model"].intercept_
     best["head"] = logistic_head(x.shape[1], num_classes, mean, std ** 2, coef, intercept)
     accuracy, loss = scores(best["head"].predict(x, verbose=0), y)
