@@ -25,7 +25,6 @@ CALIBRATION, NOVELTY = "calibration.json", "novelty.npz"
 UNKNOWN = "unknown"
 # chosen on benchmarks/open_set.py (docs/open_set.md): the best mean AUROC over both directions
 DEFAULT_METHOD = "knn+mahalanobis"
-BATCH = 64
 COVERAGES = tuple(round(c, 2) for c in np.arange(0.05, 1.0001, 0.05))
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ class RunTrust:
         self.model, self.calibration, self.novelty = model, calibration, novelty
         self._joint = None
 
-    def embed(self, images: np.ndarray, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    def embed(self, images: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings, raw model outputs) of uint8 images, in batches."""
         return embed(self.joint, images, batch_size)
 
@@ -48,10 +47,14 @@ class RunTrust:
         return self._joint
 
 
-def embed(joint, images, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+def embed(joint, images, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, outputs) of images (an array or shards) through an `embedding_model`, batch by batch in
     Keras' compiled predict function (calling the model eagerly peaked at 5.9 GB instead of 1.5 GB for 32
-    photos through EfficientNet-Lite2's two views, and took twice as long)."""
+    photos through EfficientNet-Lite2's two views, and took twice as long); `batch_size` default:
+    `images.batch_for` the model's input size."""
+    from catsdogs.images import batch_for
+
+    batch_size = batch_size or batch_for(int(joint.input_shape[1]))
     embeddings, outputs = [], []
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
