@@ -237,12 +237,13 @@ def assert_model_keras_is_the_best_epoch(run, data: Path) -> None:
 
 
 def force_engines(monkeypatch) -> None:
-    """Frozen parts run through a verified engine even on the tests' few images."""
+    """Frozen parts run through a verified engine (as `engine="auto"` chooses) even on the tests' few images."""
     from catsdogs.trainers import transfer as transfer_module
 
     choose = transfer_module.choose_forward
     monkeypatch.setattr(transfer_module, "choose_forward",
-                        lambda extractor, first, count: choose(extractor, first, count, engine_min_images=0))
+                        lambda extractor, first, count, **kw: choose(extractor, first, count, engine_min_images=0,
+                                                                     engine="auto"))
 
 
 def test_transfer_trains_only_the_head(data: Path):
@@ -419,3 +420,13 @@ def test_finetune_refuses_a_foreign_run_and_options_go_to_the_right_model(data: 
         create_model("finetune", from_run=str(transfer_run), backbone="vgg16")
     with pytest.raises(UsageError, match="does not take from_run"):
         train(options(data, "transfer", tmp_path / "run", model_options={"from_run": str(transfer_run)}))
+
+
+def test_transfer_runs_its_frozen_base_in_keras_by_default(data: Path, tmp_path: Path, monkeypatch):
+    """engine="keras" (the default): no export, whatever the number of images (memory: ~5 GB less)."""
+    from catsdogs.trainers import features
+
+    monkeypatch.setattr(features, "ENGINE_MIN_IMAGES", 0)
+    monkeypatch.setattr("catsdogs.engines.fastest_forward", lambda *a: pytest.fail("exported the frozen base"))
+    run = train(dataclasses.replace(options(data, "transfer", tmp_path / "run"), epochs=1))
+    assert json.loads((run.path / "config.json").read_text())["frozen_part_engine"] == "keras"

@@ -85,7 +85,7 @@ def save_cached(features_file: Path, features: np.ndarray, ids: Sequence[str]) -
 
 
 def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int, label: str,
-                     out: Path | None = None, *, engine_min_images: int = ENGINE_MIN_IMAGES,
+                     out: Path | None = None, *, engine_min_images: int = ENGINE_MIN_IMAGES, engine: str = "auto",
                      chosen: dict | None = None) -> np.ndarray:
     """Pooled float32 features of uint8 images (an array or shards), batch by batch, with progress on
     stderr; with `out`, written into that .npy as they come (memory: one batch) and returned memory-mapped.
@@ -94,7 +94,7 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
     if chosen is None or "forward" not in chosen:
         chosen = {} if chosen is None else chosen
         first = np.asarray(images[:batch_size]).astype(np.float32)
-        chosen["forward"], chosen["engine"] = choose_forward(extractor, first, len(images), engine_min_images)
+        chosen["forward"], chosen["engine"] = choose_forward(extractor, first, len(images), engine_min_images, engine)
     forward, engine = chosen["forward"], chosen["engine"]
     bar = progress(len(images), f"extracting {label} features ({engine})", unit="images")
     shape = (len(images), *extractor.output_shape[1:])
@@ -111,18 +111,18 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
 
 
 def choose_forward(extractor: keras.Model, first_batch: np.ndarray, count: int,
-                   engine_min_images: int = ENGINE_MIN_IMAGES):
+                   engine_min_images: int = ENGINE_MIN_IMAGES, engine: str = "auto"):
     """(batch -> features, engine name) for extracting `count` images. Under a tf.distribute strategy
     (catsdogs.distribute) each worker extracts its own features in its own graph (Keras would run the batch on
     every replica and gather every worker's outputs); from `engine_min_images` images on, the fastest engine
-    verified on `first_batch` (float32 images); else Keras."""
+    verified on `first_batch` (float32 images) when `engine` is "auto"; else Keras' compiled forward."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         if tf.distribute.has_strategy():
             graph = tf.function(lambda batch: extractor(batch, training=False))
             return (lambda batch: graph(tf.constant(batch))), "keras"
-    if count >= max(engine_min_images, 1):
+    if engine == "auto" and count >= max(engine_min_images, 1):
         from catsdogs.engines import fastest_forward
 
         engine = fastest_forward(extractor, first_batch)
@@ -145,7 +145,7 @@ def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path
         with atomic_path(path) as partial:
             batch = min(context.options.batch_size, batch_for(int(extractor.input_shape[1])))
             features = extract_features(extractor, images.images, batch, split, out=partial,
-                                        chosen=chosen)
+                                        chosen=chosen, engine=context.options.engine)
             del features  # unmapped before the rename
         save_ids(ids_file(path), ids)
         features = load_features(path)
