@@ -78,7 +78,7 @@ def _run_experiment(experiment: Experiment, data: Path, runs: Path, cache: Path,
         train(TrainOptions(data=data, model=experiment.model, out=run, epochs=epochs, precision=precision,
                            backbone=backbone if experiment.uses_backbone else None, patience=experiment.patience,
                            schedule=experiment.schedule, monitor=experiment.monitor, cache_dir=cache, resume=resume,
-                           model_options=options))
+                           engine="auto", model_options=options))  # the study: speed first (docs/performance.md)
     if not (run / METRICS).exists():
         metrics = evaluate(run, data, "test", cache_dir=cache)
         say(f"{experiment.name}: test accuracy {metrics['accuracy']:.4f}, log loss {metrics['log_loss']:.4f}")
