@@ -90,3 +90,6 @@ def test_the_eta_counts_every_planned_stage_and_the_finish():
     assert eta == pytest.approx(stages[0].estimate_s + stages[2].estimate_s + finish)
     line = plan_line(stages, Budget(600), finish)
     assert line.endswith(f"ETA {format_seconds(eta)}") and "heads b ~" not in line
+    tight = stages[0].estimate_s + finish + 1  # the first stage and the finish fit, the pair does not
+    assert plan_eta(stages, finish, tight) == pytest.approx(stages[0].estimate_s + finish)
+    assert "(if time allows)" in plan_line(stages, Budget(tight), finish)

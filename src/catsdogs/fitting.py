@@ -142,9 +142,9 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         stages.append(finetune_stage(stages, speeds, photos, limit))
     finish_s = finish_seconds(photos, speeds[candidates[0]])
     say(plan_line(stages, limit, finish_s))
-    planned = {"eta_s": round(plan_eta(stages, finish_s), 1), "at_s": round(limit.elapsed(), 1)}
+    planned = {"eta_s": round(plan_eta(stages, finish_s, limit.left()), 1), "at_s": round(limit.elapsed(), 1)}
     with weights_cache(cache / "keras"):
-        _run_stages(stages, data_dir, out, seed, weights, cache, distribution.kind, limit)
+        _run_stages(stages, data_dir, out, seed, weights, cache, distribution.kind, limit, finish_s)
     done = [stage for stage in stages if stage.status == "done"]
     best = max(done, key=lambda stage: (stage.val_accuracy, -stage.val_loss))
     scores = ", ".join(f"{stage.folder} {stage.val_accuracy:.4f}" for stage in done)
@@ -232,22 +232,36 @@ def finish_seconds(photos: int, speed: float) -> float:
     return 2 * (1 - TRAINED_SHARE) * photos / speed + FIXED_S + FIXED_S_PER_PHOTO * photos
 
 
-def plan_eta(stages: list[Stage], finish_s: float) -> float:
-    """Seconds from the plan to the end: the stages planned, then the finish."""
-    return sum(stage.estimate_s for stage in stages if stage.status != "skipped") + finish_s
+def expected_stages(stages: list[Stage], finish_s: float, left: float) -> list[Stage]:
+    """The planned stages expected to run: in order, each that still fits the time `left` with the finish
+    reserved (as `_run_stages` decides; the first always runs)."""
+    expected, total = [], 0.0
+    for stage in (s for s in stages if s.status != "skipped"):
+        if not expected or total + stage.estimate_s + finish_s <= left:
+            expected.append(stage)
+            total += stage.estimate_s
+    return expected
+
+
+def plan_eta(stages: list[Stage], finish_s: float, left: float = float("inf")) -> float:
+    """Seconds from the plan to the end: the stages expected to run within `left` seconds, then the finish."""
+    return sum(stage.estimate_s for stage in expected_stages(stages, finish_s, left)) + finish_s
 
 
 def plan_line(stages: list[Stage], limit: Budget, finish_s: float) -> str:
-    steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}" for stage in stages
+    expected = expected_stages(stages, finish_s, limit.left())
+    steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}"
+                      + ("" if stage in expected else " (if time allows)") for stage in stages
                       if stage.status != "skipped")
     within = "no budget" if limit.unlimited else f"budget {format_seconds(limit.seconds)}"
     return (f"plan ({within}): {steps}; then calibration, test, audit and report ~{format_seconds(finish_s)}; "
-            f"ETA {format_seconds(plan_eta(stages, finish_s))}")
+            f"ETA {format_seconds(plan_eta(stages, finish_s, limit.left()))}")
 
 
 def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class_weight: str | None, cache: Path,
-                distribute: str | None, limit: Budget) -> None:
-    """Run each stage that still fits the budget; the pair stage takes the two best single backbones."""
+                distribute: str | None, limit: Budget, finish_s: float = 0.0) -> None:
+    """Run each stage that still fits the budget with `finish_s` (calibration, test, audit, report) reserved;
+    the pair stage takes the two best single backbones."""
     pace = 1.0  # actual / estimated seconds so far: later estimates are scaled by it
     for stage in stages:
         if stage.status == "skipped":  # at planning (fine-tuning that the budget cannot hold)
@@ -260,10 +274,10 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
                 continue
             stage.backbone = "+".join(s.backbone for s in singles[:2]) if "+" in stage.backbone else singles[0].backbone
         if stage.status == "planned" and any(s.status == "done" for s in stages) and \
-                not limit.allows(stage.estimate_s * pace):
+                not limit.allows(stage.estimate_s * pace + finish_s):
             stage.status = "skipped"
             say(f"{stage.name}: skipped, {format_seconds(limit.left())} of the budget left "
-                f"(needs ~{format_seconds(stage.estimate_s * pace)})")
+                f"(needs ~{format_seconds(stage.estimate_s * pace)}, and ~{format_seconds(finish_s)} to finish)")
             continue
         started = time.monotonic()
         if stage.model == "finetune":
