@@ -18,9 +18,8 @@ One row per issue in AUDIT/issues.csv (`path,split,kind,score,detail,confident`,
   of that distance over the collection: `detail` "far from every class"), then photos the out-of-fold model
   finds ambiguous (the two most likely classes within `AMBIGUOUS_MARGIN`: `detail` "ambiguous: a 0.48 / b 0.46").
 
-Embeddings are the pooled features of a frozen ImageNet backbone, extracted batch by batch and cached in
-`cache_dir` under the same key as the `features` model's cache (backbone, weights, image size, DATA's manifest
-hash, split): an audit after `catsdogs fit` with the same cache reuses its features. Hashes are cached too.
+Embeddings: the pooled features of a frozen ImageNet backbone, cached in `cache_dir` under the `features` model's
+key (backbone, weights, image size, the split's photos): after `fit`, with its cache, nothing is embedded again.
 """
 
 from __future__ import annotations
@@ -251,8 +250,6 @@ def _cached_hashes(hash_file: Path | None, ids: list[str]) -> np.ndarray | None:
     return None if order is None else in_order(np.load(hash_file), order)
 
 
-# ---- the three kinds ------------------------------------------------------------------------------------
-
 def normalise(features: np.ndarray) -> np.ndarray:
     """Centred (the collection's mean removed: ReLU features all point one way) and L2-normalised."""
     centred = features - features.mean(axis=0, keepdims=True)
@@ -299,8 +296,6 @@ def far_fence(values: np.ndarray, factor: float = FAR_FENCE) -> float:
     q1, q3 = np.percentile(values, [25, 75])
     return float(q3 + factor * (q3 - q1))
 
-
-# ---- the audit --------------------------------------------------------------------------------------
 
 def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: str | None = None,
           cache_dir: str | Path | None = None, extractor: Extractor | None = None, image_size: int | None = None,
