@@ -40,8 +40,8 @@ def mahalanobis(train, labels, relative: bool, normalise: bool = False):
 
     def score(e):
         e = _unit(e) if normalise else np.asarray(e, np.float64)
-        d = np.min([np.einsum("ij,jk,ik->i", e - m, precision, e - m) for m in means], axis=0)
-        return d - np.einsum("ij,jk,ik->i", e - mean0, precision0, e - mean0) if relative else d
+        d = np.min([(((e - m) @ precision) * (e - m)).sum(axis=1) for m in means], axis=0)
+        return d - (((e - mean0) @ precision0) * (e - mean0)).sum(axis=1) if relative else d
     return score
 
 
