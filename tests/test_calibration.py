@@ -62,7 +62,7 @@ def test_threshold_accepts_the_share_of_validation():
     novelty.set_threshold(scores, 0.9)
     assert novelty.accepted == pytest.approx(0.9, abs=0.01)
     assert novelty.accepts(scores).mean() == pytest.approx(0.9, abs=0.01)
-    far = novelty.knn(np.abs(rng.normal(0, 1, (50, 8))) * np.r_[10, np.ones(7) * 0.1])  # another direction
+    far = novelty.knn(np.abs(rng.normal(0, 1, (50, 8))) + np.r_[6, 0, 6, 0, 6, 0, 6, 0])  # another direction
     assert novelty.mahalanobis(train[:5]).max() < novelty.mahalanobis(rng.normal(8, 1, (5, 8))).min()
     assert novelty.accepts(far).mean() < 0.5
     for accept in (0, 1.5, -1, True):
@@ -225,3 +225,33 @@ def test_too_few_validation_photos_set_no_unknown_threshold(tmp_path):
     assert again.threshold == float("inf")
     novelty.set_threshold(many, 0.98)  # rank ceil(100 x 0.98) = 98 of 99
     assert novelty.threshold == np.sort(many)[97] and novelty.accepted == pytest.approx(98 / 99)
+
+
+def test_centred_knn_rejects_what_uncentred_cosines_crowd_together(tmp_path):
+    """ReLU-like embeddings share a large positive mean: uncentred cosines all sit near 1 (the old scorer, still
+    used for a novelty.npz without `centre`), centred ones tell photos that vary along other directions apart."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(6)
+    spread = np.r_[np.ones(4) * 3, np.ones(4) * 0.1]
+    train, val, far = (np.abs(10 + rng.normal(0, 1, (n, 8)) * s) for n, s in ((300, spread), (100, spread),
+                                                                               (100, spread[::-1])))
+    novelty = fit_novelty(train, rng.integers(0, 2, 300), 2, method="knn")
+    novelty.set_threshold(novelty.knn(val), 0.98)
+    assert novelty.accepts(far).mean() < 0.05
+    np.testing.assert_allclose(novelty.centre, train.mean(axis=0), rtol=1e-5)
+    novelty.save_arrays(tmp_path / "n.npz")
+    again = Novelty.load(tmp_path / "n.npz", json.loads(json.dumps(novelty.to_dict())))
+    np.testing.assert_allclose(again.knn(far), novelty.knn(far), atol=1e-3)
+    with np.load(tmp_path / "n.npz") as arrays:  # a RUN calibrated before centring: no centre, the old scores
+        np.savez(tmp_path / "old.npz", reference=novelty_reference(train), means=arrays["means"],
+                 precision=arrays["precision"])
+    old = Novelty.load(tmp_path / "old.npz", novelty.to_dict())
+    assert old.centre is None
+    labels = np.r_[np.zeros(100), np.ones(100)]
+    assert roc_auc_score(labels, np.r_[novelty.knn(val), novelty.knn(far)]) > 0.99
+    assert roc_auc_score(labels, np.r_[old.knn(val), old.knn(far)]) < 0.95
+
+
+def novelty_reference(embeddings: np.ndarray) -> np.ndarray:
+    return (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float16)
