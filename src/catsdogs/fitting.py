@@ -38,11 +38,12 @@ FIT_RECORD = "fit.json"
 DEFAULT_BUDGET = "10m"
 UNBALANCED = 1.5  # largest / smallest class above this: class_weight="balanced"
 RUN_FILES = (CONFIG, CLASSES, MODEL, HISTORY, CURVES, "learning_curve.json", "learning_curve.png")
-OVERHEAD_S = 15.0  # per stage: building the bases and the models, saving the run
-HEADS_S_PER_PHOTO = 0.01  # per stage: the logistic C path, the dense head and the learning curve (~25 s for 2500)
+# calibrated on TrashNet's default fit on a quiet machine (docs/fit.md: the ETA within 8% there, 23% under load)
+OVERHEAD_S = 5.0  # per stage: building the bases and the models, saving the run
+HEADS_S_PER_PHOTO = 0.008  # per stage: the logistic C path, the dense head and the learning curve (~20 s for 2500)
 TRAINED_SHARE = 0.85  # of the photos, the train and validation splits (whose features a stage extracts)
-FIXED_S = 30.0  # calibration, evaluation, audit and report, on top of the stages (scaled with the photos below)
-FIXED_S_PER_PHOTO = 0.02
+FIXED_S = 15.0  # calibration, evaluation, audit and report, on top of the stages (scaled with the photos below)
+FIXED_S_PER_PHOTO = 0.01
 MAX_RESOLUTION, LARGER = 384, 1.25  # the resolution stage: up to 384 px, for photos 1.25x the base's input
 # what `overwrite` leaves in a finished OUT: the features cache (keyed by the photos' content and the weights, so
 # a refit after corrections reuses it) and catsdogs review's decisions (the corrections a refit applies)
@@ -182,12 +183,12 @@ def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Bu
     """The stages and their estimated seconds: (a) each backbone, (b) the two first together; a UsageError when
     the budget cannot hold even the first stage."""
     def extraction(name: str) -> float:  # two views of each train and validation photo, then the heads
-        return 2 * TRAINED_SHARE * photos / speeds[name] + OVERHEAD_S + HEADS_S_PER_PHOTO * photos
+        return 2 * TRAINED_SHARE * photos / speeds[name] + stage_fixed_seconds(photos)
 
     stages = [Stage(f"heads {name}", name, extraction(name)) for name in candidates]
     if len(candidates) >= 2:
         pair = "+".join(candidates[:2])
-        stages.append(Stage(f"heads {pair}", pair, extraction(candidates[1]) + OVERHEAD_S))
+        stages.append(Stage(f"heads {pair}", pair, extraction(candidates[1]) + OVERHEAD_S))  # a second base built
     fixed = finish_seconds(photos, speeds[candidates[0]])
     if not limit.unlimited and stages[0].estimate_s + fixed > limit.seconds:
         need = format_seconds(stages[0].estimate_s + fixed)
@@ -209,7 +210,8 @@ def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
     size = min(MAX_RESOLUTION, sides[len(sides) // 2] // 32 * 32) if sides else 0
     if size < LARGER * native:
         return None
-    estimate = (stages[0].estimate_s - OVERHEAD_S) * (size / native) ** 2 + OVERHEAD_S
+    fixed = stage_fixed_seconds(len(read_manifest(data_dir)))  # fitting the heads does not grow with the pixels
+    estimate = (stages[0].estimate_s - fixed) * (size / native) ** 2 + fixed
     return Stage(f"heads best backbone at {size} px", BEST, estimate, image_size=size)
 
 
@@ -225,6 +227,11 @@ def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, l
         stage.status = "skipped"
         say(reason)
     return stage
+
+
+def stage_fixed_seconds(photos: int) -> float:
+    """A stage's seconds besides extracting features: building and saving, fitting the heads."""
+    return OVERHEAD_S + HEADS_S_PER_PHOTO * photos
 
 
 def finish_seconds(photos: int, speed: float) -> float:
