@@ -81,7 +81,9 @@ def create_engine(run: Path | None, model, name: str = "keras", samples: np.ndar
         if name not in ("keras", "auto"):
             raise UsageError(f"engine {name} needs a RUN folder to keep its graph in", "engine")
         return reference
-    if name == "auto" and two_views(model):
+    from catsdogs.models.frozen import flip_averaged_bases
+
+    if name == "auto" and flip_averaged_bases(model):
         logger.info("engines: using keras for this flip-averaged model (ONNX Runtime is faster on it only with its "
                     "memory arena, about 2 GB more, and exporting peaks 1.5 GB higher; engine='onnx' chooses it)")
         return reference
@@ -96,11 +98,6 @@ def create_engine(run: Path | None, model, name: str = "keras", samples: np.ndar
     if name != "auto":
         return _verified(name, model, folder, key, samples, reference)
     return _fastest(model, folder, key, samples, reference)
-
-
-def two_views(model) -> bool:
-    """Whether `model` is fit's `heads` model (each photo and its mirror through the bases)."""
-    return any(layer.name.startswith("flipavg_") for layer in getattr(model, "layers", []))
 
 
 def _model_key(run: Path) -> str:

@@ -122,6 +122,12 @@ class Fixed(layers.Layer):
         return (input_shape[0], self.value.shape[-1])
 
 
+def flip_averaged_bases(model) -> list[str]:
+    """The bases of a `heads` model (each photo and its mirror through them, averaged), in order; [] for others."""
+    return [layer.name.removeprefix("flipavg_") for layer in getattr(model, "layers", [])
+            if layer.name.startswith("flipavg_")]
+
+
 def single_view(model: keras.Model, image: np.ndarray | None = None) -> keras.Model:
     """A `heads` model without its mirror view, sharing its layers: what Grad-CAM explains. With several bases, the
     first is explained and the others' features are those of `image` (fixed), so the gradients are exact for the
@@ -129,7 +135,7 @@ def single_view(model: keras.Model, image: np.ndarray | None = None) -> keras.Mo
     names = {layer.name for layer in model.layers}
     if "mirror" not in names:
         return model
-    bases = [layer.name.removeprefix("flipavg_") for layer in model.layers if layer.name.startswith("flipavg_")]
+    bases = flip_averaged_bases(model)
     inputs = keras.Input(model.input_shape[1:], name="image")
 
     def branch(name: str):

@@ -188,9 +188,9 @@ def cached_pool_features(model: keras.Model, backbone: str, data_dir: Path, spli
     photos, other weights) and no `images` are given. With `images` (uint8, the split in manifest order), a
     missing base's features are extracted (Keras, bounded batches) and cached: evaluation fills the test split's
     cache once, and the audit after `fit` reads it."""
-    from catsdogs.models.frozen import backbone_names, branch_extractor
+    from catsdogs.models.frozen import backbone_names, branch_extractor, flip_averaged_bases
 
-    if cache_dir is None or not any(layer.name.startswith("flipavg_") for layer in model.layers):
+    if cache_dir is None or not flip_averaged_bases(model):
         return None
     ids = photo_ids(read_manifest(data_dir, split))
     parts = []
