@@ -36,8 +36,15 @@ def quick(monkeypatch):
     monkeypatch.setattr(fit_finetune, "RANGE_STEPS", 10)
 
 
-def test_fine_tuning_runs_within_a_generous_budget_and_records_its_score(photos: Path, tmp_path: Path, quick):
-    run = catsdogs.fit(photos, tmp_path / "run", backbones=["mobilenetv2"], budget="1h", report=False)
+def test_fine_tuning_runs_within_a_generous_budget_and_records_its_score(photos: Path, tmp_path: Path, quick,
+                                                                        capsys):
+    catsdogs.set_verbosity(1)  # the command line's level: Keras prints its epoch lines, to stderr inside fit
+    try:
+        run = catsdogs.fit(photos, tmp_path / "run", backbones=["mobilenetv2"], budget="1h", report=False)
+    finally:
+        catsdogs.set_verbosity(0)
+    printed = capsys.readouterr()
+    assert printed.out == "" and "Epoch" in printed.err  # stdout is left to the command's result line
     record = json.loads((run / "fit.json").read_text())
     stage = next(s for s in record["stages"] if s["model"] == "finetune")
     assert stage["status"] == "done" and stage["backbone"] == "mobilenetv2" and stage["seconds"] > 0

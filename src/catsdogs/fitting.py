@@ -17,9 +17,11 @@ no budget, stage (a) only. Re-running the same call continues where it stopped (
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -144,7 +146,8 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     finish_s = finish_seconds(photos, speeds[candidates[0]])
     say(plan_line(stages, limit, finish_s))
     planned = {"eta_s": round(plan_eta(stages, finish_s, limit.left()), 1), "at_s": round(limit.elapsed(), 1)}
-    with weights_cache(cache / "keras"):
+    # Keras writes its epoch lines (fine-tuning) to stdout: fit's stdout holds only the command's result line
+    with weights_cache(cache / "keras"), contextlib.redirect_stdout(sys.stderr):
         _run_stages(stages, data_dir, out, seed, weights, cache, distribution.kind, limit, finish_s)
     done = [stage for stage in stages if stage.status == "done"]
     best = max(done, key=lambda stage: (stage.val_accuracy, -stage.val_loss))
