@@ -146,8 +146,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     finish_s = finish_seconds(photos, speeds[candidates[0]])
     say(plan_line(stages, limit, finish_s))
     planned = {"eta_s": round(plan_eta(stages, finish_s, limit.left()), 1), "at_s": round(limit.elapsed(), 1)}
-    # Keras writes its epoch lines (fine-tuning) to stdout: fit's stdout holds only the command's result line
-    with weights_cache(cache / "keras"), contextlib.redirect_stdout(sys.stderr):
+    with weights_cache(cache / "keras"), contextlib.redirect_stdout(sys.stderr):  # stdout: the result line only
         _run_stages(stages, data_dir, out, seed, weights, cache, distribution.kind, limit, finish_s)
     done = [stage for stage in stages if stage.status == "done"]
     best = max(done, key=lambda stage: (stage.val_accuracy, -stage.val_loss))
@@ -232,8 +231,7 @@ def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, l
     return stage
 
 
-def stage_fixed_seconds(photos: int) -> float:
-    """A stage's seconds besides extracting features: building and saving, fitting the heads."""
+def stage_fixed_seconds(photos: int) -> float:  # a stage's seconds besides extracting: building, saving, heads
     return OVERHEAD_S + HEADS_S_PER_PHOTO * photos
 
 
