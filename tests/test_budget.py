@@ -38,8 +38,10 @@ def test_bad_budget_on_the_command_line_is_exit_2(text, tmp_path: Path, capsys):
 
 def test_plan_orders_stages_and_refuses_a_budget_too_small():
     stages = plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(600))
-    assert [stage.backbone for stage in stages] == ["a", "b", "a+b"]
+    assert [(stage.backbone, stage.model) for stage in stages] == [("a", "heads"), ("b", "heads"), ("a+b", "heads"),
+                                                                   ("best", "finetune-top")]
     assert stages[0].estimate_s > stages[1].estimate_s  # a is ten times slower
+    assert stages[3].estimate_s > stages[0].estimate_s  # its top's inputs extracted, then trained for epochs
     with pytest.raises(UsageError, match="too small for even the first stage") as caught:
         plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(60))
     assert caught.value.parameter == "budget"
@@ -87,9 +89,12 @@ def test_the_eta_counts_every_planned_stage_and_the_finish():
     assert finish > 2 * 150 / 10.0  # at least the test split's two views at a's speed
     stages[1].status = "skipped"
     eta = plan_eta(stages, finish)
-    assert eta == pytest.approx(stages[0].estimate_s + stages[2].estimate_s + finish)
-    line = plan_line(stages, Budget(600), finish)
-    assert line.endswith(f"ETA {format_seconds(eta)}") and "heads b ~" not in line
+    assert eta == pytest.approx(stages[0].estimate_s + stages[2].estimate_s + stages[3].estimate_s + finish)
+    line = plan_line(stages, Budget(600), finish)  # finetune-top does not fit after the others: left out of the ETA
+    within = plan_eta(stages, finish, 600)
+    assert within == pytest.approx(eta - stages[3].estimate_s)
+    assert f"finetune-top best backbone ~{format_seconds(stages[3].estimate_s)} (if time allows)" in line
+    assert line.endswith(f"ETA {format_seconds(within)}") and "heads b ~" not in line
     tight = stages[0].estimate_s + finish + 1  # the first stage and the finish fit, the pair does not
     assert plan_eta(stages, finish, tight) == pytest.approx(stages[0].estimate_s + finish)
     assert "(if time allows)" in plan_line(stages, Budget(tight), finish)

@@ -76,10 +76,10 @@ def test_a_tight_budget_skips_fine_tuning_and_says_why(photos: Path, tmp_path: P
 def test_the_plan_leaves_out_fine_tuning_that_cannot_fit():
     heads = Stage("heads a", "a", 60.0)
     limit = Budget(600)
-    stage = finetune_stage([heads], {"a": 10.0}, 3000, limit)  # ~3000 photos at 10 images/s: an hour or more
+    stage = finetune_stage([heads], {"a": 10.0}, 3000, limit, 30.0)  # ~3000 photos at 10 images/s: an hour or more
     assert stage.status == "skipped" and stage.model == "finetune"
     assert "fine-tuning" not in plan_line([heads, stage], limit, 30.0)
-    fast = finetune_stage([heads], {"a": 10000.0}, 3000, limit)
+    fast = finetune_stage([heads], {"a": 10000.0}, 3000, limit, 30.0)
     assert fast.status == "planned" and fast.estimate_s < 100 and "fine-tuning" in plan_line([heads, fast], limit, 30.0)
     assert "give budget" in fit_finetune.skip_reason(stage.estimate_s, 90.0, limit)
     assert fit_finetune.estimate_seconds(3000, 10.0) > fit_finetune.estimate_seconds(3000, 50.0)

@@ -1,13 +1,14 @@
-"""Stage (c) of `catsdogs fit`: fine-tuning the best backbone, as fastai's `fine_tune` does.
+"""The fine-tuning stages of `catsdogs fit`, as fastai's `fine_tune` does, on the best single backbone.
 
-The head first (a `transfer` run: frozen base, augmentation, `HEAD_EPOCHS` epochs), then the base's top block
-unfrozen (a `finetune` run from it, `--from-run`): its peak learning rate from the range test
-(catsdogs.trainers.lr_find, `valley`) on the unfrozen model, a one-cycle schedule, early stopping on validation.
+(c) `finetune-top` (catsdogs.trainers.top_tuning): the base's last stage tuned on its cached inputs, the rest of
+the base run once per photo and view: about two `heads` stages' time, within the default budget on a laptop CPU.
 
-Planned from this machine's measured speed: an epoch costs about 3x a forward pass over the training photos
-(forward and backward) plus a forward pass over validation; the range test about one such pass. On a laptop CPU
-it rarely fits the default budget (minutes a fine-tuning epoch for a few thousand photos): it is then skipped,
-saying what budget would hold it.
+(d) the whole top of the base tuned on photos with augmentation: the head first (a `transfer` run: frozen base,
+augmentation, `HEAD_EPOCHS` epochs), then the base's top block unfrozen (a `finetune` run from it, `--from-run`):
+its peak learning rate from the range test (catsdogs.trainers.lr_find, `valley`) on the unfrozen model, a
+one-cycle schedule, early stopping on validation. An epoch costs about 3x a forward pass over the training photos
+plus one over validation: on a laptop CPU it rarely fits the default budget, and is then skipped, saying what
+budget would hold it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ BATCH, RANGE_STEPS = 32, 100
 MIN_RATE, MAX_RATE = 1e-5, 1e-3  # the range test's suggestion is kept inside these
 OVERHEAD_S = 30.0  # building and saving the models twice, checking the engine
 NAME = "fine-tuning"
+# finetune-top, measured on TrashNet (EfficientNet-Lite2 at 260 px, docs/fit.md): a training example of the top
+# (forward and backward) costs TOP_COST of a forward pass of the whole base, its forward alone TOP_FORWARD
+TOP_EPOCHS, TOP_COST, TOP_FORWARD, TOP_RANGE_STEPS, TOP_BATCH = 5, 0.35, 0.12, 60, 32
+TOP_NAME = "finetune-top"
+
+
+def top_estimate_seconds(photos: int, speed: float, fixed_s: float) -> float:
+    """Seconds of `finetune-top` for `photos` (all splits) at `speed` forward images per second of the base, with
+    `fixed_s` for building, saving and the head (as a `heads` stage)."""
+    train, validation = 2 * TRAIN_SHARE * photos, 2 * VALIDATION_SHARE * photos  # two views of each photo
+    extraction = (train + validation) / speed
+    range_test = TOP_RANGE_STEPS * TOP_BATCH * TOP_COST / speed
+    epochs = TOP_EPOCHS * (train * TOP_COST + (train + validation) * TOP_FORWARD / TOP_EPOCHS + validation * TOP_FORWARD)
+    return fixed_s + extraction + range_test + epochs / speed
 
 
 def estimate_seconds(photos: int, speed: float) -> float:

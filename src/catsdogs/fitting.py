@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from catsdogs import fit_finetune
 from catsdogs.budget import Budget, format_seconds, parse_duration
 from catsdogs.data_files import prepared_from, read_manifest, read_record
 from catsdogs.errors import UsageError
@@ -76,12 +77,12 @@ class Stage:
     val_accuracy: float | None = None
     val_loss: float | None = None
     image_size: int | None = None  # a higher resolution than the base's own
-    model: str = "heads"  # or "finetune" (stage c)
+    model: str = "heads"  # or "finetune-top" (stage c), "finetune" (d)
     learning_rate: float | None = None  # fine-tuning's peak rate, from the range test
 
     @property
     def folder(self) -> str:
-        prefix = "finetune-" if self.model == "finetune" else ""
+        prefix = {"finetune": "finetune-", fit_finetune.TOP_NAME: "top-"}.get(self.model, "")
         return prefix + self.backbone + (f"@{self.image_size}" if self.image_size else "")
 
 
@@ -141,9 +142,9 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     weights = _class_weight(data_dir, class_weight)
     if not limit.unlimited and (larger := resolution_stage(stages, data_dir)) is not None:
         stages.append(larger)
-    if not limit.unlimited:
-        stages.append(finetune_stage(stages, speeds, photos, limit))
     finish_s = finish_seconds(photos, speeds[candidates[0]])
+    if not limit.unlimited:
+        stages.append(finetune_stage(stages, speeds, photos, limit, finish_s))
     say(plan_line(stages, limit, finish_s))
     planned = {"eta_s": round(plan_eta(stages, finish_s, limit.left()), 1), "at_s": round(limit.elapsed(), 1)}
     with weights_cache(cache / "keras"), contextlib.redirect_stdout(sys.stderr):  # stdout: the result line only
@@ -198,8 +199,9 @@ def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Bu
                          f"{candidates[0]}, about {need} for {photos} photos here); give budget at least {need}, "
                          "or 0 for no budget", "budget")
     if limit.unlimited:
-        stages = stages[:len(candidates)]
-    return stages
+        return stages[:len(candidates)]
+    top = fit_finetune.top_estimate_seconds(photos, speeds[candidates[0]], stage_fixed_seconds(photos))
+    return stages + [Stage(f"{fit_finetune.TOP_NAME} best backbone", BEST, top, model=fit_finetune.TOP_NAME)]
 
 
 def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
@@ -217,15 +219,12 @@ def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
     return Stage(f"heads best backbone at {size} px", BEST, estimate, image_size=size)
 
 
-def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget) -> Stage:
-    """(c) fine-tuning the best single backbone (catsdogs.fit_finetune), planned at the first candidate's speed;
-    skipped at once, saying why, when the budget cannot hold it after the other stages."""
-    from catsdogs import fit_finetune
-
+def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget, finish_s: float) -> Stage:
+    """(d) fine-tuning the best single backbone (catsdogs.fit_finetune), planned at the first candidate's speed;
+    skipped at once, saying why, when the budget cannot hold it after the other stages and `finish_s`."""
     estimate = fit_finetune.estimate_seconds(photos, speeds[stages[0].backbone])
     stage = Stage(f"{fit_finetune.NAME} best backbone", BEST, estimate, model="finetune")
-    before = sum(s.estimate_s for s in stages) + finish_seconds(photos, speeds[stages[0].backbone])
-    if reason := fit_finetune.skip_reason(estimate, before, limit):
+    if reason := fit_finetune.skip_reason(estimate, sum(s.estimate_s for s in stages) + finish_s, limit):
         stage.status = "skipped"
         say(reason)
     return stage
@@ -274,7 +273,8 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
     for stage in stages:
         if stage.status == "skipped":  # at planning (fine-tuning that the budget cannot hold)
             continue
-        singles = sorted((s for s in stages if s.status == "done" and "+" not in s.backbone and not s.image_size),
+        singles = sorted((s for s in stages if s.status == "done" and s.model == "heads" and "+" not in s.backbone
+                          and not s.image_size),
                          key=lambda s: (s.val_accuracy, -s.val_loss), reverse=True)
         if "+" in stage.backbone or stage.backbone == BEST:
             if len(singles) < (2 if "+" in stage.backbone else 1):
@@ -289,14 +289,12 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
             continue
         started = time.monotonic()
         if stage.model == "finetune":
-            from catsdogs.fit_finetune import run_stage
-
-            result = run_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight, cache,
-                               distribute)
+            result = fit_finetune.run_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed,
+                                            class_weight, cache, distribute)
             stage.learning_rate = result["learning_rate"]
         else:
             result = _train_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight,
-                                  cache, distribute, stage.image_size)
+                                  cache, distribute, stage.image_size, stage.model)
         stage.seconds = round(time.monotonic() - started, 1)
         stage.status, stage.val_accuracy, stage.val_loss = "done", result["val_accuracy"], result["val_loss"]
         _forget_models()
@@ -319,16 +317,18 @@ def _forget_models() -> None:
 
 
 def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,
-                 distribute: str | None, image_size: int | None = None) -> dict:
-    """Train (or reuse) the `heads` run of one stage; its validation numbers."""
+                 distribute: str | None, image_size: int | None = None, model: str = "heads") -> dict:
+    """Train (or reuse) the `heads` (or `finetune-top`) run of one stage; its validation numbers (the saved
+    epoch's, chosen on validation accuracy)."""
     status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
     if status != "complete":
-        say(f"heads {backbone}{f' at {image_size} px' if image_size else ''}: extracting flip-averaged features "
-            "and fitting the heads")
-        train(TrainOptions(data=data_dir, model="heads", out=run, backbone=backbone, seed=seed, image_size=image_size,
+        say(f"{model} {backbone}{f' at {image_size} px' if image_size else ''}: "
+            + ("extracting flip-averaged features and fitting the heads" if model == "heads" else
+               "caching the inputs of the base's last stage, the head first, then tuning that stage"))
+        train(TrainOptions(data=data_dir, model=model, out=run, backbone=backbone, seed=seed, image_size=image_size,
                            class_weight=class_weight, cache_dir=cache, overwrite=True, distribute=distribute,
-                           calibration=False))
-    best = Run(run).history[-1]
+                           calibration=False, monitor="val_accuracy"))
+    best = Run(run).saved_epoch
     return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"])}
 
 

@@ -52,6 +52,11 @@ MODELS: dict[str, ModelEntry] = {
                         "better on validation of a logistic-regression head (C tuned) and a dense head",
                         default_epochs=1, uses_backbone=True, trainer="catsdogs.trainers.heads:fit_heads",
                         takes_schedule=False),
+    "finetune-top": ModelEntry("catsdogs.models.frozen:build_heads",
+                               "heads, then the base's last two blocks fine-tuned on their cached inputs (the photo and its "
+                               "mirror): the head first, a range test, one-cycle, the best epoch on validation",
+                               default_epochs=5, uses_backbone=True, trainer="catsdogs.trainers.top_tuning:fit_top",
+                               default_patience=3, takes_schedule=False),
     "finetune": ModelEntry("catsdogs.models.finetune:build_finetune",
                            "transfer (or --from-run a transfer RUN), then the base's top unfrozen at a low rate",
                            default_epochs=10, uses_backbone=True, trainer="catsdogs.trainers.finetune:fit_finetune",

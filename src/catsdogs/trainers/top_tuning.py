@@ -1,0 +1,196 @@
+"""Trainer of `finetune-top`: fine-tuning that a laptop CPU affords. The base's top (its last blocks and final
+convolution, `Backbone.tuned_from`) is fine-tuned on cached inputs: the rest of the base runs once per photo and
+view (the photo and its mirror), cached like `heads`' features, and every epoch runs only the top.
+
+As fastai's `fine_tune`: the head first (the logistic regression on the top's pooled features, C chosen on
+validation log loss), then the top and the head together: the peak rate from a range test
+(catsdogs.trainers.lr_find) kept within MIN_RATE..MAX_RATE, one-cycle AdamW, each view a training example (the
+mirror is the augmentation), BatchNorm statistics frozen, early stopping on validation (features averaged over
+the two views, as the saved model predicts) and the best epoch kept (epoch 0 in history.csv is the head alone).
+One rate for the top and the head: the head is fitted already, and on TrashNet a head at 3x the top's rate
+undid it (validation 0.860 against 0.924 with one rate, docs/fit.md). The saved model is an ordinary
+`heads` model whose base holds the tuned weights: predict, evaluate, export and serve take it as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from catsdogs.errors import UsageError
+from catsdogs.models.backbones import get_backbone
+from catsdogs.models.frozen import backbone_names, branch_extractor, with_head
+from catsdogs.run_files import HISTORY, best_row
+from catsdogs.trainers.features import CACHE_SUBDIR, cache_file, cached_features, save_cached
+from catsdogs.trainers.heads import fit_logistic, scores
+from catsdogs.trainers.lr_find import lr_find
+
+BATCH, DROPOUT, WEIGHT_DECAY = 32, 0.2, 0.01
+# the range test's suggestion is kept inside these: with the head fitted first, the loss starts near zero and the
+# test suggests far less (TrashNet: 5.8e-06), at which the top does not move in 5 epochs
+MIN_RATE, MAX_RATE = 3e-4, 1e-3
+RANGE_STEPS, PATIENCE = 40, 3
+
+
+def split_base(base: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]:
+    """(bottom, top) of a functional base cut after `layer`: the same layers, no copy. The bottom is named after the
+    base (the features cache keys it by that name, its input and its weights)."""
+    cut = base.get_layer(layer).output
+    return keras.Model(base.inputs, cut, name=base.name), keras.Model(cut, base.output, name=f"{base.name}_top")
+
+
+def top_inputs_extractor(model: keras.Model, bottom: keras.Model, layer: str) -> keras.Model:
+    """Images -> the bottom's output for the photo and its mirror, stacked: (batch, 2, h, w, c)."""
+    name = bottom.name
+    views = []
+    for tag, view in (("image", model.inputs[0]), ("mirror", model.get_layer("mirror").output)):
+        names = {item.name for item in model.layers}
+        x = model.get_layer(f"preprocess_{name}_{tag}").output if f"preprocess_{name}_{tag}" in names else view
+        y = bottom(x)
+        views.append(layers.Reshape((1, *y.shape[1:]), name=f"view_{tag}")(y))
+    return keras.Model(model.inputs, layers.Concatenate(axis=1, name=f"top_inputs_{layer}")(views),
+                       name=f"top_inputs_{name}")
+
+
+def pooled_views(pool: keras.Model, inputs: np.ndarray) -> np.ndarray:
+    """`pool` (the top and a global average pooling) on each view's cached inputs: (n, 2, features), float32."""
+    batch = lambda view, start: np.asarray(inputs[start:start + 64, view], np.float32)  # noqa: E731
+    return np.stack([np.concatenate([pool.predict_on_batch(batch(view, start)) for start in range(0, len(inputs), 64)])
+                     for view in range(2)], axis=1)
+
+
+def fit_top(model: keras.Model, context) -> dict:
+    """Cache the top's inputs, fit the head first, then tune the top and the head; save the model and history."""
+    from catsdogs.learning_curve import write_learning_curve
+    from catsdogs.training import _save_model, _write_history
+
+    names = backbone_names(context.options.backbone)
+    if len(names) != 1:
+        raise UsageError("finetune-top tunes one base; give one backbone", "backbone")
+    spec = get_backbone(names[0])
+    base = model.get_layer(spec.name)
+    cut = spec.tuned_from(base)
+    bottom, top = split_base(base, cut)
+    extractor = top_inputs_extractor(model, bottom, cut)
+    cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
+    started = time.perf_counter()
+    keras_forward = {"forward": extractor.predict_on_batch, "engine": "keras"}
+    train, validation = (cached_features(extractor, context, split, cache_dir, keras_forward)
+                         for split in ("train", "validation"))
+    extraction = time.perf_counter() - started
+    pool = keras.Sequential([top, layers.GlobalAveragePooling2D()], name="pooled_top")
+    features = [(pooled_views(pool, split.images).mean(axis=1), split.labels) for split in (train, validation)]
+    classes = context.config["classes"]
+    # the head first: the C with the best validation log loss (a head that fits the training photos perfectly, as a
+    # weakly regularised one does, leaves the top no gradient to learn from)
+    logistic = fit_logistic(features[0], features[1], len(classes), balanced=bool(context.options.class_weight),
+                            seed=context.options.seed, on="loss")
+    trainer = _trainer(base, top, logistic["head"], context.options.seed)
+    x, y = np.asarray(train.images).reshape(-1, *train.images.shape[2:]), np.repeat(train.labels, 2)
+    rate, found = context.options.learning_rate, None
+    if not rate:  # a rate given (learning_rate=) is taken as it is
+        found = lr_find(trainer, x, y, steps=RANGE_STEPS, batch_size=BATCH, seed=context.options.seed)
+        found.save_plot(context.run / "plots" / "lr_find.png")
+        rate = min(MAX_RATE, max(MIN_RATE, found.suggestion))
+    _one_cycle(trainer, rate, math.ceil(len(y) / BATCH) * context.epochs)
+    rows = _tune(trainer, (x, y), lambda: scores(logistic["head"].predict(
+        pooled_views(pool, validation.images).mean(axis=1), verbose=0), validation.labels), logistic, context)
+    base.trainable = False
+    _save_model(with_head(model, logistic["head"]), context.run / "model.keras")
+    _write_history(context.run / HISTORY, rows)
+    _cache_pooled(model, spec.name, context, cache_dir, pool, {"train": train, "validation": validation})
+    curve = write_learning_curve(context.run, features[0], features[1], classes, c=logistic["C"],
+                                 balanced=logistic["balanced"], seed=context.options.seed)
+    return {"backbone": spec.name, "tuned_from": cut, "peak_learning_rate": rate,
+            "range_test": found.line() if found else None, "logistic_C": logistic["C"],
+            "logistic_balanced": logistic["balanced"], "feature_extraction_s": round(extraction, 1),
+            "learning_curve": curve}
+
+
+def _tune(trainer: keras.Model, data: tuple, validate, logistic: dict, context) -> list[dict]:
+    """Up to the run's epochs over the views, scored on validation after each (`validate()`: accuracy, loss),
+    early-stopped on the run's monitor; the best epoch's weights left in `trainer` (epoch 0: the head alone).
+    The history rows."""
+    from catsdogs.training import class_weights
+
+    x, y = data
+    weights = class_weights(y, int(y.max()) + 1) if logistic["balanced"] else None  # as the head chose
+    monitor, patience = context.options.monitor, context.patience or PATIENCE
+    rows = [{"epoch": 0, "accuracy": logistic["accuracy"], "loss": logistic["loss"],
+             "val_accuracy": logistic["val_accuracy"], "val_loss": logistic["val_loss"], "seconds": 0.0}]
+    best_weights = trainer.get_weights()
+    for epoch in range(1, context.epochs + 1):
+        began = time.perf_counter()
+        fitted = _epoch(trainer, x, y, weights, np.random.default_rng(context.options.seed + epoch))
+        accuracy, loss = validate()
+        rows.append({"epoch": epoch, **fitted, "val_accuracy": accuracy, "val_loss": loss,
+                     "seconds": round(time.perf_counter() - began, 2)})
+        say(f"epoch {epoch}/{context.epochs}: validation accuracy {accuracy:.4f}, loss {loss:.4f}")
+        best = best_row(rows, monitor)
+        if best is rows[-1]:
+            best_weights = trainer.get_weights()
+        elif epoch - best["epoch"] >= patience:
+            break
+    trainer.set_weights(best_weights)
+    return rows
+
+
+def _trainer(base: keras.Model, top: keras.Model, head: keras.Model, seed: int) -> keras.Model:
+    """top -> pool -> dropout -> head, the top's layers trainable but for their BatchNorm statistics."""
+    from catsdogs.models.heads import classification_loss
+
+    base.trainable = True
+    tuned = {id(layer) for layer in top.layers}
+    for layer in base.layers:
+        layer.trainable = id(layer) in tuned and not isinstance(layer, layers.BatchNormalization)
+    inputs = keras.Input(top.input_shape[1:], name="top_inputs")
+    x = layers.Dropout(DROPOUT, seed=seed, name="dropout")(layers.GlobalAveragePooling2D(name="pool")(top(inputs)))
+    trainer = keras.Model(inputs, head(x), name="top_trainer")
+    trainer.compile(optimizer=keras.optimizers.AdamW(MIN_RATE), loss=classification_loss(trainer), metrics=["accuracy"])
+    return trainer
+
+
+def _epoch(trainer: keras.Model, x: np.ndarray, y: np.ndarray, class_weight: dict | None,
+           rng: np.random.Generator) -> dict:
+    """One pass over the views in a random order, batch by batch (no copy of the cached inputs); the epoch's
+    training loss and accuracy."""
+    trainer.reset_metrics()
+    order = rng.permutation(len(y))
+    losses, hits = [], []
+    for start in range(0, len(order), BATCH):
+        rows = np.sort(order[start:start + BATCH])  # sorted: a memory-mapped cache reads forward
+        logs = trainer.train_on_batch(np.asarray(x[rows], np.float32), y[rows], class_weight=class_weight,
+                                      return_dict=True)
+        losses.append(float(logs["loss"]) * len(rows))
+        hits.append(float(logs["accuracy"]) * len(rows))
+    return {"loss": sum(losses) / len(y), "accuracy": sum(hits) / len(y)}
+
+
+def _one_cycle(trainer: keras.Model, peak: float, steps: int) -> None:
+    """Recompile with fastai's one-cycle AdamW (catsdogs.training.one_cycle_optimizer)."""
+    from catsdogs.training import one_cycle_optimizer
+
+    trainer.compile(optimizer=one_cycle_optimizer(peak, steps, WEIGHT_DECAY), loss=trainer.loss, metrics=["accuracy"])
+
+
+def _cache_pooled(model: keras.Model, name: str, context, cache_dir: Path, pool: keras.Model, splits: dict) -> None:
+    """The tuned model's flip-averaged features of the train and validation splits, from their cached top inputs,
+    into the features cache under the tuned weights: calibration and the audit read them there."""
+    from catsdogs.data_files import read_manifest
+    from catsdogs.photo_keys import photo_ids
+
+    extractor = branch_extractor(model, name)
+    for split, arrays in splits.items():
+        ids = photo_ids(read_manifest(context.options.data, split))
+        save_cached(cache_file(cache_dir, extractor, ids, split), pooled_views(pool, arrays.images).mean(axis=1), ids)
+
+
+def say(message: str) -> None:
+    import logging
+
+    logging.getLogger("catsdogs.fitting").info(f"[fit] finetune-top: {message}")
