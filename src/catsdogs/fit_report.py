@@ -1,5 +1,5 @@
-"""The report section of a `catsdogs fit`: the plan against the budget, every stage's validation score and time,
-the choice, and the learning curve's advice ("how many more photos?")."""
+"""The report sections of a `catsdogs fit`: the plan against the budget, every stage's validation score and time,
+the choice, and the learning curve's advice ("how many more photos?"); the audit's summary."""
 
 from __future__ import annotations
 
@@ -27,3 +27,14 @@ def fit_section(record: dict) -> str:
             f"<b>{escape(record['chosen'])}</b>.{eta}</p>"
             "<div class=\"scroll\"><table><thead><tr><th>stage</th><th>status</th><th>val accuracy</th>"
             f"<th>planned</th><th>took</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>{advice}")
+
+
+def audit_section(result, shown: int = 5) -> str:
+    """The audit's summary and its most certain findings of each kind, as an HTML block for the report."""
+    rows = "".join(f"<tr><td>{escape(i.kind)}</td><td>{escape(i.split)}</td><td>{escape(i.path)}</td>"
+                   f"<td>{i.score:.3f}</td><td>{escape(str(i.detail))}</td></tr>"
+                   for kind in ("near_duplicate", "label", "outlier") for i in result.of_kind(kind)[:shown])
+    table = ("<div class=\"scroll\"><table><thead><tr><th>kind</th><th>split</th><th>photo</th><th>score</th>"
+             f"<th>detail</th></tr></thead><tbody>{rows}</tbody></table></div>") if rows else ""
+    return (f"<h2>Audit of the photos</h2><p>{escape(result.line())}</p>{table}"
+            "<p class=\"muted\">Every finding, with thumbnails: audit/audit.html and audit/issues.csv beside this page.</p>")

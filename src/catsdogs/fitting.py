@@ -47,6 +47,7 @@ HEADS_S_PER_PHOTO = 0.008  # per stage: the logistic C path, the dense head and 
 TRAINED_SHARE = 0.85  # of the photos, the train and validation splits (whose features a stage extracts)
 FIXED_S = 15.0  # calibration, evaluation, audit and report, on top of the stages (scaled with the photos below)
 FIXED_S_PER_PHOTO = 0.01
+MIN_PACE, MAX_PACE = 0.5, 3.0  # the measured speed is from a few images: the stages' times correct it
 MAX_RESOLUTION, LARGER = 384, 1.25  # the resolution stage: up to 384 px, for photos 1.25x the base's input
 # what `overwrite` leaves in a finished OUT: the features cache (keyed by the photos' content and the weights, so
 # a refit after corrections reuses it) and catsdogs review's decisions (the corrections a refit applies)
@@ -168,7 +169,8 @@ def _count_photos(source, data) -> int:
 
 
 def measure_speed(backbone: str, batch: int = 8) -> float:
-    """Images per second of the frozen base of `backbone` here (Keras, after one warm-up batch)."""
+    """Images per second of the frozen base of `backbone` here (Keras, after one warm-up batch; the faster of two
+    timed batches, a busy moment counting less)."""
     import numpy as np
 
     from catsdogs.models.backbones import get_backbone
@@ -177,9 +179,12 @@ def measure_speed(backbone: str, batch: int = 8) -> float:
     base = spec.build_base(spec.image_size)
     images = np.random.default_rng(0).uniform(-1, 1, (batch, spec.image_size, spec.image_size, 3)).astype("float32")
     base.predict_on_batch(images)
-    started = time.perf_counter()
-    base.predict_on_batch(images)
-    return batch / max(time.perf_counter() - started, 1e-3)
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        base.predict_on_batch(images)
+        times.append(time.perf_counter() - started)
+    return batch / max(min(times), 1e-3)
 
 
 def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Budget) -> list[Stage]:
@@ -269,7 +274,7 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
                 distribute: str | None, limit: Budget, finish_s: float = 0.0) -> None:
     """Run each stage that still fits the budget with `finish_s` (calibration, test, audit, report) reserved;
     the pair stage takes the two best single backbones."""
-    pace = 1.0  # actual / estimated seconds so far: later estimates are scaled by it
+    pace = 1.0  # the stages' actual / estimated seconds so far (either way): later estimates are scaled by it
     for stage in stages:
         if stage.status == "skipped":  # at planning (fine-tuning that the budget cannot hold)
             continue
@@ -298,7 +303,8 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
         stage.seconds = round(time.monotonic() - started, 1)
         stage.status, stage.val_accuracy, stage.val_loss = "done", result["val_accuracy"], result["val_loss"]
         _forget_models()
-        pace = max(pace, stage.seconds / stage.estimate_s) if stage.estimate_s else pace
+        done = [s for s in stages if s.status == "done" and s.estimate_s]
+        pace = min(MAX_PACE, max(MIN_PACE, sum(s.seconds for s in done) / sum(s.estimate_s for s in done)))
         say(f"{stage.name}: validation accuracy {stage.val_accuracy:.4f} in {format_seconds(stage.seconds)}"
             + ("" if limit.unlimited else f"; {format_seconds(max(0.0, limit.left()))} of the budget left"))
 
@@ -364,7 +370,7 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
         record["audit_s"] = audited.wall_s
     write_json(out / FIT_RECORD, record)
     if report:
-        from catsdogs.fit_report import fit_section
+        from catsdogs.fit_report import audit_section, fit_section
         from catsdogs.report import write_report
 
         others = [out / "candidates" / s.folder for s in stages if s.status == "done" and s is not best]
@@ -435,16 +441,3 @@ def _audit(data_dir: Path, out: Path, cache: Path, chosen: Path):
     result.wall_s = round(time.monotonic() - started, 1)
     say(result.line())
     return result
-
-
-def audit_section(result, shown: int = 5) -> str:
-    """The audit's summary and its most certain findings of each kind, as an HTML block for the report."""
-    from html import escape
-
-    rows = "".join(f"<tr><td>{escape(i.kind)}</td><td>{escape(i.split)}</td><td>{escape(i.path)}</td>"
-                   f"<td>{i.score:.3f}</td><td>{escape(str(i.detail))}</td></tr>"
-                   for kind in ("near_duplicate", "label", "outlier") for i in result.of_kind(kind)[:shown])
-    table = ("<div class=\"scroll\"><table><thead><tr><th>kind</th><th>split</th><th>photo</th><th>score</th>"
-             f"<th>detail</th></tr></thead><tbody>{rows}</tbody></table></div>") if rows else ""
-    return (f"<h2>Audit of the photos</h2><p>{escape(result.line())}</p>{table}"
-            "<p class=\"muted\">Every finding, with thumbnails: audit/audit.html and audit/issues.csv beside this page.</p>")
