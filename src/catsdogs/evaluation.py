@@ -41,14 +41,15 @@ def split_probabilities(predictor: Predictor, data: Path, split: str, cache_dir:
 
 
 def _pooled_features(predictor: Predictor, data: Path, split: str, cache_dir: Path | None, arrays):
-    """A `heads` run's pooled features of the split through the features cache (read, or extracted once and
-    cached for the next reader, e.g. the audit after `fit`), or None for other runs, engines and TTA."""
+    """A `heads` (or `finetune-top`) run's pooled features of the split through the features cache (read, or
+    extracted once and cached for the next reader, e.g. the audit after `fit`), or None for other runs (no
+    flip-averaged bases), engines and TTA."""
     if cache_dir is None or predictor.engine != "keras" or predictor.tta:
         return None
     from catsdogs.trainers.features import cached_pool_features
 
     backbone = read_config(predictor.run).get("backbone")
-    if not backbone or read_config(predictor.run).get("model") != "heads":
+    if not backbone:
         return None
     return cached_pool_features(predictor.model, backbone, data, split, cache_dir, arrays.images)
 

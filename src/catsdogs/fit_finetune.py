@@ -3,7 +3,7 @@
 (c) `finetune-top` (catsdogs.trainers.top_tuning): the base's last stage tuned on its cached inputs, the rest of
 the base run once per photo and view: about two `heads` stages' time, within the default budget on a laptop CPU.
 
-(d) the whole top of the base tuned on photos with augmentation: the head first (a `transfer` run: frozen base,
+(e) the top of the base tuned on the photos with augmentation: the head first (a `transfer` run: frozen base,
 augmentation, `HEAD_EPOCHS` epochs), then the base's top block unfrozen (a `finetune` run from it, `--from-run`):
 its peak learning rate from the range test (catsdogs.trainers.lr_find, `valley`) on the unfrozen model, a
 one-cycle schedule, early stopping on validation. An epoch costs about 3x a forward pass over the training photos
@@ -27,7 +27,7 @@ OVERHEAD_S = 30.0  # building and saving the models twice, checking the engine
 NAME = "fine-tuning"
 # finetune-top, measured on TrashNet (EfficientNet-Lite2 at 260 px, docs/fit.md): a training example of the top
 # (forward and backward) costs TOP_COST of a forward pass of the whole base, its forward alone TOP_FORWARD
-TOP_EPOCHS, TOP_COST, TOP_FORWARD, TOP_RANGE_STEPS, TOP_BATCH = 5, 0.35, 0.12, 60, 32
+TOP_EPOCHS, TOP_COST, TOP_FORWARD, TOP_RANGE_STEPS, TOP_BATCH = 5, 0.2, 0.08, 40, 32
 TOP_NAME = "finetune-top"
 
 

@@ -6,7 +6,9 @@ RUN/candidates/ and each kept only if it beats the earlier ones on validation:
   (a) `heads` on each candidate backbone: flip-averaged features of a frozen ImageNet base, cached, and the better
       on validation of a logistic-regression head (C tuned) and a dense head;
   (b) `heads` on the two best backbones together (their features side by side);
-  (c) fine-tuning of the best backbone (catsdogs.fit_finetune), when the budget holds it.
+  (c) `finetune-top` on the best single backbone: its last blocks tuned on their cached inputs (trainers.top_tuning);
+  (d) `heads` on the best single backbone at a higher resolution, when the photos are large;
+  (e) fine-tuning of the best backbone on the photos (catsdogs.fit_finetune), when the budget holds it.
 The stage with the best validation accuracy (then log loss) is copied to RUN (an ordinary run folder), evaluated
 once on the test split, its photos audited with its own cached features, and RUN/report.html written.
 
@@ -168,14 +170,16 @@ def _count_photos(source, data) -> int:
     return len(scan_source(Path(source)).files)
 
 
-def measure_speed(backbone: str, batch: int = 8) -> float:
+def measure_speed(backbone: str, batch: int | None = None) -> float:
     """Images per second of the frozen base of `backbone` here (Keras, after one warm-up batch; the faster of two
-    timed batches, a busy moment counting less)."""
+    timed batches, a busy moment counting less), at the batch size that extraction uses."""
     import numpy as np
 
+    from catsdogs.images import batch_for
     from catsdogs.models.backbones import get_backbone
 
     spec = get_backbone(backbone)
+    batch = batch or batch_for(spec.image_size)
     base = spec.build_base(spec.image_size)
     images = np.random.default_rng(0).uniform(-1, 1, (batch, spec.image_size, spec.image_size, 3)).astype("float32")
     base.predict_on_batch(images)
@@ -360,7 +364,7 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
     run = Run(out)
     metrics = evaluate(out, data_dir, "test", cache_dir=cache, predictor=run.predictor())
     _forget_models()
-    heads = max((s for s in stages if s.status == "done" and s.model == "heads"),
+    heads = max((s for s in stages if s.status == "done" and s.model != "finetune"),
                 key=lambda s: (s.val_accuracy, -s.val_loss))  # fine-tuning chosen: the audit reads the best heads'
     audited = _audit(data_dir, out, cache, out / "candidates" / heads.folder) if audit else None
     planned["actual_s"] = round(limit.elapsed() - planned["at_s"], 1)  # the plan's ETA against the time it took

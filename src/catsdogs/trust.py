@@ -174,14 +174,14 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
 def _embeddings(model, joint, config: dict, data: Path, classes: list[str], cache_dir, seed: int, *,
                 features_cache: Path):
     """((train embeddings, labels) of up to MAX_REFERENCE training photos, (validation embeddings, outputs,
-    labels)): from the features cache for a `heads` run (no image decoded), else through `joint`."""
+    labels)): from the features cache for a `heads` or `finetune-top` run (no image decoded), else through `joint`."""
     from catsdogs.dataset import load_split
     from catsdogs.novelty import MAX_REFERENCE
     from catsdogs.trainers.features import cached_pool_features
 
     rng = np.random.default_rng(seed)
     cached = [cached_pool_features(model, config.get("backbone"), data, split, features_cache)
-              for split in ("train", "validation")] if config.get("model") == "heads" else [None, None]
+              for split in ("train", "validation")]  # None unless a flip-averaged model (heads, finetune-top)
     if cached[0] is not None and cached[1] is not None:
         from catsdogs.data_files import read_manifest
 
