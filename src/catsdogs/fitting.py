@@ -364,8 +364,9 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
     run = Run(out)
     metrics = evaluate(out, data_dir, "test", cache_dir=cache, predictor=run.predictor())
     _forget_models()
-    heads = max((s for s in stages if s.status == "done" and s.model != "finetune"),
-                key=lambda s: (s.val_accuracy, -s.val_loss))  # fine-tuning chosen: the audit reads the best heads'
+    # the audit reads the best heads' features: tuned features pull a class together (near-duplicates everywhere)
+    heads = max((s for s in stages if s.status == "done" and s.model == "heads"),
+                key=lambda s: (s.val_accuracy, -s.val_loss))
     audited = _audit(data_dir, out, cache, out / "candidates" / heads.folder) if audit else None
     planned["actual_s"] = round(limit.elapsed() - planned["at_s"], 1)  # the plan's ETA against the time it took
     record.update(status="complete", test_accuracy=metrics["accuracy"], wall_time_s=round(limit.elapsed(), 1), plan=planned,

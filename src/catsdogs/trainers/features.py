@@ -86,7 +86,7 @@ def save_cached(features_file: Path, features: np.ndarray, ids: Sequence[str]) -
 
 def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int, label: str,
                      out: Path | None = None, *, engine_min_images: int = ENGINE_MIN_IMAGES, engine: str = "auto",
-                     chosen: dict | None = None) -> np.ndarray:
+                     chosen: dict | None = None, dtype=np.float32) -> np.ndarray:
     """Pooled float32 features of uint8 images (an array or shards), batch by batch, with progress on
     stderr; with `out`, written into that .npy as they come (memory: one batch) and returned memory-mapped.
     From `engine_min_images` images on, the fastest verified engine runs the extractor; `chosen`, a dict
@@ -98,8 +98,8 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
     forward, engine = chosen["forward"], chosen["engine"]
     bar = progress(len(images), f"extracting {label} features ({engine})", unit="images")
     shape = (len(images), *extractor.output_shape[1:])
-    features = (np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape) if out is not None
-                else np.zeros(shape, np.float32))
+    features = (np.lib.format.open_memmap(out, mode="w+", dtype=dtype, shape=shape) if out is not None
+                else np.zeros(shape, dtype))
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
         features[start:start + len(batch)] = keras.ops.convert_to_numpy(forward(batch))
@@ -131,9 +131,9 @@ def choose_forward(extractor: keras.Model, first_batch: np.ndarray, count: int,
 
 
 def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path,
-                    chosen: dict | None = None) -> SplitArrays:
+                    chosen: dict | None = None, dtype=np.float32) -> SplitArrays:
     """The features of a split as SplitArrays (features in `images`, labels from the current manifest), from the
-    cache or computed and cached (`chosen`: see `extract_features`)."""
+    cache or computed and cached (`chosen`: see `extract_features`; `dtype`: as they are stored)."""
     rows = read_manifest(context.options.data, split)
     ids = photo_ids(rows)
     labels = np.array([context.config["classes"].index(row["class"]) for row in rows], dtype=np.int32)
@@ -145,7 +145,7 @@ def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path
         with atomic_path(path) as partial:
             batch = min(context.options.batch_size, batch_for(int(extractor.input_shape[1])))
             features = extract_features(extractor, images.images, batch, split, out=partial,
-                                        chosen=chosen, engine=context.options.engine)
+                                        chosen=chosen, engine=context.options.engine, dtype=dtype)
             del features  # unmapped before the rename
         save_ids(ids_file(path), ids)
         features = load_features(path)

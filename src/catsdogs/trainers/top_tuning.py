@@ -80,8 +80,8 @@ def fit_top(model: keras.Model, context) -> dict:
     cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
     started = time.perf_counter()
     keras_forward = {"forward": extractor.predict_on_batch, "engine": "keras"}
-    train, validation = (cached_features(extractor, context, split, cache_dir, keras_forward)
-                         for split in ("train", "validation"))
+    train, validation = (cached_features(extractor, context, split, cache_dir, keras_forward, dtype=np.float16)
+                         for split in ("train", "validation"))  # float16: half the memory of the largest arrays
     extraction = time.perf_counter() - started
     pool = keras.Sequential([top, layers.GlobalAveragePooling2D()], name="pooled_top")
     features = [(pooled_views(pool, split.images).mean(axis=1), split.labels) for split in (train, validation)]
@@ -91,7 +91,7 @@ def fit_top(model: keras.Model, context) -> dict:
     logistic = fit_logistic(features[0], features[1], len(classes), balanced=bool(context.options.class_weight),
                             seed=context.options.seed, on="loss")
     trainer = _trainer(base, top, logistic["head"], context.options.seed)
-    x, y = np.asarray(train.images).reshape(-1, *train.images.shape[2:]), np.repeat(train.labels, 2)
+    x, y = np.asarray(train.images).reshape(-1, *train.images.shape[2:]), np.repeat(train.labels, 2)  # no copy
     rate, found = context.options.learning_rate, None
     if not rate:  # a rate given (learning_rate=) is taken as it is
         found = lr_find(trainer, x, y, steps=RANGE_STEPS, batch_size=BATCH, seed=context.options.seed)
