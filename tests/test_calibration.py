@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs.calibration import Calibration, fit_platt, fit_temperature, negative_log_likelihood
+from catsdogs.calibration import Calibration, fit_calibration, fit_platt, fit_temperature, negative_log_likelihood
 from catsdogs.errors import UsageError
 from catsdogs.novelty import Novelty, fit_novelty
 from catsdogs.trust import CALIBRATION, NOVELTY
@@ -52,6 +52,21 @@ def test_platt_on_two_classes_and_saturated_outputs():
     assert np.isfinite(calibrated).all() and 0.7 < calibrated[p1 == 1, 1].mean() < 0.9
     np.testing.assert_allclose(calibrated.sum(axis=1), 1, atol=1e-6)
     assert calibration.map_threshold(0.5) == pytest.approx(calibrated[p1 == 1, 1].max(), abs=0.5)
+
+
+def test_a_map_that_does_not_help_held_out_folds_is_not_kept():
+    rng = np.random.default_rng(3)
+    p1 = rng.uniform(0.02, 0.98, 1000)
+    labels = (rng.uniform(size=1000) < p1).astype(int)  # a calibrated model: its labels drawn from its p
+    calibrated = np.stack([1 - p1, p1], axis=1)
+    assert fit_platt(labels, calibrated).method == "platt"  # fitted on the whole split it always gains a little
+    kept = fit_calibration(labels, calibrated)
+    assert kept.method == "identity" and kept.nll_after == kept.nll_before
+    logits = rng.normal(0, 3, (600, 4))
+    labels = np.array([rng.choice(4, p=row) for row in np.exp(logits) / np.exp(logits).sum(1, keepdims=True)])
+    overconfident = np.exp(3 * logits) / np.exp(3 * logits).sum(1, keepdims=True)
+    fitted = fit_calibration(labels, overconfident)
+    assert fitted.method == "temperature" and fitted.temperature == pytest.approx(3.0, rel=0.2)
 
 
 def test_threshold_accepts_the_share_of_validation():

@@ -13,6 +13,7 @@ import numpy as np
 
 EPS = 1e-7
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
+FOLDS, MIN_PER_FOLD = 5, 10  # the cross-validated check of a fitted map (fewer photos: no check)
 
 
 def _log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -113,7 +114,21 @@ def fit_platt(labels: np.ndarray, probabilities: np.ndarray) -> Calibration:
     return Calibration("platt", slope=slope, intercept=intercept, nll_before=before, nll_after=after, n=len(labels))
 
 
-def fit_calibration(labels: np.ndarray, probabilities: np.ndarray) -> Calibration:
-    """Platt scaling for two classes, a temperature for more."""
+def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, folds: int = FOLDS) -> Calibration:
+    """Platt scaling for two classes, a temperature for more; kept only when, fitted on `folds` - 1 parts of the
+    split and applied to the part left out, it lowers the log loss there (else the identity): a map fitted on a
+    well-calibrated model's few mistakes can make held-out log loss worse."""
+    labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.atleast_2d(np.asarray(probabilities))
-    return fit_platt(labels, probabilities) if probabilities.shape[1] == 2 else fit_temperature(labels, probabilities)
+    fit = fit_platt if probabilities.shape[1] == 2 else fit_temperature
+    fitted = fit(labels, probabilities)
+    if fitted.method == "identity" or len(labels) < MIN_PER_FOLD * folds:
+        return fitted
+    parts = np.array_split(np.random.default_rng(0).permutation(len(labels)), folds)
+    held_out = np.zeros(probabilities.shape, np.float64)
+    for k, part in enumerate(parts):
+        rest = np.concatenate([other for j, other in enumerate(parts) if j != k])
+        held_out[part] = fit(labels[rest], probabilities[rest]).apply(probabilities[part])
+    if negative_log_likelihood(labels, held_out) >= fitted.nll_before:
+        return Calibration("identity", nll_before=fitted.nll_before, nll_after=fitted.nll_before, n=len(labels))
+    return fitted
