@@ -10,7 +10,7 @@ import pytest
 from catsdogs.budget import Budget, format_seconds, parse_duration
 from catsdogs.cli import main
 from catsdogs.errors import UsageError
-from catsdogs.fitting import plan
+from catsdogs.fit_plan import plan
 
 from helpers import make_class_folders
 
@@ -65,7 +65,7 @@ def test_too_small_a_budget_writes_nothing(tmp_path: Path, capsys):
 
 
 def test_a_resolution_stage_only_for_photos_larger_than_the_base(tmp_path: Path):
-    from catsdogs.fitting import Stage, resolution_stage
+    from catsdogs.fit_plan import Stage, resolution_stage
 
     stages = [Stage("heads mobilenetv2", "mobilenetv2", 100.0)]  # its input: 160 px
     for name, (width, height), expected in (("big", (512, 384), 384), ("small", (180, 160), None),
@@ -82,7 +82,7 @@ def test_a_resolution_stage_only_for_photos_larger_than_the_base(tmp_path: Path)
 
 
 def test_the_eta_counts_every_planned_stage_and_the_finish():
-    from catsdogs.fitting import finish_seconds, plan_eta, plan_line
+    from catsdogs.fit_plan import finish_seconds, plan_eta, plan_line
 
     stages = plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(600))
     finish = finish_seconds(1000, 10.0)
@@ -90,11 +90,50 @@ def test_the_eta_counts_every_planned_stage_and_the_finish():
     stages[1].status = "skipped"
     eta = plan_eta(stages, finish)
     assert eta == pytest.approx(stages[0].estimate_s + stages[2].estimate_s + stages[3].estimate_s + finish)
-    line = plan_line(stages, Budget(600), finish)  # finetune-top does not fit after the others: left out of the ETA
-    within = plan_eta(stages, finish, 600)
+    line = plan_line(stages, Budget(500), finish)  # finetune-top does not fit after the others: left out of the ETA
+    within = plan_eta(stages, finish, 500)
     assert within == pytest.approx(eta - stages[3].estimate_s)
     assert f"finetune-top best backbone ~{format_seconds(stages[3].estimate_s)} (if time allows)" in line
     assert line.endswith(f"ETA {format_seconds(within)}") and "heads b ~" not in line
     tight = stages[0].estimate_s + finish + 1  # the first stage and the finish fit, the pair does not
     assert plan_eta(stages, finish, tight) == pytest.approx(stages[0].estimate_s + finish)
     assert "(if time allows)" in plan_line(stages, Budget(tight), finish)
+
+
+def test_finetune_top_takes_the_time_of_the_pair_and_the_second_backbone_when_the_budget_is_short():
+    from catsdogs.fit_plan import ROOM_NOTE, expected_stages, finish_seconds, make_room
+
+    def stages_for(budget: float):
+        return plan(["a", "b"], {"a": 10.0, "b": 10.0}, 1000, Budget(budget)), finish_seconds(1000, 10.0)
+
+    stages, finish = stages_for(10_000)
+    full = sum(stage.estimate_s for stage in stages) + finish
+    assert make_room(stages, finish, full) == []  # everything fits: nothing skipped
+    stages, finish = stages_for(full - 1)
+    skipped = make_room(stages, finish, full - 1)
+    assert [stage.name for stage in skipped] == ["heads a+b"] and skipped[0].note == ROOM_NOTE  # the pair first
+    assert stages[-1] in expected_stages(stages, finish, full - 1)
+    short = full - stages[2].estimate_s - 1
+    stages, finish = stages_for(short)
+    assert [stage.name for stage in make_room(stages, finish, short)] == ["heads a+b", "heads b"]
+    hopeless = stages[0].estimate_s + finish + 1  # finetune-top cannot fit even alone: the plan is left as it was
+    stages, finish = stages_for(hopeless)
+    assert make_room(stages, finish, hopeless) == [] and all(stage.status == "planned" for stage in stages)
+
+
+def test_stages_the_budget_cannot_hold_are_skipped_at_planning_with_the_budget_that_would():
+    from catsdogs.fit_plan import finish_seconds, plan_eta, skip_unexpected
+    from catsdogs.fit_report import fit_section
+
+    stages = plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(500))
+    finish = finish_seconds(1000, 10.0)
+    eta = plan_eta(stages, finish, 500)
+    skipped = skip_unexpected(stages, finish, Budget(500))
+    assert [stage.name for stage in skipped] == ["finetune-top best backbone"] and skipped[0].status == "skipped"
+    need = math.ceil((sum(stage.estimate_s for stage in stages) + finish) / 60)  # every stage before it runs
+    assert f"give budget {need}m or more" in skipped[0].note
+    assert plan_eta(stages, finish, 500) == pytest.approx(eta)  # what the plan expected still runs, nothing more
+    assert skip_unexpected(stages, finish, Budget(500)) == []
+    skipped[0].note = "<script>alert(1)</script>"  # the report escapes what it shows
+    record = {"stages": [vars(stage) for stage in stages], "chosen": "a", "chosen_on": "validation accuracy"}
+    assert "<script>" not in fit_section(record) and "&lt;script&gt;" in fit_section(record)

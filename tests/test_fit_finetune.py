@@ -11,7 +11,7 @@ import pytest
 import catsdogs
 from catsdogs import fit_finetune
 from catsdogs.budget import Budget
-from catsdogs.fitting import Stage, finetune_stage, plan_line
+from catsdogs.fit_plan import Stage, finetune_stage, plan_line
 
 from helpers import make_photo
 

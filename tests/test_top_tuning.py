@@ -12,8 +12,7 @@ import pytest
 import catsdogs
 from catsdogs.errors import UsageError
 from catsdogs.models.backbones import get_backbone
-from catsdogs.models.frozen import build_heads
-from catsdogs.trainers.top_tuning import split_base
+from catsdogs.models.frozen import branch_extractor, build_heads, split_base, top_inputs_extractor
 
 from helpers import make_class_folders
 
@@ -32,6 +31,38 @@ def test_the_cut_base_computes_what_the_whole_base_computes():
 def test_a_base_without_a_known_cut_is_refused_by_name():
     with pytest.raises(UsageError, match="finetune-top does not know where to cut vgg16"):
         get_backbone("vgg16").tuned_from(None)
+
+
+def test_one_forward_pass_gives_the_features_and_the_top_inputs():
+    model = build_heads(64, backbone="mobilenetv2", weights=None, num_classes=2)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    features, stacked = top_inputs_extractor(model, "mobilenetv2", with_features=True).predict_on_batch(images)
+    expected = branch_extractor(model, "mobilenetv2").predict_on_batch(images)
+    alone = top_inputs_extractor(model, "mobilenetv2").predict_on_batch(images)
+    for got, want in ((features, expected), (stacked, alone)):  # random weights: tiny values, compared relatively
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+    assert stacked.shape[1] == 2 and not np.allclose(stacked[:, 0], stacked[:, 1], rtol=0.01, atol=0)  # and mirror
+
+
+@pytest.mark.slow
+def test_heads_keep_the_top_inputs_and_finetune_top_extracts_nothing_again(tmp_path: Path, monkeypatch):
+    from catsdogs.trainers import features
+
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    catsdogs.prepare(make_class_folders(tmp_path / "photos", per_class=8, names=("ants", "bees")), data)
+    common = dict(data=data, backbone="mobilenetv2", image_size=64, calibration=False, cache_dir=cache,
+                  model_options={"weights": None})
+    catsdogs.train(model="heads", out=tmp_path / "heads", keep_top_inputs=True, **common)
+    kept = sorted(path.name.rsplit("-", 1)[-1] for path in cache.glob("features-*.npy")
+                  if np.load(path, mmap_mode="r").ndim == 5)
+    assert kept == ["train.npy", "validation.npy"]
+    extracted = []
+    for name in ("extract_features", "extract_jointly"):
+        real = getattr(features, name)
+        monkeypatch.setattr(features, name, lambda *args, real=real, name=name, **kwargs: (extracted.append(name),
+                                                                                              real(*args, **kwargs))[1])
+    run = catsdogs.train(model="finetune-top", out=tmp_path / "top", epochs=1, **common)
+    assert run.config["status"] == "complete" and extracted == []  # its inputs came from the heads' forward pass
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
-"""The fine-tuning stages of `catsdogs fit`, as fastai's `fine_tune` does, on the best single backbone.
-
-(c) `finetune-top` (catsdogs.trainers.top_tuning): the base's last stage tuned on its cached inputs, the rest of
-the base run once per photo and view: about two `heads` stages' time, within the default budget on a laptop CPU.
+"""Stage (e) of `catsdogs fit`, fine-tuning on the photos as fastai's `fine_tune` does, on the best single backbone
+(stage (c), `finetune-top`, tunes the base's last stage on cached inputs: catsdogs.trainers.top_tuning; its plan
+is catsdogs.fit_plan's).
 
 (e) the top of the base tuned on the photos with augmentation: the head first (a `transfer` run: frozen base,
 augmentation, `HEAD_EPOCHS` epochs), then the base's top block unfrozen (a `finetune` run from it, `--from-run`):
@@ -25,22 +24,6 @@ BATCH, RANGE_STEPS = 32, 100
 MIN_RATE, MAX_RATE = 1e-5, 1e-3  # the range test's suggestion is kept inside these
 OVERHEAD_S = 30.0  # building and saving the models twice, checking the engine
 NAME = "fine-tuning"
-# finetune-top, measured on TrashNet (EfficientNet-Lite2 at 260 px, docs/fit.md): a training example of the top
-# (forward and backward) costs TOP_COST of a forward pass of the whole base, its forward alone TOP_FORWARD
-TOP_EPOCHS, TOP_COST, TOP_FORWARD, TOP_RANGE_STEPS, TOP_BATCH = 5, 0.2, 0.08, 40, 32
-TOP_NAME = "finetune-top"
-
-
-def top_estimate_seconds(photos: int, speed: float, fixed_s: float) -> float:
-    """Seconds of `finetune-top` for `photos` (all splits) at `speed` forward images per second of the base, with
-    `fixed_s` for building, saving and the head (as a `heads` stage)."""
-    train, validation = 2 * TRAIN_SHARE * photos, 2 * VALIDATION_SHARE * photos  # two views of each photo
-    extraction = (train + validation) / speed
-    range_test = TOP_RANGE_STEPS * TOP_BATCH * TOP_COST / speed
-    epochs = TOP_EPOCHS * (train * TOP_COST + (train + validation) * TOP_FORWARD / TOP_EPOCHS + validation * TOP_FORWARD)
-    return fixed_s + extraction + range_test + epochs / speed
-
-
 def estimate_seconds(photos: int, speed: float) -> float:
     """Seconds of the stage for `photos` (all splits) at `speed` forward images per second of the base."""
     train, validation = TRAIN_SHARE * photos / speed, VALIDATION_SHARE * photos / speed

@@ -6,14 +6,15 @@ RUN/candidates/ and each kept only if it beats the earlier ones on validation:
   (a) `heads` on each candidate backbone: flip-averaged features of a frozen ImageNet base, cached, and the better
       on validation of a logistic-regression head (C tuned) and a dense head;
   (b) `heads` on the two best backbones together (their features side by side);
-  (c) `finetune-top` on the best single backbone: its last blocks tuned on their cached inputs (trainers.top_tuning);
+  (c) `finetune-top` on the best single backbone: its last blocks tuned on the inputs (a) cached (trainers.top_tuning);
   (d) `heads` on the best single backbone at a higher resolution, when the photos are large;
   (e) fine-tuning of the best backbone on the photos (catsdogs.fit_finetune), when the budget holds it.
 The stage with the best validation accuracy (then log loss) is copied to RUN (an ordinary run folder), evaluated
 once on the test split, its photos audited with its own cached features, and RUN/report.html written.
 
 `budget` (default 10 minutes): this machine's speed on each backbone is measured on a few images first, the
-stages are planned to fit, the plan and its ETA printed; a stage that no longer fits is skipped. `budget=0`:
+stages are planned to fit (catsdogs.fit_plan: what the budget cannot hold is skipped at planning, saying what
+budget would), the plan and its ETA printed; a stage that no longer fits when it comes is skipped. `budget=0`:
 no budget, stage (a) only. Re-running the same call continues where it stopped (finished stages are kept).
 """
 
@@ -27,13 +28,29 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from catsdogs import fit_finetune
 from catsdogs.budget import Budget, format_seconds, parse_duration
 from catsdogs.data_files import prepared_from, read_manifest, read_record
 from catsdogs.errors import UsageError
+from catsdogs.fit_plan import (
+    BEST,
+    MAX_PACE,
+    MIN_PACE,
+    TOP_NAME,
+    Stage,
+    finetune_stage,
+    finish_seconds,
+    make_room,
+    measure_speed,
+    plan,
+    plan_eta,
+    plan_line,
+    resolution_stage,
+    skip_unexpected,
+)
 from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare
 from catsdogs.run_files import CLASSES, CONFIG, CURVES, HISTORY, MODEL, read_json, write_json
 from catsdogs.runs import Run
@@ -43,18 +60,9 @@ FIT_RECORD = "fit.json"
 DEFAULT_BUDGET = "10m"
 UNBALANCED = 1.5  # largest / smallest class above this: class_weight="balanced"
 RUN_FILES = (CONFIG, CLASSES, MODEL, HISTORY, CURVES, "learning_curve.json", "learning_curve.png")
-# calibrated on TrashNet's default fit on a quiet machine (docs/fit.md: the ETA within 8% there, 23% under load)
-OVERHEAD_S = 5.0  # per stage: building the bases and the models, saving the run
-HEADS_S_PER_PHOTO = 0.008  # per stage: the logistic C path, the dense head and the learning curve (~20 s for 2500)
-TRAINED_SHARE = 0.85  # of the photos, the train and validation splits (whose features a stage extracts)
-FIXED_S = 15.0  # calibration, evaluation, audit and report, on top of the stages (scaled with the photos below)
-FIXED_S_PER_PHOTO = 0.01
-MIN_PACE, MAX_PACE = 0.5, 3.0  # the measured speed is from a few images: the stages' times correct it
-MAX_RESOLUTION, LARGER = 384, 1.25  # the resolution stage: up to 384 px, for photos 1.25x the base's input
 # what `overwrite` leaves in a finished OUT: the features cache (keyed by the photos' content and the weights, so
 # a refit after corrections reuses it) and catsdogs review's decisions (the corrections a refit applies)
 KEPT_ON_OVERWRITE = ("cache", "corrections.csv", "labeled.csv")
-BEST = "best"  # a stage's backbone chosen when it starts (the best single one so far)
 
 
 def default_candidates() -> list[str]:
@@ -66,27 +74,6 @@ def default_candidates() -> list[str]:
 def say(message: str) -> None:
     """A progress message on the `catsdogs` logger (shown from verbosity 1, catsdogs.verbosity)."""
     logging.getLogger(__name__).info(f"[fit] {message}")
-
-
-@dataclass
-class Stage:
-    """One planned stage: a `heads` run on one backbone or several (`a+b`), and its estimated seconds."""
-
-    name: str
-    backbone: str
-    estimate_s: float
-    status: str = "planned"  # planned, done, skipped
-    seconds: float | None = None
-    val_accuracy: float | None = None
-    val_loss: float | None = None
-    image_size: int | None = None  # a higher resolution than the base's own
-    model: str = "heads"  # or "finetune-top" (stage c), "finetune" (d)
-    learning_rate: float | None = None  # fine-tuning's peak rate, from the range test
-
-    @property
-    def folder(self) -> str:
-        prefix = {"finetune": "finetune-", fit_finetune.TOP_NAME: "top-"}.get(self.model, "")
-        return prefix + self.backbone + (f"@{self.image_size}" if self.image_size else "")
 
 
 def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None = None,
@@ -147,7 +134,13 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         stages.append(larger)
     finish_s = finish_seconds(photos, speeds[candidates[0]])
     if not limit.unlimited:
+        if skipped := make_room(stages, finish_s, limit.left()):
+            say(f"{' and '.join(stage.name for stage in skipped)}: {skipped[0].note}")
         stages.append(finetune_stage(stages, speeds, photos, limit, finish_s))
+        if stages[-1].note:
+            say(stages[-1].note)
+        for stage in skip_unexpected(stages, finish_s, limit):
+            say(f"{stage.name}: {stage.note}")
     say(plan_line(stages, limit, finish_s))
     planned = {"eta_s": round(plan_eta(stages, finish_s, limit.left()), 1), "at_s": round(limit.elapsed(), 1)}
     with weights_cache(cache / "keras"), contextlib.redirect_stdout(sys.stderr):  # stdout: the result line only
@@ -168,110 +161,6 @@ def _count_photos(source, data) -> int:
     from catsdogs.sources import scan_source
 
     return len(scan_source(Path(source)).files)
-
-
-def measure_speed(backbone: str, batch: int | None = None) -> float:
-    """Images per second of the frozen base of `backbone` here (Keras, after one warm-up batch; the faster of two
-    timed batches, a busy moment counting less), at the batch size that extraction uses."""
-    import numpy as np
-
-    from catsdogs.images import batch_for
-    from catsdogs.models.backbones import get_backbone
-
-    spec = get_backbone(backbone)
-    batch = batch or batch_for(spec.image_size)
-    base = spec.build_base(spec.image_size)
-    images = np.random.default_rng(0).uniform(-1, 1, (batch, spec.image_size, spec.image_size, 3)).astype("float32")
-    base.predict_on_batch(images)
-    times = []
-    for _ in range(2):
-        started = time.perf_counter()
-        base.predict_on_batch(images)
-        times.append(time.perf_counter() - started)
-    return batch / max(min(times), 1e-3)
-
-
-def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Budget) -> list[Stage]:
-    """The stages and their estimated seconds: (a) each backbone, (b) the two first together; a UsageError when
-    the budget cannot hold even the first stage."""
-    def extraction(name: str) -> float:  # two views of each train and validation photo, then the heads
-        return 2 * TRAINED_SHARE * photos / speeds[name] + stage_fixed_seconds(photos)
-
-    stages = [Stage(f"heads {name}", name, extraction(name)) for name in candidates]
-    if len(candidates) >= 2:
-        pair = "+".join(candidates[:2])
-        stages.append(Stage(f"heads {pair}", pair, extraction(candidates[1]) + OVERHEAD_S))  # a second base built
-    fixed = finish_seconds(photos, speeds[candidates[0]])
-    if not limit.unlimited and stages[0].estimate_s + fixed > limit.seconds:
-        need = format_seconds(stages[0].estimate_s + fixed)
-        raise UsageError(f"budget {format_seconds(limit.seconds)} is too small for even the first stage (heads on "
-                         f"{candidates[0]}, about {need} for {photos} photos here); give budget at least {need}, "
-                         "or 0 for no budget", "budget")
-    if limit.unlimited:
-        return stages[:len(candidates)]
-    top = fit_finetune.top_estimate_seconds(photos, speeds[candidates[0]], stage_fixed_seconds(photos))
-    return stages + [Stage(f"{fit_finetune.TOP_NAME} best backbone", BEST, top, model=fit_finetune.TOP_NAME)]
-
-
-def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
-    """(c) the best single backbone again at a higher resolution, when the photos are at least 1.25x larger than
-    its input (their median shorter side, up to 384 px): fine detail (textures, materials) then shows."""
-    from catsdogs.models.backbones import get_backbone
-
-    sides = sorted(min(int(row["width"]), int(row["height"])) for row in read_manifest(data_dir, "train"))
-    native = get_backbone(stages[0].backbone).image_size
-    size = min(MAX_RESOLUTION, sides[len(sides) // 2] // 32 * 32) if sides else 0
-    if size < LARGER * native:
-        return None
-    fixed = stage_fixed_seconds(len(read_manifest(data_dir)))  # fitting the heads does not grow with the pixels
-    estimate = (stages[0].estimate_s - fixed) * (size / native) ** 2 + fixed
-    return Stage(f"heads best backbone at {size} px", BEST, estimate, image_size=size)
-
-
-def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget, finish_s: float) -> Stage:
-    """(d) fine-tuning the best single backbone (catsdogs.fit_finetune), planned at the first candidate's speed;
-    skipped at once, saying why, when the budget cannot hold it after the other stages and `finish_s`."""
-    estimate = fit_finetune.estimate_seconds(photos, speeds[stages[0].backbone])
-    stage = Stage(f"{fit_finetune.NAME} best backbone", BEST, estimate, model="finetune")
-    if reason := fit_finetune.skip_reason(estimate, sum(s.estimate_s for s in stages) + finish_s, limit):
-        stage.status = "skipped"
-        say(reason)
-    return stage
-
-
-def stage_fixed_seconds(photos: int) -> float:  # a stage's seconds besides extracting: building, saving, heads
-    return OVERHEAD_S + HEADS_S_PER_PHOTO * photos
-
-
-def finish_seconds(photos: int, speed: float) -> float:
-    """After the stages: calibration, the test split's features (two views), evaluation, audit and report."""
-    return 2 * (1 - TRAINED_SHARE) * photos / speed + FIXED_S + FIXED_S_PER_PHOTO * photos
-
-
-def expected_stages(stages: list[Stage], finish_s: float, left: float) -> list[Stage]:
-    """The planned stages expected to run: in order, each that still fits the time `left` with the finish
-    reserved (as `_run_stages` decides; the first always runs)."""
-    expected, total = [], 0.0
-    for stage in (s for s in stages if s.status != "skipped"):
-        if not expected or total + stage.estimate_s + finish_s <= left:
-            expected.append(stage)
-            total += stage.estimate_s
-    return expected
-
-
-def plan_eta(stages: list[Stage], finish_s: float, left: float = float("inf")) -> float:
-    """Seconds from the plan to the end: the stages expected to run within `left` seconds, then the finish."""
-    return sum(stage.estimate_s for stage in expected_stages(stages, finish_s, left)) + finish_s
-
-
-def plan_line(stages: list[Stage], limit: Budget, finish_s: float) -> str:
-    expected = expected_stages(stages, finish_s, limit.left())
-    steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}"
-                      + ("" if stage in expected else " (if time allows)") for stage in stages
-                      if stage.status != "skipped")
-    within = "no budget" if limit.unlimited else f"budget {format_seconds(limit.seconds)}"
-    return (f"plan ({within}): {steps}; then calibration, test, audit and report ~{format_seconds(finish_s)}; "
-            f"ETA {format_seconds(plan_eta(stages, finish_s, limit.left()))}")
 
 
 def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class_weight: str | None, cache: Path,
@@ -301,9 +190,11 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
             result = fit_finetune.run_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed,
                                             class_weight, cache, distribute)
             stage.learning_rate = result["learning_rate"]
-        else:
+        else:  # a single base's heads keep the inputs of its top when finetune-top is to tune it
+            keep = stage.model == "heads" and "+" not in stage.backbone and not stage.image_size and \
+                any(s.model == TOP_NAME and s.status == "planned" for s in stages)
             result = _train_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight,
-                                  cache, distribute, stage.image_size, stage.model)
+                                  cache, distribute, stage.image_size, stage.model, keep_top_inputs=keep)
         stage.seconds = round(time.monotonic() - started, 1)
         stage.status, stage.val_accuracy, stage.val_loss = "done", result["val_accuracy"], result["val_loss"]
         _forget_models()
@@ -327,17 +218,18 @@ def _forget_models() -> None:
 
 
 def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weight: str | None, cache: Path,
-                 distribute: str | None, image_size: int | None = None, model: str = "heads") -> dict:
+                 distribute: str | None, image_size: int | None = None, model: str = "heads", *,
+                 keep_top_inputs: bool = False) -> dict:
     """Train (or reuse) the `heads` (or `finetune-top`) run of one stage; its validation numbers (the saved
     epoch's, chosen on validation accuracy)."""
     status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
     if status != "complete":
         say(f"{model} {backbone}{f' at {image_size} px' if image_size else ''}: "
             + ("extracting flip-averaged features and fitting the heads" if model == "heads" else
-               "caching the inputs of the base's last stage, the head first, then tuning that stage"))
+               "the head first, then the base's last stage tuned on its cached inputs"))
         train(TrainOptions(data=data_dir, model=model, out=run, backbone=backbone, seed=seed, image_size=image_size,
                            class_weight=class_weight, cache_dir=cache, overwrite=True, distribute=distribute,
-                           calibration=False, monitor="val_accuracy"))
+                           calibration=False, monitor="val_accuracy", keep_top_inputs=keep_top_inputs))
     best = Run(run).saved_epoch
     return {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"])}
 

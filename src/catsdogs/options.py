@@ -77,6 +77,8 @@ class TrainOptions:
                              "matrix and misclassified validation photos) or mlflow (params, metrics, artifacts, "
                              "to the tracking URI in MLFLOW_TRACKING_URI; pip install 'catsdogs[mlflow]')")
     model_options: dict = field(default_factory=dict, metadata={"cli": False})  # the builder's own options
+    # heads on one base: also cache the inputs of its top for `finetune-top` (catsdogs fit's stage a)
+    keep_top_inputs: bool = field(default=False, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         for name in ("data", "model", "out"):

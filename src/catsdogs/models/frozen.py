@@ -46,6 +46,35 @@ def branch_extractor(model: keras.Model, name: str) -> keras.Model:
     return keras.Model(model.inputs, model.get_layer(branch_layer(name)).output, name=f"extractor_{name}")
 
 
+def split_base(base: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]:
+    """(bottom, top) of a functional base cut after `layer`: the same layers, no copy. The bottom is named after the
+    base (the features cache keys it by that name, its input and its weights)."""
+    cut = base.get_layer(layer).output
+    return keras.Model(base.inputs, cut, name=base.name), keras.Model(cut, base.output, name=f"{base.name}_top")
+
+
+def top_inputs_extractor(model: keras.Model, name: str, *, with_features: bool = False) -> keras.Model:
+    """Images -> the inputs of base `name`'s top (`Backbone.tuned_from`) for the photo and its mirror, stacked:
+    (batch, 2, h, w, c), the model's own layers. `finetune-top` tunes the top on them. `with_features`: two
+    outputs, the base's flip-averaged features (its branch of `model`, computed on from the top's inputs) and the
+    top's inputs: one forward pass for both (`heads` caches the second beside its features when asked,
+    `TrainOptions.keep_top_inputs`, so that tuning extracts nothing again)."""
+    layer = get_backbone(name).tuned_from(model.get_layer(name))
+    bottom, top = split_base(model.get_layer(name), layer)
+    names, views, pooled = {item.name for item in model.layers}, [], []
+    for tag, view in (("image", model.inputs[0]), ("mirror", model.get_layer("mirror").output)):
+        x = model.get_layer(f"preprocess_{name}_{tag}").output if f"preprocess_{name}_{tag}" in names else view
+        y = bottom(x)
+        views.append(layers.Reshape((1, *y.shape[1:]), name=f"view_{tag}")(y))
+        if with_features:
+            pooled.append(model.get_layer(f"pool_{name}")(top(y)))
+    stacked = layers.Concatenate(axis=1, name=f"top_inputs_{layer}")(views)
+    if not with_features:
+        return keras.Model(model.inputs, stacked, name=f"top_inputs_{name}")
+    features = layers.Average(name=f"features_from_top_{name}")(pooled)
+    return keras.Model(model.inputs, [features, stacked], name=f"features_and_top_inputs_{name}")
+
+
 def build_heads(image_size: int | None = None, *, backbone: str | None = None, weights: str | None = "imagenet",
                 learning_rate: float = HEADS_LEARNING_RATE, seed: int | None = None, num_classes: int = 2) -> keras.Model:
     """Frozen base(s) with flip-averaged pooled features and a logistic-regression head (untrained)."""

@@ -13,6 +13,7 @@ stored beside the features; labels always come from the current manifest, rows i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -131,9 +132,13 @@ def choose_forward(extractor: keras.Model, first_batch: np.ndarray, count: int,
 
 
 def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path,
-                    chosen: dict | None = None, dtype=np.float32) -> SplitArrays:
+                    chosen: dict | None = None, dtype=np.float32, companions: Sequence[tuple] = (),
+                    joint: keras.Model | None = None) -> SplitArrays:
     """The features of a split as SplitArrays (features in `images`, labels from the current manifest), from the
-    cache or computed and cached (`chosen`: see `extract_features`; `dtype`: as they are stored)."""
+    cache or computed and cached (`chosen`: see `extract_features`; `dtype`: as they are stored). `companions`,
+    (extractor, dtype) pairs, are cached beside when the split is extracted, in one forward pass of `joint` (a
+    Keras model whose outputs are the extractor's, then each companion's): what a later run will read (`heads`
+    keeps the inputs of its base's top for `finetune-top`)."""
     rows = read_manifest(context.options.data, split)
     ids = photo_ids(rows)
     labels = np.array([context.config["classes"].index(row["class"]) for row in rows], dtype=np.int32)
@@ -142,14 +147,36 @@ def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path
     if features is None:
         images = context.split(split)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as partial:
-            batch = min(context.options.batch_size, batch_for(int(extractor.input_shape[1])))
-            features = extract_features(extractor, images.images, batch, split, out=partial,
-                                        chosen=chosen, engine=context.options.engine, dtype=dtype)
-            del features  # unmapped before the rename
-        save_ids(ids_file(path), ids)
+        batch = min(context.options.batch_size, batch_for(int(extractor.input_shape[1])))
+        outputs = [(dtype, path)] + [(kind, cache_file(cache_dir, other, ids, split)) for other, kind in companions]
+        with contextlib.ExitStack() as stack:
+            partials = [(kind, stack.enter_context(atomic_path(out))) for kind, out in outputs]
+            if companions:
+                extract_jointly(joint, partials, images.images, batch, split)
+            else:  # the map it returns is dropped (unmapped) before the rename
+                extract_features(extractor, images.images, batch, split, out=partials[0][1], chosen=chosen,
+                                 engine=context.options.engine, dtype=dtype)
+        for _, out in outputs:
+            save_ids(ids_file(out), ids)
         features = load_features(path)
     return SplitArrays(features, labels, [], context.config["classes"])
+
+
+def extract_jointly(joint: keras.Model, targets: Sequence[tuple], images: np.ndarray, batch_size: int,
+                    label: str) -> None:
+    """`joint`'s outputs over uint8 images (an array or shards) in one Keras forward pass, each into its
+    (dtype, .npy path) of `targets` as they come (memory: one batch)."""
+    maps = [np.lib.format.open_memmap(path, mode="w+", dtype=kind, shape=(len(images), *output.shape[1:]))
+            for (kind, path), output in zip(targets, joint.outputs, strict=True)]
+    bar = progress(len(images), f"extracting {label} features (keras)", unit="images")
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start:start + batch_size]).astype(np.float32)
+        for target, values in zip(maps, joint.predict_on_batch(batch)):
+            target[start:start + len(batch)] = keras.ops.convert_to_numpy(values)
+        bar.update(len(batch))
+    bar.close()
+    for target in maps:
+        target.flush()
 
 
 def load_features(path: Path) -> np.ndarray:

@@ -17,7 +17,8 @@ import keras
 import numpy as np
 
 from catsdogs.decision import class_probabilities
-from catsdogs.models.frozen import backbone_names, branch_extractor, dense_head, logistic_head, with_head
+from catsdogs.errors import UsageError
+from catsdogs.models.frozen import backbone_names, branch_extractor, dense_head, logistic_head, top_inputs_extractor, with_head
 from catsdogs.run_files import HISTORY
 from catsdogs.timing import timed
 from catsdogs.trainers.features import CACHE_SUBDIR, cached_features
@@ -33,10 +34,25 @@ def split_features(model: keras.Model, context, split: str) -> tuple[np.ndarray,
     # Keras extracts: ONNX Runtime is as fast here only with its memory arena, which holds ~2 GB more for
     # EfficientNet-Lite2's two views (and exporting peaks ~1.8 GB higher): docs/performance.md
     distributed = context.distribution is not None and context.distribution.strategy is not None
+    keep = () if distributed or len(extractors) > 1 else _top_inputs(model, context)
     parts = [cached_features(extractor, context, split, cache_dir,  # distributed: each worker its own graph
-                             None if distributed else {"forward": extractor.predict_on_batch, "engine": "keras"})
+                             None if distributed else {"forward": extractor.predict_on_batch, "engine": "keras"},
+                             *keep)
              for extractor in extractors]
     return np.concatenate([np.asarray(part.images, np.float32) for part in parts], axis=1), np.asarray(parts[0].labels)
+
+
+def _top_inputs(model: keras.Model, context) -> tuple:
+    """(dtype, companions, joint) for `cached_features` when the run keeps the inputs of its base's top (float16,
+    one forward pass with the features), or () (not asked, or a family whose blocks finetune-top does not know)."""
+    if not context.options.keep_top_inputs:
+        return ()
+    name = backbone_names(context.options.backbone)[0]
+    try:
+        companion = top_inputs_extractor(model, name)
+    except UsageError:
+        return ()
+    return np.float32, [(companion, np.float16)], top_inputs_extractor(model, name, with_features=True)
 
 
 def scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

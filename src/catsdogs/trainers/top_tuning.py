@@ -24,7 +24,7 @@ from keras import layers
 
 from catsdogs.errors import UsageError
 from catsdogs.models.backbones import get_backbone
-from catsdogs.models.frozen import backbone_names, branch_extractor, with_head
+from catsdogs.models.frozen import backbone_names, branch_extractor, split_base, top_inputs_extractor, with_head
 from catsdogs.run_files import HISTORY, best_row
 from catsdogs.trainers.features import CACHE_SUBDIR, cache_file, cached_features, save_cached
 from catsdogs.trainers.heads import fit_logistic, scores
@@ -35,25 +35,6 @@ BATCH, DROPOUT, WEIGHT_DECAY = 32, 0.2, 0.01
 # test suggests far less (TrashNet: 6e-06 to 2e-05), at which the top does not move in 5 epochs
 MIN_RATE, MAX_RATE = 3e-4, 1e-3
 RANGE_STEPS, PATIENCE = 40, 3
-
-
-def split_base(base: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]:
-    """(bottom, top) of a functional base cut after `layer`: the same layers, no copy. The bottom is named after the
-    base (the features cache keys it by that name, its input and its weights)."""
-    cut = base.get_layer(layer).output
-    return keras.Model(base.inputs, cut, name=base.name), keras.Model(cut, base.output, name=f"{base.name}_top")
-
-
-def top_inputs_extractor(model: keras.Model, bottom: keras.Model, layer: str) -> keras.Model:
-    """Images -> the bottom's output for the photo and its mirror, stacked: (batch, 2, h, w, c)."""
-    name, names = bottom.name, {item.name for item in model.layers}
-    views = []
-    for tag, view in (("image", model.inputs[0]), ("mirror", model.get_layer("mirror").output)):
-        x = model.get_layer(f"preprocess_{name}_{tag}").output if f"preprocess_{name}_{tag}" in names else view
-        y = bottom(x)
-        views.append(layers.Reshape((1, *y.shape[1:]), name=f"view_{tag}")(y))
-    return keras.Model(model.inputs, layers.Concatenate(axis=1, name=f"top_inputs_{layer}")(views),
-                       name=f"top_inputs_{name}")
 
 
 def pooled_views(pool: keras.Model, inputs: np.ndarray) -> np.ndarray:
@@ -76,8 +57,8 @@ def fit_top(model: keras.Model, context) -> dict:
     spec = get_backbone(names[0])
     base = model.get_layer(spec.name)
     cut = spec.tuned_from(base)
-    bottom, top = split_base(base, cut)
-    extractor = top_inputs_extractor(model, bottom, cut)
+    _, top = split_base(base, cut)
+    extractor = top_inputs_extractor(model, spec.name)  # cached by the `heads` stage before it in `catsdogs fit`
     cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
     started = time.perf_counter()
     keras_forward = {"forward": extractor.predict_on_batch, "engine": "keras"}

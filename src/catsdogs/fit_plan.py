@@ -1,0 +1,207 @@
+"""The plan of `catsdogs fit`: this machine's speed on each backbone, the stages and their estimated seconds
+against the budget, the ETA. Running the stages is catsdogs.fitting's; this module only decides and estimates.
+
+Estimates are the measured speed (images per second of the frozen base) times the images a stage runs, plus
+per-stage and per-photo constants calibrated on TrashNet's default fit (docs/fit.md); while the stages run, their
+actual / estimated time scales the later estimates (MIN_PACE..MAX_PACE).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from catsdogs import fit_finetune
+from catsdogs.budget import Budget, format_seconds
+from catsdogs.data_files import read_manifest
+from catsdogs.errors import UsageError
+from catsdogs.fit_finetune import TRAIN_SHARE, VALIDATION_SHARE
+
+# calibrated on TrashNet's default fit on a quiet machine (docs/fit.md: the ETA within 8% there, 23% under load)
+OVERHEAD_S = 5.0  # per stage: building the bases and the models, saving the run
+HEADS_S_PER_PHOTO = 0.008  # per stage: the logistic C path, the dense head and the learning curve (~20 s for 2500)
+TRAINED_SHARE = 0.85  # of the photos, the train and validation splits (whose features a stage extracts)
+FIXED_S = 15.0  # calibration, evaluation, audit and report, on top of the stages (scaled with the photos below)
+FIXED_S_PER_PHOTO = 0.01
+MIN_PACE, MAX_PACE = 0.5, 3.0  # the measured speed is from a few images: the stages' times correct it
+MAX_RESOLUTION, LARGER = 384, 1.25  # the resolution stage: up to 384 px, for photos 1.25x the base's input
+BEST = "best"  # a stage's backbone chosen when it starts (the best single one so far)
+# finetune-top, measured on TrashNet (EfficientNet-Lite2 at 260 px, docs/fit.md): a training example of the top
+# (forward and backward) costs TOP_COST of a forward pass of the whole base, its forward alone TOP_FORWARD; its
+# inputs are cached by the `heads` stage of the same base (TrainOptions.keep_top_inputs)
+TOP_NAME = "finetune-top"
+TOP_EPOCHS, TOP_COST, TOP_FORWARD, TOP_RANGE_STEPS, TOP_BATCH = 5, 0.27, 0.08, 40, 32
+ROOM_NOTE = f"skipped at planning to leave time for {TOP_NAME}"
+
+
+@dataclass
+class Stage:
+    """One planned stage: a `heads` run on one backbone or several (`a+b`), and its estimated seconds."""
+
+    name: str
+    backbone: str
+    estimate_s: float
+    status: str = "planned"  # planned, done, skipped
+    seconds: float | None = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    image_size: int | None = None  # a higher resolution than the base's own
+    model: str = "heads"  # or "finetune-top" (stage c), "finetune" (e)
+    learning_rate: float | None = None  # fine-tuning's peak rate, from the range test
+    note: str | None = None  # why it was skipped at planning
+
+    @property
+    def folder(self) -> str:
+        prefix = {"finetune": "finetune-", TOP_NAME: "top-"}.get(self.model, "")
+        return prefix + self.backbone + (f"@{self.image_size}" if self.image_size else "")
+
+
+def measure_speed(backbone: str, batch: int | None = None) -> float:
+    """Images per second of the frozen base of `backbone` here (Keras, after one warm-up batch; the faster of two
+    timed batches, a busy moment counting less), at the batch size that extraction uses."""
+    import numpy as np
+
+    from catsdogs.images import batch_for
+    from catsdogs.models.backbones import get_backbone
+
+    spec = get_backbone(backbone)
+    batch = batch or batch_for(spec.image_size)
+    base = spec.build_base(spec.image_size)
+    images = np.random.default_rng(0).uniform(-1, 1, (batch, spec.image_size, spec.image_size, 3)).astype("float32")
+    base.predict_on_batch(images)
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        base.predict_on_batch(images)
+        times.append(time.perf_counter() - started)
+    return batch / max(min(times), 1e-3)
+
+
+def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Budget) -> list[Stage]:
+    """The stages and their estimated seconds: (a) each backbone, (b) the two first together, (c) finetune-top;
+    a UsageError when the budget cannot hold even the first stage."""
+    def extraction(name: str) -> float:  # two views of each train and validation photo, then the heads
+        return 2 * TRAINED_SHARE * photos / speeds[name] + stage_fixed_seconds(photos)
+
+    stages = [Stage(f"heads {name}", name, extraction(name)) for name in candidates]
+    if len(candidates) >= 2:
+        pair = "+".join(candidates[:2])
+        stages.append(Stage(f"heads {pair}", pair, extraction(candidates[1]) + OVERHEAD_S))  # a second base built
+    fixed = finish_seconds(photos, speeds[candidates[0]])
+    if not limit.unlimited and stages[0].estimate_s + fixed > limit.seconds:
+        need = format_seconds(stages[0].estimate_s + fixed)
+        raise UsageError(f"budget {format_seconds(limit.seconds)} is too small for even the first stage (heads on "
+                         f"{candidates[0]}, about {need} for {photos} photos here); give budget at least {need}, "
+                         "or 0 for no budget", "budget")
+    if limit.unlimited:
+        return stages[:len(candidates)]
+    top = top_estimate_seconds(photos, speeds[candidates[0]], stage_fixed_seconds(photos))
+    return stages + [Stage(f"{TOP_NAME} best backbone", BEST, top, model=TOP_NAME)]
+
+
+def top_estimate_seconds(photos: int, speed: float, fixed_s: float) -> float:
+    """Seconds of `finetune-top` for `photos` (all splits) at `speed` forward images per second of the base, with
+    `fixed_s` for building, saving and the head (as a `heads` stage): its inputs are cached already; the range
+    test, the epochs (the training views, then validation) and the top's pooled features of both splits twice
+    (for the head first, then for the features cache under the tuned weights)."""
+    train, validation = 2 * TRAIN_SHARE * photos, 2 * VALIDATION_SHARE * photos  # two views of each photo
+    range_test = TOP_RANGE_STEPS * TOP_BATCH * TOP_COST
+    epochs = TOP_EPOCHS * (train * TOP_COST + validation * TOP_FORWARD)
+    return fixed_s + (range_test + epochs + 2 * (train + validation) * TOP_FORWARD) / speed
+
+
+def make_room(stages: list[Stage], finish_s: float, left: float) -> list[Stage]:
+    """When finetune-top would not fit the time `left`, skip the pair, then the other backbones' heads (the last
+    first), as long as that lets it fit: it gains the most on a laptop CPU (docs/fit.md). The stages skipped."""
+    top = next((s for s in stages if s.model == TOP_NAME and s.status == "planned"), None)
+    optional = [s for s in stages[1:] if s.model == "heads" and not s.image_size and s.status == "planned"][::-1]
+    skipped: list[Stage] = []
+    while top is not None and top not in expected_stages(stages, finish_s, left) and optional:
+        stage = optional.pop(0)
+        stage.status, stage.note = "skipped", ROOM_NOTE
+        skipped.append(stage)
+    if top is not None and top not in expected_stages(stages, finish_s, left):  # no room made: as planned
+        for stage in skipped:
+            stage.status, stage.note = "planned", None
+        return []
+    return skipped
+
+
+def skip_unexpected(stages: list[Stage], finish_s: float, limit: Budget) -> list[Stage]:
+    """Skip at planning each stage that the budget left cannot hold after the stages before it, its `note` saying
+    what budget would: the plan's ETA is then what runs (a stage is never added later, only skipped when the
+    stages run slower than planned). The stages skipped."""
+    expected = expected_stages(stages, finish_s, limit.left())
+    skipped = []
+    for index, stage in enumerate(stages):
+        if stage.status == "planned" and stage not in expected:
+            before = sum(s.estimate_s for s in stages[:index] if s in expected)
+            need = math.ceil((limit.elapsed() + before + stage.estimate_s + finish_s) / 60)
+            stage.status, stage.note = "skipped", f"skipped at planning: the budget cannot hold it after the " \
+                                                  f"stages before it; give budget {need}m or more to run it"
+            skipped.append(stage)
+    return skipped
+
+
+def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
+    """(d) the best single backbone again at a higher resolution, when the photos are at least 1.25x larger than
+    its input (their median shorter side, up to 384 px): fine detail (textures, materials) then shows."""
+    from catsdogs.models.backbones import get_backbone
+
+    sides = sorted(min(int(row["width"]), int(row["height"])) for row in read_manifest(data_dir, "train"))
+    native = get_backbone(stages[0].backbone).image_size
+    size = min(MAX_RESOLUTION, sides[len(sides) // 2] // 32 * 32) if sides else 0
+    if size < LARGER * native:
+        return None
+    fixed = stage_fixed_seconds(len(read_manifest(data_dir)))  # fitting the heads does not grow with the pixels
+    estimate = (stages[0].estimate_s - fixed) * (size / native) ** 2 + fixed
+    return Stage(f"heads best backbone at {size} px", BEST, estimate, image_size=size)
+
+
+def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget, finish_s: float) -> Stage:
+    """(e) fine-tuning the best single backbone (catsdogs.fit_finetune), planned at the first candidate's speed;
+    skipped at once (`note` says why) when the budget cannot hold it after the other stages and `finish_s`."""
+    estimate = fit_finetune.estimate_seconds(photos, speeds[stages[0].backbone])
+    stage = Stage(f"{fit_finetune.NAME} best backbone", BEST, estimate, model="finetune")
+    before = sum(s.estimate_s for s in stages if s.status != "skipped") + finish_s
+    if reason := fit_finetune.skip_reason(estimate, before, limit):
+        stage.status, stage.note = "skipped", reason
+    return stage
+
+
+def stage_fixed_seconds(photos: int) -> float:  # a stage's seconds besides extracting: building, saving, heads
+    return OVERHEAD_S + HEADS_S_PER_PHOTO * photos
+
+
+def finish_seconds(photos: int, speed: float) -> float:
+    """After the stages: calibration, the test split's features (two views), evaluation, audit and report."""
+    return 2 * (1 - TRAINED_SHARE) * photos / speed + FIXED_S + FIXED_S_PER_PHOTO * photos
+
+
+def expected_stages(stages: list[Stage], finish_s: float, left: float) -> list[Stage]:
+    """The planned stages expected to run: in order, each that still fits the time `left` with the finish
+    reserved (as `_run_stages` decides; the first always runs)."""
+    expected, total = [], 0.0
+    for stage in (s for s in stages if s.status != "skipped"):
+        if not expected or total + stage.estimate_s + finish_s <= left:
+            expected.append(stage)
+            total += stage.estimate_s
+    return expected
+
+
+def plan_eta(stages: list[Stage], finish_s: float, left: float = float("inf")) -> float:
+    """Seconds from the plan to the end: the stages expected to run within `left` seconds, then the finish."""
+    return sum(stage.estimate_s for stage in expected_stages(stages, finish_s, left)) + finish_s
+
+
+def plan_line(stages: list[Stage], limit: Budget, finish_s: float) -> str:
+    """The plan as printed: each stage to run and its estimate, the finish, the ETA."""
+    expected = expected_stages(stages, finish_s, limit.left())
+    steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}"
+                      + ("" if stage in expected else " (if time allows)") for stage in stages
+                      if stage.status != "skipped")
+    within = "no budget" if limit.unlimited else f"budget {format_seconds(limit.seconds)}"
+    return (f"plan ({within}): {steps}; then calibration, test, audit and report ~{format_seconds(finish_s)}; "
+            f"ETA {format_seconds(plan_eta(stages, finish_s, limit.left()))}")
