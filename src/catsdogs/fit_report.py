@@ -15,7 +15,7 @@ def fit_section(record: dict) -> str:
         score = f"{stage['val_accuracy']:.4f}" if stage.get("val_accuracy") is not None else ""
         taken = format_seconds(stage["seconds"]) if stage.get("seconds") is not None else ""
         mark = " (chosen)" if stage["name"] == record.get("chosen_stage") and stage["status"] == "done" else ""
-        status = stage["status"] + (f": {stage['note']}" if stage.get("note") else "")  # why skipped at planning
+        status = stage.get("note") or stage["status"]  # a note says why the stage was skipped at planning
         rows.append(f"<tr><td>{escape(stage['name'])}{mark}</td><td>{escape(status)}</td><td>{score}</td>"
                     f"<td>~{format_seconds(stage['estimate_s'])}</td><td>{taken}</td></tr>")
     budget = "none" if not record.get("budget_s") else format_seconds(record["budget_s"])
