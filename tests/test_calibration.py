@@ -187,6 +187,8 @@ def test_evaluate_adds_trust_metrics_and_plots(tiny_run, tmp_path):
     trust = metrics["trust"]
     printed = buffer.getvalue()
     assert f"ECE {trust['ece_before_calibration']:.4f} -> {trust['ece_after_calibration']:.4f}" in printed
+    assert f"a perfectly calibrated model would show ECE ~{trust['ece_if_calibrated']:.4f}" in printed
+    assert 0 < trust["ece_if_calibrated"] < 0.5
     assert f"{trust['operating_point']['coverage']:.1%} of test accepted" in printed
     assert "accuracy at coverage (most familiar first): 50% " in printed
     for key in ("ece_before_calibration", "ece_after_calibration", "log_loss_before_calibration",
@@ -211,6 +213,24 @@ def test_format_trust_lines():
     assert f"{trust['operating_point']['accuracy_accepted']:.4f}" in point and "90.0% of validation accepted" in point
     assert curve.count("%") == 5 and f"100% {trust['coverage_curve'][-1]['accuracy']:.4f}" in curve
     assert format_trust({k: v for k, v in trust.items() if "calibration" in k}, "test").count("\n") == 0
+
+
+def test_ece_if_calibrated_is_the_sampling_floor_of_ece():
+    """A calibrated model's ECE on few photos is above zero by sampling alone; the floor shrinks with the photos
+    and a miscalibrated model's ECE stands far above it."""
+    from catsdogs.metrics import ece_if_calibrated, expected_calibration_error
+
+    rng = np.random.default_rng(3)
+    few, many = rng.uniform(0.5, 1.0, 300), rng.uniform(0.5, 1.0, 20000)
+    assert ece_if_calibrated(few) == ece_if_calibrated(few)  # seeded: the same number for the same input
+    assert 0.015 < ece_if_calibrated(few) < 0.06 and ece_if_calibrated(many) < 0.006
+    calibrated = [expected_calibration_error((rng.random(few.size) < few).astype(int), few) for _ in range(50)]
+    assert np.mean(calibrated) == pytest.approx(ece_if_calibrated(few), rel=0.25)
+    overconfident_p = np.full(300, 0.99)
+    outcomes = (rng.random(300) < 0.7).astype(int)
+    assert expected_calibration_error(outcomes, overconfident_p) > 10 * ece_if_calibrated(overconfident_p)
+    with pytest.raises(UsageError, match="no probabilities"):
+        ece_if_calibrated([])
 
 
 def test_novelty_round_trip(tmp_path):

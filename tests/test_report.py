@@ -177,6 +177,7 @@ def test_calibrated_run_has_the_trust_section(tmp_path):
     for key in ("ece", "log_loss"):
         for when in ("before", "after"):
             assert f"<td>{trust[f'{key}_{when}_calibration']:.4f}</td>" in section
+    assert f"(sampling alone)</td><td>\u2014</td><td>{trust['ece_if_calibrated']:.4f}</td>" in section
     point = trust["operating_point"]
     assert f"<td>{point['coverage']:.1%}</td>" in section and f"<td>{point['accuracy_accepted']:.4f}</td>" in section
     assert "<td>0.8000</td>" in section and "<td>97.5%</td>" in section  # threshold, validation accepted

@@ -140,6 +140,18 @@ def expected_calibration_error(y_true, p1, n_bins: int = N_CALIBRATION_BINS) -> 
     return float(np.sum(b["counts"][filled] * gaps) / np.sum(b["counts"]))
 
 
+def ece_if_calibrated(p1, n_bins: int = N_CALIBRATION_BINS, draws: int = 200, seed: int = 0) -> float:
+    """The ECE that a perfectly calibrated model with these probabilities would show on this many photos: the
+    mean over `draws` outcomes drawn with P(y = 1) = p1. ECE is biased upwards on few photos (each bin's fraction
+    of positives is itself noisy), so an ECE near this value is as calibrated as the sample can show."""
+    p = np.clip(np.asarray(p1, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    if p.size == 0:
+        raise UsageError("no probabilities to measure")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([expected_calibration_error((rng.random(p.size) < p).astype(int), p, n_bins)
+                          for _ in range(draws)]))
+
+
 def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     """sklearn's balanced accuracy, without its warning when only one true class is present."""
     with warnings.catch_warnings():

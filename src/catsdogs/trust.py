@@ -208,16 +208,19 @@ def selective_metrics(labels: np.ndarray, raw: np.ndarray, probabilities: np.nda
     """ECE and log loss before/after calibration; accuracy on the photos accepted at each coverage
     (most familiar first) and at the RUN's operating point."""
     from catsdogs.calibration import negative_log_likelihood
-    from catsdogs.metrics import expected_calibration_error
+    from catsdogs.metrics import ece_if_calibrated, expected_calibration_error
 
     labels = np.asarray(labels)
     out = {}
     for name, p in (("before", raw), ("after", probabilities)):
-        top = np.asarray(p).argmax(axis=1)
-        ece = (expected_calibration_error(labels, np.asarray(p)[:, 1]) if np.asarray(p).shape[1] == 2 else
-               expected_calibration_error((top == labels).astype(int), np.asarray(p).max(axis=1)))
+        p = np.asarray(p)
+        top, binary = p.argmax(axis=1), p.shape[1] == 2
+        ece = (expected_calibration_error(labels, p[:, 1]) if binary else
+               expected_calibration_error((top == labels).astype(int), p.max(axis=1)))
         out[f"ece_{name}_calibration"] = float(ece)
         out[f"log_loss_{name}_calibration"] = negative_log_likelihood(labels, p)
+    # the ECE that sampling alone gives on this many photos, for a perfectly calibrated model (metrics.py)
+    out["ece_if_calibrated"] = ece_if_calibrated(p[:, 1] if binary else p.max(axis=1))
     if novelty is None:
         return out
     correct = np.asarray(predicted) == labels
@@ -239,7 +242,9 @@ def format_trust(trust: dict, split: str) -> str:
     the coverage curve at a few coverages."""
     lines = [f"calibration on the {split} split: ECE {trust['ece_before_calibration']:.4f} -> "
              f"{trust['ece_after_calibration']:.4f}, log loss {trust['log_loss_before_calibration']:.4f} -> "
-             f"{trust['log_loss_after_calibration']:.4f}"]
+             f"{trust['log_loss_after_calibration']:.4f}"
+             + (f" (a perfectly calibrated model would show ECE ~{trust['ece_if_calibrated']:.4f} on this many "
+                "photos)" if "ece_if_calibrated" in trust else "")]
     point = trust.get("operating_point")
     if point:
         accuracy = "-" if point["accuracy_accepted"] is None else f"{point['accuracy_accepted']:.4f}"

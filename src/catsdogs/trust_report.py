@@ -32,6 +32,9 @@ def trust_section(run_path: Path, classes: list[str], metrics: dict | None) -> s
     if trust:
         rows = [(name, num(trust.get(f"{key}_before_calibration"), 4), num(trust.get(f"{key}_after_calibration"), 4))
                 for name, key in (("ECE (10 bins)", "ece"), ("log loss", "log_loss"))]
+        if is_number(trust.get("ece_if_calibrated")):  # older metrics.json files do not have it
+            rows.append(("ECE of a perfectly calibrated model on this many photos (sampling alone)", num(None),
+                         num(trust["ece_if_calibrated"], 4)))
         parts += [f"<p>On the {escape(split)} split ({escape(text((metrics or {}).get('n')))} photos):</p>",
                   table(("metric", "before calibration", "after calibration"), rows)]
     else:
