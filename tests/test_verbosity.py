@@ -41,6 +41,18 @@ def test_verbosity_one_shows_keras_epoch_lines(tiny_data: Path, tmp_path: Path, 
     assert re.search(r"loss: \d", out)  # Keras' one line per epoch (not a terminal here)
 
 
+def test_level_zero_keeps_tensorflow_warnings_off_stderr():
+    """TensorFlow's Python logger (e.g. its tf.function retracing warning) is quiet at level 0 and in the
+    command line without --debug (both call import_tensorflow_quietly)."""
+    import logging
+
+    import keras  # noqa: F401  (TensorFlow's logger and its handler exist)
+
+    set_verbosity(0)
+    assert not logging.getLogger("tensorflow").isEnabledFor(logging.WARNING)
+    set_verbosity(1)
+
+
 def test_levels_and_keras_verbose():
     set_verbosity(0)
     assert get_verbosity() == 0 and keras_verbose() == 0 and isinstance(progress(10, "x"), NoProgress)

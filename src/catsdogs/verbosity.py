@@ -56,11 +56,11 @@ def set_verbosity(level: int) -> None:
 
 
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow (through Keras) now, its C++ start-up lines (absl, oneDNN) kept off stderr, and its
-    C++ log limited to errors: they are written before any setting can stop them. Done once, by level 0."""
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Import TensorFlow (through Keras) and let it probe its devices now, with stderr sent to /dev/null: its
+    C++ start-up lines (absl, oneDNN, a failed CUDA probe on a machine without a GPU) are written before any
+    setting can stop them. Then its C++ log is limited to errors and its Python logger's warnings (tf.function
+    retracing) are off. Done by level 0 and by the command line without --debug."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow is imported
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -68,10 +68,14 @@ def import_tensorflow_quietly() -> None:
             os.dup2(devnull.fileno(), 2)
             try:
                 import keras  # noqa: F401  (imports tensorflow)
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # the first device probe (cuInit) logs once
             finally:
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # the logger tf.get_logger() returns
 
 
 def get_verbosity() -> int:
