@@ -1,4 +1,4 @@
-"""`catsdogs fit` stage (c): fine-tuning the best backbone (head, range test, one-cycle), run when the budget holds it."""
+"""`catsdogs fit` stage (e): stage (c)'s model tuned further on the augmented photos, run when the budget holds it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import catsdogs
 from catsdogs import fit_finetune
 from catsdogs.budget import Budget
+from catsdogs.errors import UsageError
 from catsdogs.fit_plan import Stage, finetune_stage, plan_line
 
 from helpers import make_photo
@@ -30,37 +31,57 @@ def photos(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def quick(monkeypatch):
-    """Fine-tuning in a few seconds: one head epoch, two fine-tuning epochs, a 10-step range test."""
-    monkeypatch.setattr(fit_finetune, "HEAD_EPOCHS", 1)
-    monkeypatch.setattr(fit_finetune, "FINETUNE_EPOCHS", 2)
-    monkeypatch.setattr(fit_finetune, "RANGE_STEPS", 10)
+    """Fine-tuning in a few seconds: one epoch on the photos."""
+    monkeypatch.setattr(fit_finetune, "EPOCHS", 1)
 
 
-def test_fine_tuning_runs_within_a_generous_budget_and_records_its_score(photos: Path, tmp_path: Path, quick,
-                                                                        capsys):
-    catsdogs.set_verbosity(1)  # the command line's level: Keras prints its epoch lines, to stderr inside fit
+def test_fine_tuning_continues_from_finetune_top_and_records_its_score(photos: Path, tmp_path: Path, quick, capsys):
+    catsdogs.set_verbosity(1)  # the command line's level: the stages' lines go to stderr
     try:
         run = catsdogs.fit(photos, tmp_path / "run", backbones=["mobilenetv2"], budget="1h", report=False)
     finally:
         catsdogs.set_verbosity(0)
     printed = capsys.readouterr()
-    assert printed.out == "" and "Epoch" in printed.err  # stdout is left to the command's result line
+    assert printed.out == ""  # stdout is left to the command's result line
+    assert "top-mobilenetv2's top tuned further on the augmented photos" in printed.err
     record = json.loads((run / "fit.json").read_text())
+    top = next(s for s in record["stages"] if s["model"] == "finetune-top")
     stage = next(s for s in record["stages"] if s["model"] == "finetune")
     assert stage["status"] == "done" and stage["backbone"] == "mobilenetv2" and stage["seconds"] > 0
-    assert 0 <= stage["val_accuracy"] <= 1 and stage["val_loss"] > 0
-    assert fit_finetune.MIN_RATE <= stage["learning_rate"] <= fit_finetune.MAX_RATE
+    assert stage["val_accuracy"] >= top["val_accuracy"]  # epoch 0 is (c)'s model: never worse on validation
     tuned = run / "candidates" / "finetune-mobilenetv2"
     config = json.loads((tuned / "config.json").read_text())
-    assert config["model"] == "finetune" and config["schedule"] == "one-cycle" and config["patience"] == 2
-    assert config["learning_rate"] == stage["learning_rate"] and (tuned / "plots" / "lr_find.png").exists()
-    optimizer = catsdogs.Run(tuned).model.optimizer  # one cycle, the base's top at a tenth of the head's rate
-    assert type(optimizer).__name__ == "DiscriminativeAdamW" and optimizer.base_factor == 0.1
-    assert json.loads((run / "candidates" / "finetune-mobilenetv2-head" / "config.json").read_text())["epochs"] == 1
+    assert config["model"] == "finetune-top" and config["from_run"].endswith("top-mobilenetv2")
+    assert config["peak_learning_rate"] == stage["learning_rate"] and config["augmentation"].startswith("RandomAffine")
+    history = catsdogs.Run(tuned).history
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert history[0]["val_accuracy"] == pytest.approx(top["val_accuracy"], abs=1e-6)  # the same model, rescored
+    first, again = catsdogs.Run(run / "candidates" / "top-mobilenetv2").model, catsdogs.Run(tuned).model
+    base = first.get_layer("mobilenetv2")
+    bottom = base.layers[5].name  # an early layer, below the tuned top: frozen, unchanged
+    for layer in (bottom, base.layers[-3].name):
+        assert [w.shape for w in first.get_layer("mobilenetv2").get_layer(layer).get_weights()] == \
+            [w.shape for w in again.get_layer("mobilenetv2").get_layer(layer).get_weights()]
+    for a, b in zip(first.get_layer("mobilenetv2").get_layer(bottom).get_weights(),
+                    again.get_layer("mobilenetv2").get_layer(bottom).get_weights()):
+        assert (a == b).all()
     done = [s for s in record["stages"] if s["status"] == "done"]
-    best = max(done, key=lambda s: (s["val_accuracy"], -s["val_loss"]))  # kept only when it beats the heads
-    assert record["chosen_stage"] == best["name"] and run.config["model"] == best["model"]
+    best = max(done, key=lambda s: (s["val_accuracy"], -s["val_loss"]))  # kept only when it beats the others
+    assert record["chosen_stage"] == best["name"]
     assert run.metrics["split"] == "test" and (run / "audit" / "issues.csv").exists()
+
+
+def test_finetune_top_from_run_refuses_another_kind_of_run(photos: Path, tmp_path: Path):
+    from catsdogs.cli import main
+
+    data = catsdogs.prepare(photos, tmp_path / "data").data_dir
+    heads = catsdogs.train(data=data, model="heads", backbone="mobilenetv2", out=tmp_path / "heads", image_size=64,
+                           model_options={"weights": None}, calibration=False)
+    with pytest.raises(UsageError, match="not a completed finetune-top run .model heads"):
+        catsdogs.train(data=data, model="finetune-top", out=tmp_path / "again", model_options={"from_run": str(heads)})
+    assert not (tmp_path / "again").exists()
+    assert main(["train", str(data), "--model", "finetune-top", "--from-run", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "x")]) == 2
 
 
 def test_a_tight_budget_skips_fine_tuning_and_says_why(photos: Path, tmp_path: Path, monkeypatch, caplog):
@@ -74,13 +95,16 @@ def test_a_tight_budget_skips_fine_tuning_and_says_why(photos: Path, tmp_path: P
 
 
 def test_the_plan_leaves_out_fine_tuning_that_cannot_fit():
-    heads = Stage("heads a", "a", 60.0)
+    heads, top = Stage("heads a", "a", 60.0), Stage("finetune-top best backbone", "best", 60.0, model="finetune-top")
     limit = Budget(600)
-    stage = finetune_stage([heads], {"a": 10.0}, 3000, limit, 30.0)  # ~3000 photos at 10 images/s: an hour or more
+    stage = finetune_stage([heads, top], {"a": 10.0}, 3000, limit, 30.0)  # ~3000 photos at 10 images/s: too long
     assert stage.status == "skipped" and stage.model == "finetune"
-    assert "fine-tuning" not in plan_line([heads, stage], limit, 30.0)
-    fast = finetune_stage([heads], {"a": 10000.0}, 3000, limit, 30.0)
-    assert fast.status == "planned" and fast.estimate_s < 100 and "fine-tuning" in plan_line([heads, fast], limit, 30.0)
+    assert "fine-tuning" not in plan_line([heads, top, stage], limit, 30.0)
+    fast = finetune_stage([heads, top], {"a": 10000.0}, 3000, limit, 30.0)
+    assert fast.status == "planned" and fast.estimate_s < 100
+    assert "fine-tuning" in plan_line([heads, top, fast], limit, 30.0)
+    alone = finetune_stage([heads], {"a": 10000.0}, 3000, limit, 30.0)  # it continues from finetune-top's model
+    assert alone.status == "skipped" and "continues from finetune-top" in alone.note
     assert "give budget" in fit_finetune.skip_reason(stage.estimate_s, 90.0, limit)
     assert fit_finetune.estimate_seconds(3000, 10.0) > fit_finetune.estimate_seconds(3000, 50.0)
 

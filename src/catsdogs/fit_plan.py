@@ -48,7 +48,7 @@ class Stage:
     val_accuracy: float | None = None
     val_loss: float | None = None
     image_size: int | None = None  # a higher resolution than the base's own
-    model: str = "heads"  # or "finetune-top" (stage c), "finetune" (e)
+    model: str = "heads"  # or "finetune-top" (stage c), "finetune" (e: finetune-top on the photos, from c)
     learning_rate: float | None = None  # fine-tuning's peak rate, from the range test
     note: str | None = None  # why it was skipped at planning
 
@@ -161,12 +161,15 @@ def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
 
 
 def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget, finish_s: float) -> Stage:
-    """(e) fine-tuning the best single backbone (catsdogs.fit_finetune), planned at the first candidate's speed;
-    skipped at once (`note` says why) when the budget cannot hold it after the other stages and `finish_s`."""
+    """(e) fine-tuning on the photos from (c)'s model (catsdogs.fit_finetune), planned at the first candidate's
+    speed; skipped at once (`note` says why) when (c) is not planned or the budget cannot hold it after the other
+    stages and `finish_s`."""
     estimate = fit_finetune.estimate_seconds(photos, speeds[stages[0].backbone])
     stage = Stage(f"{fit_finetune.NAME} best backbone", BEST, estimate, model="finetune")
     before = sum(s.estimate_s for s in stages if s.status != "skipped") + finish_s
-    if reason := fit_finetune.skip_reason(estimate, before, limit):
+    if not any(s.model == TOP_NAME and s.status == "planned" for s in stages):
+        stage.status, stage.note = "skipped", f"{fit_finetune.NAME} skipped: it continues from {TOP_NAME}, not planned"
+    elif reason := fit_finetune.skip_reason(estimate, before, limit):
         stage.status, stage.note = "skipped", reason
     return stage
 

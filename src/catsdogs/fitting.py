@@ -7,8 +7,8 @@ RUN/candidates/ and each kept only if it beats the earlier ones on validation:
       on validation of a logistic-regression head (C tuned) and a dense head;
   (b) `heads` on the two best backbones together (their features side by side);
   (c) `finetune-top` on the best single backbone: its last blocks tuned on the inputs (a) cached (trainers.top_tuning);
-  (d) `heads` on the best single backbone at a higher resolution, when the photos are large;
-  (e) fine-tuning of the best backbone on the photos (catsdogs.fit_finetune), when the budget holds it.
+  (e) (c)'s model tuned further on the augmented photos (catsdogs.fit_finetune), when the budget holds it;
+  (d) `heads` on the best single backbone at a higher resolution, when the photos are large (after (e): dearer).
 The stage with the best validation accuracy (then log loss) is copied to RUN (an ordinary run folder), evaluated
 once on the test split, its photos audited with its own cached features, and RUN/report.html written.
 
@@ -130,15 +130,15 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     if data is None:
         _prepared(Path(source), data_dir, seed, train_size, val_size, test_size, corrections)
     weights = _class_weight(data_dir, class_weight)
-    if not limit.unlimited and (larger := resolution_stage(stages, data_dir)) is not None:
-        stages.append(larger)
     finish_s = finish_seconds(photos, speeds[candidates[0]])
-    if not limit.unlimited:
+    if not limit.unlimited:  # (e) before (d): cheaper, and it won more often (docs/fit.md)
         if skipped := make_room(stages, finish_s, limit.left()):
             say(f"{' and '.join(stage.name for stage in skipped)}: {skipped[0].note}")
         stages.append(finetune_stage(stages, speeds, photos, limit, finish_s))
         if stages[-1].note:
             say(stages[-1].note)
+        if (larger := resolution_stage(stages, data_dir)) is not None:
+            stages.append(larger)
         for stage in skip_unexpected(stages, finish_s, limit):
             say(f"{stage.name}: {stage.note}")
     say(plan_line(stages, limit, finish_s))
@@ -175,7 +175,8 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
                           and not s.image_size),
                          key=lambda s: (s.val_accuracy, -s.val_loss), reverse=True)
         if "+" in stage.backbone or stage.backbone == BEST:
-            if len(singles) < (2 if "+" in stage.backbone else 1):
+            if len(singles) < (2 if "+" in stage.backbone else 1) or (stage.model == "finetune" and not any(
+                    s.model == TOP_NAME and s.status == "done" for s in stages)):
                 stage.status = "skipped"
                 continue
             stage.backbone = "+".join(s.backbone for s in singles[:2]) if "+" in stage.backbone else singles[0].backbone
@@ -186,9 +187,11 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
                 f"(needs ~{format_seconds(stage.estimate_s * pace)}, and ~{format_seconds(finish_s)} to finish)")
             continue
         started = time.monotonic()
-        if stage.model == "finetune":
-            result = fit_finetune.run_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed,
-                                            class_weight, cache, distribute)
+        if stage.model == "finetune":  # (e) continues from (c)'s model
+            tuned = next(s for s in stages if s.model == TOP_NAME and s.status == "done")
+            stage.backbone = tuned.backbone
+            result = fit_finetune.run_stage(data_dir, out / "candidates" / stage.folder,
+                                            out / "candidates" / tuned.folder, seed, class_weight, cache)
             stage.learning_rate = result["learning_rate"]
         else:  # a single base's heads keep the inputs of its top when finetune-top is to tune it
             keep = stage.model == "heads" and "+" not in stage.backbone and not stage.image_size and \

@@ -34,6 +34,7 @@ from catsdogs.run_files import (
     library_versions,
     load_keras_model,
     monitor_mode,
+    read_config,
     read_history_csv,
     read_json,
     write_json,
@@ -175,7 +176,7 @@ def _bf16_friendly(entry: ModelEntry, options: TrainOptions) -> bool:
 
     backbone = options.backbone
     if backbone is None and options.model_options.get("from_run"):
-        backbone = read_json(Path(options.model_options["from_run"]) / CONFIG).get("backbone")
+        backbone = read_config(Path(options.model_options["from_run"])).get("backbone")  # UsageError: not a run
     return all(get_backbone(name).bf16_friendly for name in (backbone.split("+") if backbone else [None]))
 
 

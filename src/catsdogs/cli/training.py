@@ -39,7 +39,8 @@ def add_train(commands) -> None:
     p.add_argument("--weights", metavar="imagenet|none|PATH",
                    help="the base's weights (default imagenet, from Keras' cache $KERAS_HOME/models; offline, "
                    "place the file there or pass its path)")
-    p.add_argument("--from-run", metavar="RUN", help="finetune: start from this completed transfer RUN")
+    p.add_argument("--from-run", metavar="RUN", help="finetune: start from this completed transfer RUN; "
+                   "finetune-top: tune this completed finetune-top RUN's top further on the augmented photos")
     p.add_argument("--unfreeze", type=non_negative_int, metavar="N",
                    help="finetune: unfreeze the top N layers of the base (default: its last block)")
 
@@ -53,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                         "--unfreeze": args.unfreeze}
     given = [flag for flag, value in pretrained_flags.items() if value is not None]
     if given and not model_entry(args.model).uses_backbone:
-        raise UsageError(f"{', '.join(given)}: only for the pretrained models (features, transfer, finetune)")
+        raise UsageError(f"{', '.join(given)}: only for the pretrained models (features, transfer, heads, "
+                         "finetune-top, finetune)")
     model_options = {name: value for name, value in (("weights", args.weights), ("from_run", args.from_run),
                                                      ("unfreeze", args.unfreeze)) if value is not None}
     options = TrainOptions(model_options=model_options, **{item.name: getattr(args, item.name)

@@ -52,9 +52,10 @@ MODELS: dict[str, ModelEntry] = {
                         "better on validation of a logistic-regression head (C tuned) and a dense head",
                         default_epochs=1, uses_backbone=True, trainer="catsdogs.trainers.heads:fit_heads",
                         takes_schedule=False),
-    "finetune-top": ModelEntry("catsdogs.models.frozen:build_heads",
+    "finetune-top": ModelEntry("catsdogs.models.frozen:build_top",
                                "heads, then the base's last two blocks fine-tuned on their cached inputs (the photo and its "
-                               "mirror): the head first, a range test, one-cycle, the best epoch on validation",
+                               "mirror): the head first, a range test, one-cycle, the best epoch on validation; "
+                               "--from-run a finetune-top RUN: its top tuned further on the augmented photos",
                                default_epochs=5, uses_backbone=True, trainer="catsdogs.trainers.top_tuning:fit_top",
                                default_patience=3, takes_schedule=False),
     "finetune": ModelEntry("catsdogs.models.finetune:build_finetune",

@@ -75,6 +75,28 @@ def top_inputs_extractor(model: keras.Model, name: str, *, with_features: bool =
     return keras.Model(model.inputs, [features, stacked], name=f"features_and_top_inputs_{name}")
 
 
+def build_top(image_size: int | None = None, *, backbone: str | None = None, weights: str | None = "imagenet",
+              from_run: str | None = None, seed: int | None = None, num_classes: int = 2) -> keras.Model:
+    """`finetune-top`'s model: a fresh `heads` model (its trainer tunes the top on cached inputs), or with `from_run`
+    the model of a completed `finetune-top` RUN, whose top the trainer tunes further on the augmented photos."""
+    if from_run is None:
+        return build_heads(image_size, backbone=backbone, weights=weights, seed=seed, num_classes=num_classes)
+    from pathlib import Path
+
+    from catsdogs.run_files import load_run_model, read_config
+
+    config = read_config(Path(from_run))
+    if config.get("model") != "finetune-top" or config.get("status") != "complete":
+        raise UsageError(f"from_run {from_run}: not a completed finetune-top run (model {config.get('model')}, "
+                         f"status {config.get('status')})", "from_run")
+    for name, given, found in (("backbone", backbone and "+".join(backbone_names(backbone)), config.get("backbone")),
+                               ("image_size", image_size, config.get("image_size")),
+                               ("classes", num_classes, len(config.get("classes") or []))):
+        if given and given != found:
+            raise UsageError(f"{name} {given} differs from from_run's {found}", name)
+    return load_run_model(Path(from_run))
+
+
 def build_heads(image_size: int | None = None, *, backbone: str | None = None, weights: str | None = "imagenet",
                 learning_rate: float = HEADS_LEARNING_RATE, seed: int | None = None, num_classes: int = 2) -> keras.Model:
     """Frozen base(s) with flip-averaged pooled features and a logistic-regression head (untrained)."""

@@ -51,21 +51,19 @@ def fit_top(model: keras.Model, context) -> dict:
     from catsdogs.learning_curve import write_learning_curve
     from catsdogs.training import _save_model, _write_history
 
-    names = backbone_names(context.options.backbone)
+    names = backbone_names(context.options.backbone or context.config.get("backbone"))
     if len(names) != 1:
         raise UsageError("finetune-top tunes one base; give one backbone", "backbone")
     spec = get_backbone(names[0])
     base = model.get_layer(spec.name)
     cut = spec.tuned_from(base)
-    _, top = split_base(base, cut)
-    extractor = top_inputs_extractor(model, spec.name)  # cached by the `heads` stage before it in `catsdogs fit`
-    cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
     started = time.perf_counter()
-    keras_forward = {"forward": extractor.predict_on_batch, "engine": "keras"}
-    train, validation = (cached_features(extractor, context, split, cache_dir, keras_forward, dtype=np.float16)
-                         for split in ("train", "validation"))  # float16: half the memory of the largest arrays
+    train, validation, top, cache_dir = _top_inputs(model, spec.name, cut, context)
     extraction = time.perf_counter() - started
     pool = keras.Sequential([top, layers.GlobalAveragePooling2D()], name="pooled_top")
+    if context.options.model_options.get("from_run"):
+        return _tune_on_photos(model, spec.name, cut, (train, validation, pool, cache_dir), context) | {
+            "feature_extraction_s": round(extraction, 1)}
     features = [(pooled_views(pool, split.images).mean(axis=1), split.labels) for split in (train, validation)]
     classes = context.config["classes"]
     # the head first: the C with the best validation log loss (a head that fits the training photos perfectly, as a
@@ -92,6 +90,82 @@ def fit_top(model: keras.Model, context) -> dict:
             "range_test": found.line() if found else None, "logistic_C": logistic["C"],
             "logistic_balanced": logistic["balanced"], "feature_extraction_s": round(extraction, 1),
             "learning_curve": curve}
+
+
+def _top_inputs(model: keras.Model, name: str, cut: str, context) -> tuple:
+    """(train, validation) cached inputs of base `name`'s top (photo and mirror, float16: half the memory of the
+    largest arrays; cached by the `heads` stage before it in `catsdogs fit`), the top, the cache folder."""
+    _, top = split_base(model.get_layer(name), cut)
+    extractor = top_inputs_extractor(model, name)
+    cache_dir = Path(context.options.cache_dir) if context.options.cache_dir else context.run / CACHE_SUBDIR
+    keras_forward = {"forward": extractor.predict_on_batch, "engine": "keras"}
+    train, validation = (cached_features(extractor, context, split, cache_dir, keras_forward, dtype=np.float16)
+                         for split in ("train", "validation"))
+    return train, validation, top, cache_dir
+
+
+def _tune_on_photos(model: keras.Model, name: str, cut: str, inputs: tuple, context) -> dict:
+    """A finetune-top RUN's model (`from_run`) tuned further on the training photos, each epoch a new random warp
+    of each (RandomAffine: flip, rotation, zoom, shift), the base below the top frozen and run forward only;
+    validation scored from the top's cached inputs, as the saved model predicts (the two views averaged). One-cycle
+    AdamW peaking at a third of the first tuning's rate (it continues from there), the best epoch kept (epoch 0:
+    the model as it came)."""
+    from catsdogs.learning_curve import write_learning_curve
+    from catsdogs.run_files import read_config
+    from catsdogs.runs import Run
+    from catsdogs.training import _save_model, _write_history
+
+    train, validation, pool, cache_dir = inputs
+    start = read_config(Path(context.options.model_options["from_run"]))
+    head, saved = model.get_layer("head"), Run(Path(context.options.model_options["from_run"])).saved_epoch or {}
+    val_accuracy, val_loss = _view_scores(head, pool, validation)
+    first = {"balanced": bool(start.get("logistic_balanced")), "accuracy": saved.get("accuracy"),
+             "loss": saved.get("loss"), "val_accuracy": val_accuracy, "val_loss": val_loss}
+    trainer = _photo_trainer(model, name, cut, context.options.seed)
+    photos = context.split("train")
+    rate = context.options.learning_rate or min(MAX_RATE, float(start.get("peak_learning_rate") or MIN_RATE) / 3)
+    _one_cycle(trainer, rate, math.ceil(len(photos.labels) / BATCH) * context.epochs)
+    rows = _tune(trainer, (photos.images, photos.labels), lambda: _view_scores(head, pool, validation), first,
+                 context)
+    model.get_layer(name).trainable = False
+    _save_model(model, context.run / "model.keras")
+    _write_history(context.run / HISTORY, rows)
+    _cache_pooled(model, name, context, cache_dir, pool, {"train": train, "validation": validation})
+    features = [(pooled_views(pool, split.images).mean(axis=1), split.labels) for split in (train, validation)]
+    curve = write_learning_curve(context.run, features[0], features[1], context.config["classes"],
+                                 c=start.get("logistic_C"), balanced=first["balanced"], seed=context.options.seed)
+    return {"backbone": name, "tuned_from": cut, "from_run": str(context.options.model_options["from_run"]),
+            "augmentation": "RandomAffine (flip, rotation 0.1, zoom 0.2, shift 0.1)", "peak_learning_rate": rate,
+            "logistic_C": start.get("logistic_C"), "logistic_balanced": first["balanced"], "learning_curve": curve}
+
+
+def _view_scores(head: keras.Model, pool: keras.Model, split) -> tuple[float, float]:
+    """(accuracy, log loss) of the head on the top's pooled features of a split's cached inputs, views averaged."""
+    return scores(head.predict(pooled_views(pool, split.images).mean(axis=1), verbose=0), split.labels)
+
+
+def _photo_trainer(model: keras.Model, name: str, cut: str, seed: int) -> keras.Model:
+    """image -> RandomAffine -> [resize] -> preprocess -> the frozen bottom (inference mode) -> the top -> pool ->
+    dropout -> head: the layers of `model` (its single view), the top's trainable but for BatchNorm statistics."""
+    from catsdogs.models.augmentation import RandomAffine
+    from catsdogs.models.heads import classification_loss
+
+    base = model.get_layer(name)
+    bottom, top = split_base(base, cut)
+    base.trainable = True
+    tuned = {id(layer) for layer in top.layers}
+    for layer in base.layers:
+        layer.trainable = id(layer) in tuned and not isinstance(layer, layers.BatchNormalization)
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    x = RandomAffine(seed=seed, name="augment")(inputs)
+    present = {layer.name: layer for layer in model.layers}
+    for step in (f"resize_{name}_image", f"preprocess_{name}_image"):  # as the model's own view, when it has them
+        x = present[step](x) if step in present else x
+    x = top(bottom(x, training=False))
+    x = layers.Dropout(DROPOUT, seed=seed, name="dropout")(layers.GlobalAveragePooling2D(name="pool")(x))
+    trainer = keras.Model(inputs, model.get_layer("head")(x), name="photo_trainer")
+    trainer.compile(optimizer=keras.optimizers.AdamW(MIN_RATE), loss=classification_loss(trainer), metrics=["accuracy"])
+    return trainer
 
 
 def _tune(trainer: keras.Model, data: tuple, validate, logistic: dict, context) -> list[dict]:
@@ -141,15 +215,20 @@ def _epoch(trainer: keras.Model, x: np.ndarray, y: np.ndarray, class_weight: dic
            rng: np.random.Generator) -> dict:
     """One pass over the views in a random order, batch by batch (no copy of the cached inputs); the epoch's
     training loss and accuracy."""
+    from catsdogs.progress import progress
+
     trainer.reset_metrics()
     order = rng.permutation(len(y))
     losses, hits = [], []
+    bar = progress(len(y), "tuning the top", unit="examples")  # a line every few seconds, or none
     for start in range(0, len(order), BATCH):
         rows = np.sort(order[start:start + BATCH])  # sorted: a memory-mapped cache reads forward
         logs = trainer.train_on_batch(np.asarray(x[rows], np.float32), y[rows], class_weight=class_weight,
                                       return_dict=True)
         losses.append(float(logs["loss"]) * len(rows))
         hits.append(float(logs["accuracy"]) * len(rows))
+        bar.update(len(rows))
+    bar.close()
     return {"loss": sum(losses) / len(y), "accuracy": sum(hits) / len(y)}
 
 
