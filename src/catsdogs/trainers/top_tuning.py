@@ -130,8 +130,7 @@ def _tune_on_photos(model: keras.Model, name: str, cut: str, inputs: tuple, cont
     model.get_layer(name).trainable = False
     _save_model(model, context.run / "model.keras")
     _write_history(context.run / HISTORY, rows)
-    _cache_pooled(model, name, context, cache_dir, pool, {"train": train, "validation": validation})
-    features = [(pooled_views(pool, split.images).mean(axis=1), split.labels) for split in (train, validation)]
+    features = _cache_pooled(model, name, context, cache_dir, pool, {"train": train, "validation": validation})
     curve = write_learning_curve(context.run, features[0], features[1], context.config["classes"],
                                  c=start.get("logistic_C"), balanced=first["balanced"], seed=context.options.seed)
     return {"backbone": name, "tuned_from": cut, "from_run": str(context.options.model_options["from_run"]),
@@ -150,12 +149,8 @@ def _photo_trainer(model: keras.Model, name: str, cut: str, seed: int) -> keras.
     from catsdogs.models.augmentation import RandomAffine
     from catsdogs.models.heads import classification_loss
 
-    base = model.get_layer(name)
-    bottom, top = split_base(base, cut)
-    base.trainable = True
-    tuned = {id(layer) for layer in top.layers}
-    for layer in base.layers:
-        layer.trainable = id(layer) in tuned and not isinstance(layer, layers.BatchNormalization)
+    bottom, top = split_base(model.get_layer(name), cut)
+    _train_only(model.get_layer(name), top)
     inputs = keras.Input(model.input_shape[1:], name="image")
     x = RandomAffine(seed=seed, name="augment")(inputs)
     present = {layer.name: layer for layer in model.layers}
@@ -200,15 +195,20 @@ def _trainer(base: keras.Model, top: keras.Model, head: keras.Model, seed: int) 
     """top -> pool -> dropout -> head, the top's layers trainable but for their BatchNorm statistics."""
     from catsdogs.models.heads import classification_loss
 
-    base.trainable = True
-    tuned = {id(layer) for layer in top.layers}
-    for layer in base.layers:
-        layer.trainable = id(layer) in tuned and not isinstance(layer, layers.BatchNormalization)
+    _train_only(base, top)
     inputs = keras.Input(top.input_shape[1:], name="top_inputs")
     x = layers.Dropout(DROPOUT, seed=seed, name="dropout")(layers.GlobalAveragePooling2D(name="pool")(top(inputs)))
     trainer = keras.Model(inputs, head(x), name="top_trainer")
     trainer.compile(optimizer=keras.optimizers.AdamW(MIN_RATE), loss=classification_loss(trainer), metrics=["accuracy"])
     return trainer
+
+
+def _train_only(base: keras.Model, top: keras.Model) -> None:
+    """Make the layers of `top` (a part of `base`) trainable, but for their BatchNorm statistics; the rest frozen."""
+    base.trainable = True
+    tuned = {id(layer) for layer in top.layers}
+    for layer in base.layers:
+        layer.trainable = id(layer) in tuned and not isinstance(layer, layers.BatchNormalization)
 
 
 def _epoch(trainer: keras.Model, x: np.ndarray, y: np.ndarray, class_weight: dict | None,
@@ -239,16 +239,20 @@ def _one_cycle(trainer: keras.Model, peak: float, steps: int) -> None:
     trainer.compile(optimizer=one_cycle_optimizer(peak, steps, WEIGHT_DECAY), loss=trainer.loss, metrics=["accuracy"])
 
 
-def _cache_pooled(model: keras.Model, name: str, context, cache_dir: Path, pool: keras.Model, splits: dict) -> None:
+def _cache_pooled(model: keras.Model, name: str, context, cache_dir: Path, pool: keras.Model, splits: dict) -> list:
     """The tuned model's flip-averaged features of the train and validation splits, from their cached top inputs,
-    into the features cache under the tuned weights: calibration and the audit read them there."""
+    into the features cache under the tuned weights: calibration and the audit read them there. [(features,
+    labels)] of each split, in order."""
     from catsdogs.data_files import read_manifest
     from catsdogs.photo_keys import photo_ids
 
     extractor = branch_extractor(model, name)
+    pooled = []
     for split, arrays in splits.items():
         ids = photo_ids(read_manifest(context.options.data, split))
-        save_cached(cache_file(cache_dir, extractor, ids, split), pooled_views(pool, arrays.images).mean(axis=1), ids)
+        pooled.append((pooled_views(pool, arrays.images).mean(axis=1), arrays.labels))
+        save_cached(cache_file(cache_dir, extractor, ids, split), pooled[-1][0], ids)
+    return pooled
 
 
 def say(message: str) -> None:
