@@ -85,7 +85,7 @@ def test_finetune_top_from_run_refuses_another_kind_of_run(photos: Path, tmp_pat
 
 
 def test_a_tight_budget_skips_fine_tuning_and_says_why(photos: Path, tmp_path: Path, monkeypatch, caplog):
-    monkeypatch.setattr(fit_finetune, "estimate_seconds", lambda photos, speed: 36000.0)  # ten hours
+    monkeypatch.setattr(fit_finetune, "estimate_seconds", lambda photos, speed, epochs=None: 36000.0)  # ten hours
     caplog.set_level(logging.INFO, logger="catsdogs")
     run = catsdogs.fit(photos, tmp_path / "run", backbones=["mobilenetv2"], budget="1h", report=False, audit=False)
     stage = next(s for s in json.loads((run / "fit.json").read_text())["stages"] if s["model"] == "finetune")
@@ -97,7 +97,7 @@ def test_a_tight_budget_skips_fine_tuning_and_says_why(photos: Path, tmp_path: P
 def test_the_plan_leaves_out_fine_tuning_that_cannot_fit():
     heads, top = Stage("heads a", "a", 60.0), Stage("finetune-top best backbone", "best", 60.0, model="finetune-top")
     limit = Budget(600)
-    stage = finetune_stage([heads, top], {"a": 10.0}, 3000, limit, 30.0)  # ~3000 photos at 10 images/s: too long
+    stage = finetune_stage([heads, top], {"a": 5.0}, 3000, limit, 30.0)  # ~3000 photos at 5 images/s: too long
     assert stage.status == "skipped" and stage.model == "finetune"
     assert "fine-tuning" not in plan_line([heads, top, stage], limit, 30.0)
     fast = finetune_stage([heads, top], {"a": 10000.0}, 3000, limit, 30.0)
@@ -107,6 +107,30 @@ def test_the_plan_leaves_out_fine_tuning_that_cannot_fit():
     assert alone.status == "skipped" and "continues from finetune-top" in alone.note
     assert "give budget" in fit_finetune.skip_reason(stage.estimate_s, 90.0, limit)
     assert fit_finetune.estimate_seconds(3000, 10.0) > fit_finetune.estimate_seconds(3000, 50.0)
+
+
+def test_fine_tuning_gets_one_epoch_or_the_optional_heads_time_when_the_budget_is_short():
+    from catsdogs.fit_plan import add_finetune, plan, shorten
+
+    speeds, photos = {"a": 20.0, "b": 20.0}, 3000
+    full, one = (fit_finetune.estimate_seconds(photos, 20.0, n) for n in (fit_finetune.EPOCHS, 1))
+    planned = plan(["a", "b"], speeds, photos, Budget(10_000))
+    everything, pair = sum(s.estimate_s for s in planned), planned[2].estimate_s
+    for budget, epochs, skipped in ((everything + full + 60, fit_finetune.EPOCHS, []),  # all of it fits
+                                    (everything + one + 50, 1, []),  # one epoch fits after every stage
+                                    (everything - pair + one + 40, 1, ["heads a+b"])):  # the pair's time: one epoch
+        stages = plan(["a", "b"], speeds, photos, Budget(budget))
+        room = add_finetune(stages, speeds, photos, Budget(budget), 30.0)
+        assert [s.name for s in room] == skipped and stages[-1].status == "planned" and stages[-1].epochs == epochs
+        assert all(s.status == "skipped" and s.note.endswith("time for fine-tuning") for s in room)
+    short = Budget(planned[0].estimate_s + planned[-1].estimate_s + one + 20)  # one epoch misses even alone
+    hopeless = plan(["a", "b"], speeds, photos, short)
+    assert add_finetune(hopeless, speeds, photos, short, 30.0) == [] and hopeless[-1].status == "skipped"
+    assert all(s.status == "planned" for s in hopeless[:-1])  # nothing given up for a stage that cannot run
+    stage = Stage("fine-tuning best backbone", "best", full, model="finetune", epochs=2, epoch_s=full - one)
+    assert not shorten(stage, full) and stage.epochs == 2  # it still fits
+    assert shorten(stage, one + 1) and stage.epochs == 1 and stage.estimate_s == pytest.approx(one)
+    assert not shorten(Stage("heads a", "a", 100.0), 10.0)
 
 
 def test_discriminative_adamw_updates_the_base_at_a_fraction_of_the_heads_rate(tmp_path: Path):

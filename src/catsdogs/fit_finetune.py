@@ -5,8 +5,8 @@ top on the cached inputs of the photo and its mirror: catsdogs.trainers.top_tuni
 each (flip, rotation, zoom, shift), the rest of the base frozen and run forward only (`train --model finetune-top
 --from-run`), at a third of (c)'s rate, one-cycle, the best epoch on validation (epoch 0 is (c)'s model, so it is
 kept only when an epoch beats it). An epoch costs about PHOTO_COST forward passes of the base per training photo:
-on a laptop CPU it fits the default budget for small sets only, and is otherwise skipped, saying what budget would
-hold it. (The previous form, a `transfer` head then `finetune` from it, scored 0.757 on TrashNet's validation in
+the plan gives it EPOCHS epochs, or one when only one fits the budget, and otherwise skips it, saying what budget
+would hold it. (The previous form, a `transfer` head then `finetune` from it, scored 0.757 on TrashNet's validation in
 8 minutes where (c) had 0.916: docs/fit.md.)
 """
 
@@ -27,11 +27,12 @@ OVERHEAD_S = 20.0  # loading and saving the model, the learning curve
 NAME = "fine-tuning"
 
 
-def estimate_seconds(photos: int, speed: float) -> float:
-    """Seconds of the stage for `photos` (all splits) at `speed` forward images per second of the base."""
+def estimate_seconds(photos: int, speed: float, epochs: int | None = None) -> float:
+    """Seconds of the stage over `epochs` (EPOCHS) for `photos` (all splits) at `speed` forward images per second
+    of the base."""
     train, validation = TRAIN_SHARE * photos, VALIDATION_SHARE * photos
     per_epoch = train * PHOTO_COST + 2 * validation * TOP_FORWARD
-    return OVERHEAD_S + (EPOCHS * per_epoch + 2 * 2 * (train + validation) * TOP_FORWARD) / speed
+    return OVERHEAD_S + ((epochs or EPOCHS) * per_epoch + 2 * 2 * (train + validation) * TOP_FORWARD) / speed
 
 
 def skip_reason(estimate: float, before_s: float, limit: Budget) -> str | None:
@@ -44,15 +45,18 @@ def skip_reason(estimate: float, before_s: float, limit: Budget) -> str | None:
             f"of the budget is left for it; give budget {need}m or more to run it")
 
 
-def run_stage(data_dir: Path, run: Path, top_run: Path, seed: int, class_weight: str | None, cache: Path) -> dict:
-    """Tune (or reuse) stage (c)'s model `top_run` further on the photos into `run`; its validation numbers (those
-    of the saved epoch) and the peak learning rate."""
+def run_stage(data_dir: Path, run: Path, top_run: Path, seed: int, class_weight: str | None, cache: Path,
+              epochs: int | None = None) -> dict:
+    """Tune (or reuse) stage (c)'s model `top_run` further on the photos into `run` over `epochs` (EPOCHS); its
+    validation numbers (those of the saved epoch) and the peak learning rate."""
     from catsdogs.runs import Run
     from catsdogs.training import TrainOptions, train
 
     if _status(run) != "complete":
-        _say(f"{NAME}: {top_run.name}'s top tuned further on the augmented photos (up to {EPOCHS} epochs)")
-        train(TrainOptions(data=data_dir, model="finetune-top", out=run, epochs=EPOCHS, patience=PATIENCE, seed=seed,
+        epochs = epochs or EPOCHS
+        _say(f"{NAME}: {top_run.name}'s top tuned further on the augmented photos (up to {epochs} "
+             f"epoch{'s' if epochs > 1 else ''})")
+        train(TrainOptions(data=data_dir, model="finetune-top", out=run, epochs=epochs, patience=PATIENCE, seed=seed,
                            class_weight=class_weight, cache_dir=cache, overwrite=True, calibration=False,
                            monitor="val_accuracy", model_options={"from_run": str(top_run)}))
     saved = Run(run).saved_epoch

@@ -33,7 +33,6 @@ BEST = "best"  # a stage's backbone chosen when it starts (the best single one s
 # inputs are cached by the `heads` stage of the same base (TrainOptions.keep_top_inputs)
 TOP_NAME = "finetune-top"
 TOP_EPOCHS, TOP_COST, TOP_FORWARD, TOP_RANGE_STEPS, TOP_BATCH = 5, 0.27, 0.08, 40, 32
-ROOM_NOTE = f"skipped at planning to leave time for {TOP_NAME}"
 
 
 @dataclass
@@ -50,6 +49,8 @@ class Stage:
     image_size: int | None = None  # a higher resolution than the base's own
     model: str = "heads"  # or "finetune-top" (stage c), "finetune" (e: finetune-top on the photos, from c)
     learning_rate: float | None = None  # fine-tuning's peak rate, from the range test
+    epochs: int | None = None  # (e)'s planned epochs
+    epoch_s: float | None = None  # (e)'s estimated seconds per epoch
     note: str | None = None  # why it was skipped at planning
 
     @property
@@ -116,13 +117,33 @@ def make_room(stages: list[Stage], finish_s: float, left: float) -> list[Stage]:
     """When finetune-top would not fit the time `left`, skip the pair, then the other backbones' heads (the last
     first), as long as that lets it fit: it gains the most on a laptop CPU (docs/fit.md). The stages skipped."""
     top = next((s for s in stages if s.model == TOP_NAME and s.status == "planned"), None)
+    return _skip_heads_for(stages, lambda: top is None or top in expected_stages(stages, finish_s, left), TOP_NAME)
+
+
+def add_finetune(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget,
+                 finish_s: float) -> list[Stage]:
+    """Append (e) (`finetune_stage`); when the budget cannot hold even one epoch of it, skip the pair, then the
+    other backbones' heads, as long as that lets it run: where finetune-top ran, they were never chosen
+    (docs/fit.md). The stages skipped for it."""
+    def fits() -> bool:
+        return finetune_stage(stages, speeds, photos, limit, finish_s).status == "planned" or \
+            not any(s.model == TOP_NAME and s.status == "planned" for s in stages)
+
+    skipped = _skip_heads_for(stages, fits, fit_finetune.NAME)
+    stages.append(finetune_stage(stages, speeds, photos, limit, finish_s))
+    return skipped
+
+
+def _skip_heads_for(stages: list[Stage], fits, name: str) -> list[Stage]:
+    """Skip the optional `heads` stages (the pair, then the other backbones', the last first) until `fits()`;
+    none when skipping them all does not make it true. The stages skipped."""
     optional = [s for s in stages[1:] if s.model == "heads" and not s.image_size and s.status == "planned"][::-1]
     skipped: list[Stage] = []
-    while top is not None and top not in expected_stages(stages, finish_s, left) and optional:
+    while not fits() and optional:
         stage = optional.pop(0)
-        stage.status, stage.note = "skipped", ROOM_NOTE
+        stage.status, stage.note = "skipped", f"skipped at planning to leave time for {name}"
         skipped.append(stage)
-    if top is not None and top not in expected_stages(stages, finish_s, left):  # no room made: as planned
+    if not fits():  # no room made: as planned
         for stage in skipped:
             stage.status, stage.note = "planned", None
         return []
@@ -162,16 +183,35 @@ def resolution_stage(stages: list[Stage], data_dir: Path) -> Stage | None:
 
 def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget, finish_s: float) -> Stage:
     """(e) fine-tuning on the photos from (c)'s model (catsdogs.fit_finetune), planned at the first candidate's
-    speed; skipped at once (`note` says why) when (c) is not planned or the budget cannot hold it after the other
-    stages and `finish_s`."""
-    estimate = fit_finetune.estimate_seconds(photos, speeds[stages[0].backbone])
-    stage = Stage(f"{fit_finetune.NAME} best backbone", BEST, estimate, model="finetune")
-    before = sum(s.estimate_s for s in stages if s.status != "skipped") + finish_s
+    speed over its EPOCHS, or one epoch when only one fits; skipped at once (`note` says why) when (c) is not
+    planned or the budget cannot hold one epoch after the other stages and `finish_s`."""
+    speed, epochs = speeds[stages[0].backbone], fit_finetune.EPOCHS
+    estimate = fit_finetune.estimate_seconds(photos, speed, epochs)
+    stage = Stage(f"{fit_finetune.NAME} best backbone", BEST, estimate, model="finetune", epochs=epochs,
+                  epoch_s=estimate - fit_finetune.estimate_seconds(photos, speed, epochs - 1) if epochs > 1 else None)
+    before = limit.elapsed() + sum(s.estimate_s for s in stages if s.status != "skipped") + finish_s
     if not any(s.model == TOP_NAME and s.status == "planned" for s in stages):
         stage.status, stage.note = "skipped", f"{fit_finetune.NAME} skipped: it continues from {TOP_NAME}, not planned"
-    elif reason := fit_finetune.skip_reason(estimate, before, limit):
-        stage.status, stage.note = "skipped", reason
+    elif fit_finetune.skip_reason(estimate, before, limit) is None:
+        pass
+    elif stage.epoch_s and fit_finetune.skip_reason(shorter := estimate - (epochs - 1) * stage.epoch_s, before,
+                                                    limit) is None:
+        stage.estimate_s, stage.epochs = shorter, 1
+    else:
+        stage.status, stage.note = "skipped", fit_finetune.skip_reason(estimate, before, limit)
     return stage
+
+
+def shorten(stage: Stage, left_s: float) -> bool:
+    """Plan (e) over one epoch when `left_s` seconds cannot hold its planned epochs but hold one (the stages ran
+    slower than planned); whether it did."""
+    if stage.model != "finetune" or not stage.epoch_s or (stage.epochs or 1) <= 1 or stage.estimate_s <= left_s:
+        return False
+    shorter = stage.estimate_s - (stage.epochs - 1) * stage.epoch_s
+    if shorter <= left_s:
+        stage.estimate_s, stage.epochs = shorter, 1
+        return True
+    return False
 
 
 def stage_fixed_seconds(photos: int) -> float:  # a stage's seconds besides extracting: building, saving, heads

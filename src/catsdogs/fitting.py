@@ -41,7 +41,7 @@ from catsdogs.fit_plan import (
     MIN_PACE,
     TOP_NAME,
     Stage,
-    finetune_stage,
+    add_finetune,
     finish_seconds,
     make_room,
     measure_speed,
@@ -49,6 +49,7 @@ from catsdogs.fit_plan import (
     plan_eta,
     plan_line,
     resolution_stage,
+    shorten,
     skip_unexpected,
 )
 from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare
@@ -132,9 +133,10 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     weights = _class_weight(data_dir, class_weight)
     finish_s = finish_seconds(photos, speeds[candidates[0]])
     if not limit.unlimited:  # (e) before (d): cheaper, and it won more often (docs/fit.md)
-        if skipped := make_room(stages, finish_s, limit.left()):
-            say(f"{' and '.join(stage.name for stage in skipped)}: {skipped[0].note}")
-        stages.append(finetune_stage(stages, speeds, photos, limit, finish_s))
+        for skipped in (make_room(stages, finish_s, limit.left()),
+                        add_finetune(stages, speeds, photos, limit, finish_s)):
+            if skipped:
+                say(f"{' and '.join(stage.name for stage in skipped)}: {skipped[0].note}")
         if stages[-1].note:
             say(stages[-1].note)
         if (larger := resolution_stage(stages, data_dir)) is not None:
@@ -180,6 +182,8 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
                 stage.status = "skipped"
                 continue
             stage.backbone = "+".join(s.backbone for s in singles[:2]) if "+" in stage.backbone else singles[0].backbone
+        if shorten(stage, (limit.left() - finish_s) / pace):
+            say(f"{stage.name}: one epoch, {format_seconds(limit.left())} of the budget left")
         if stage.status == "planned" and any(s.status == "done" for s in stages) and \
                 not limit.allows(stage.estimate_s * pace + finish_s):
             stage.status = "skipped"
@@ -191,7 +195,8 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
             tuned = next(s for s in stages if s.model == TOP_NAME and s.status == "done")
             stage.backbone = tuned.backbone
             result = fit_finetune.run_stage(data_dir, out / "candidates" / stage.folder,
-                                            out / "candidates" / tuned.folder, seed, class_weight, cache)
+                                            out / "candidates" / tuned.folder, seed, class_weight, cache,
+                                            stage.epochs)
             stage.learning_rate = result["learning_rate"]
         else:  # a single base's heads keep the inputs of its top when finetune-top is to tune it
             keep = stage.model == "heads" and "+" not in stage.backbone and not stage.image_size and \
