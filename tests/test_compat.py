@@ -78,3 +78,22 @@ def test_early_stopping_improvement_follows_mode_and_min_delta():
     assert compat.is_improvement(lower, 0.5, 1.0) and not compat.is_improvement(lower, 0.95, 1.0)
     higher = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max")
     assert compat.is_improvement(higher, 0.9, 0.8) and not compat.is_improvement(higher, 0.7, 0.8)
+
+
+def test_best_checkpoint_keeps_a_tied_accuracy_with_lower_loss_as_the_history_reads(tmp_path):
+    from catsdogs.run_files import best_row
+    from catsdogs.training import AtomicModelCheckpoint
+
+    checkpoint = AtomicModelCheckpoint(tmp_path / "best.keras", monitor="val_accuracy", mode="max",
+                                       save_best_only=True)
+    checkpoint.set_model(small_model())
+    rows = [{"epoch": 0, "val_accuracy": 0.9, "val_loss": 0.5}, {"epoch": 1, "val_accuracy": 0.9, "val_loss": 0.3},
+            {"epoch": 2, "val_accuracy": 0.9, "val_loss": 0.4}, {"epoch": 3, "val_accuracy": 0.8, "val_loss": 0.1}]
+    saved = []
+    for row in rows:
+        (tmp_path / "best.keras").unlink(missing_ok=True)
+        checkpoint.on_epoch_end(row["epoch"], {key: value for key, value in row.items() if key != "epoch"})
+        saved.append((tmp_path / "best.keras").exists())
+    assert saved == [True, True, False, False]  # the tie with a lower loss, not the one with a higher
+    assert best_row(rows, "val_accuracy")["epoch"] == 1 and best_row(rows, "val_loss")["epoch"] == 3
+    assert best_row([{"epoch": 0, "val_accuracy": 0.9}, {"epoch": 1, "val_accuracy": 0.9}], "val_accuracy")["epoch"] == 0

@@ -170,9 +170,16 @@ def monitor_mode(monitor: str) -> str:
 
 
 def best_row(rows: list[dict], monitor: str) -> dict | None:
-    """The history row with the best `monitor` value (the first of equals), or None."""
+    """The history row with the best `monitor` value, or None. Among equal accuracies (a few hundred validation
+    photos often give two epochs the same) the lower validation loss, then the first (as the checkpoint keeps)."""
     scored = [row for row in rows if isinstance(row.get(monitor), float)]
     if not scored:
         return None
-    pick = max if monitor_mode(monitor) == "max" else min
-    return pick(scored, key=lambda row: row[monitor])
+    if monitor_mode(monitor) == "min":
+        return min(scored, key=lambda row: row[monitor])
+    return max(scored, key=lambda row: (row[monitor], -_loss(row)))
+
+
+def _loss(row: dict) -> float:
+    loss = row.get("val_loss")
+    return loss if isinstance(loss, float) and math.isfinite(loss) else math.inf

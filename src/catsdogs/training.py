@@ -283,7 +283,8 @@ class FitContext:
             keras.callbacks.CSVLogger(str(self.run / HISTORY), append=True),  # first: a kill after it is redone
             AtomicModelCheckpoint(best_path, monitor=self.options.monitor, mode=monitor_mode(self.options.monitor),
                                   save_best_only=True,
-                                  initial_value_threshold=best[self.options.monitor] if best else None),
+                                  initial_value_threshold=best[self.options.monitor] if best else None,
+                                  best_loss=best.get("val_loss") if best else None),
             AtomicModelCheckpoint(self.run / CHECKPOINT_DIR / (PART_LAST if part else LAST)),
             LastEpoch(self.run / CHECKPOINT_DIR / STATE),  # last: the epoch is complete
         ]
@@ -335,10 +336,23 @@ def _check_run_folder(run: Path, resume: bool, model: str | None = None) -> dict
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Keras' ModelCheckpoint, written beside its place and renamed (a kill never leaves half a file)."""
+    """Keras' ModelCheckpoint, written beside its place and renamed (a kill never leaves half a file). With
+    `save_best_only` on an accuracy, an epoch that ties the best with a lower validation loss is kept too (as
+    run_files.best_row reads the history); `best_loss`: that of the best so far, when resumed."""
 
-    def __init__(self, filepath: Path, **kwargs) -> None:
+    def __init__(self, filepath: Path, best_loss: float | None = None, **kwargs) -> None:
         super().__init__(str(filepath), **kwargs)
+        self.best_loss = math.inf if best_loss is None else best_loss
+
+    def _should_save_model(self, epoch, batch, logs, filepath) -> bool:  # compat.checkpoint_target calls it
+        logs = logs or {}
+        loss = float(logs.get("val_loss", math.inf))
+        tie = self.save_best_only and monitor_mode(self.monitor) == "max" and self.best is not None and \
+            logs.get(self.monitor) == self.best and loss < self.best_loss
+        if super()._should_save_model(epoch, batch, logs, filepath) or tie:
+            self.best_loss = loss
+            return True
+        return False
 
     def _save_model(self, epoch, batch, logs) -> None:  # compat.CHECKPOINT_SAVE_HOOK, called by Keras
         filepath = checkpoint_target(self, epoch, batch, logs)
