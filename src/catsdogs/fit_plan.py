@@ -192,24 +192,19 @@ def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, l
     before = limit.elapsed() + sum(s.estimate_s for s in stages if s.status != "skipped") + finish_s
     if not any(s.model == TOP_NAME and s.status == "planned" for s in stages):
         stage.status, stage.note = "skipped", f"{fit_finetune.NAME} skipped: it continues from {TOP_NAME}, not planned"
-    elif fit_finetune.skip_reason(estimate, before, limit) is None:
-        pass
-    elif stage.epoch_s and fit_finetune.skip_reason(shorter := estimate - (epochs - 1) * stage.epoch_s, before,
-                                                    limit) is None:
-        stage.estimate_s, stage.epochs = shorter, 1
-    else:
+    elif fit_finetune.skip_reason(estimate, before, limit) and not shorten(stage, limit.seconds - before):
         stage.status, stage.note = "skipped", fit_finetune.skip_reason(estimate, before, limit)
     return stage
 
 
 def shorten(stage: Stage, left_s: float) -> bool:
-    """Plan (e) over one epoch when `left_s` seconds cannot hold its planned epochs but hold one (the stages ran
-    slower than planned); whether it did."""
+    """Plan (e) over one epoch when `left_s` seconds cannot hold its planned epochs but hold one (at planning, or
+    when the stages ran slower than planned); whether it did."""
     if stage.model != "finetune" or not stage.epoch_s or (stage.epochs or 1) <= 1 or stage.estimate_s <= left_s:
         return False
-    shorter = stage.estimate_s - (stage.epochs - 1) * stage.epoch_s
-    if shorter <= left_s:
-        stage.estimate_s, stage.epochs = shorter, 1
+    one_epoch = stage.estimate_s - (stage.epochs - 1) * stage.epoch_s
+    if one_epoch <= left_s:
+        stage.estimate_s, stage.epochs = one_epoch, 1
         return True
     return False
 
