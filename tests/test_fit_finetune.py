@@ -123,6 +123,7 @@ def test_fine_tuning_gets_one_epoch_or_the_optional_heads_time_when_the_budget_i
         room = add_finetune(stages, speeds, photos, Budget(budget), 30.0)
         assert [s.name for s in room] == skipped and stages[-1].status == "planned" and stages[-1].epochs == epochs
         assert all(s.status == "skipped" and s.note.endswith("time for fine-tuning") for s in room)
+        assert f"fine-tuning best backbone ({epochs} epoch" in plan_line(stages, Budget(budget), 30.0)
     short = Budget(planned[0].estimate_s + planned[-1].estimate_s + one + 20)  # one epoch misses even alone
     hopeless = plan(["a", "b"], speeds, photos, short)
     assert add_finetune(hopeless, speeds, photos, short, 30.0) == [] and hopeless[-1].status == "skipped"

@@ -237,9 +237,14 @@ def plan_eta(stages: list[Stage], finish_s: float, left: float = float("inf")) -
 def plan_line(stages: list[Stage], limit: Budget, finish_s: float) -> str:
     """The plan as printed: each stage to run and its estimate, the finish, the ETA."""
     expected = expected_stages(stages, finish_s, limit.left())
-    steps = "; ".join(f"{stage.name} ~{format_seconds(stage.estimate_s)}"
+    steps = "; ".join(f"{_with_epochs(stage)} ~{format_seconds(stage.estimate_s)}"
                       + ("" if stage in expected else " (if time allows)") for stage in stages
                       if stage.status != "skipped")
     within = "no budget" if limit.unlimited else f"budget {format_seconds(limit.seconds)}"
     return (f"plan ({within}): {steps}; then calibration, test, audit and report ~{format_seconds(finish_s)}; "
             f"ETA {format_seconds(plan_eta(stages, finish_s, limit.left()))}")
+
+
+def _with_epochs(stage: Stage) -> str:
+    """The stage's name, with (e)'s planned epochs."""
+    return stage.name + (f" ({stage.epochs} epoch{'s' if stage.epochs > 1 else ''})" if stage.epochs else "")
