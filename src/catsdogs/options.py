@@ -53,7 +53,7 @@ class TrainOptions:
                                 "AdamW warmed up to the peak learning rate, then cosine-decayed to zero (fastai's "
                                 "fit_one_cycle; baseline, augmented, transfer, finetune: over its fine-tuning epochs)")
     monitor: Monitor = option("val_loss", help="which validation number picks the saved model.keras (and early "
-                              "stopping)")
+                              "stopping); equal accuracies go to the lower loss")
     patience: int | None = option(help="stop after N epochs without improvement on validation (default: finetune "
                                   "3, others none)", metavar="N")
     class_weight: ClassWeight | None = option(help="balanced: weight each class by n / (classes x its count), for "
