@@ -123,8 +123,8 @@ def make_room(stages: list[Stage], finish_s: float, left: float) -> list[Stage]:
 def add_finetune(stages: list[Stage], speeds: dict[str, float], photos: int, limit: Budget,
                  finish_s: float) -> list[Stage]:
     """Append (e) (`finetune_stage`); when the budget cannot hold even one epoch of it, skip the pair, then the
-    other backbones' heads, as long as that lets it run: where finetune-top ran, they were never chosen
-    (docs/fit.md). The stages skipped for it."""
+    other backbones' heads, as long as that lets it run: on the sets large enough for the budget to be short,
+    they were never chosen (docs/fit.md). The stages skipped for it."""
     def fits() -> bool:
         return finetune_stage(stages, speeds, photos, limit, finish_s).status == "planned" or \
             not any(s.model == TOP_NAME and s.status == "planned" for s in stages)
