@@ -192,8 +192,8 @@ def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, l
     before = limit.elapsed() + sum(s.estimate_s for s in stages if s.status != "skipped") + finish_s
     if not any(s.model == TOP_NAME and s.status == "planned" for s in stages):
         stage.status, stage.note = "skipped", f"{fit_finetune.NAME} skipped: it continues from {TOP_NAME}, not planned"
-    elif fit_finetune.skip_reason(estimate, before, limit) and not shorten(stage, limit.seconds - before):
-        stage.status, stage.note = "skipped", fit_finetune.skip_reason(estimate, before, limit)
+    elif (reason := fit_finetune.skip_reason(estimate, before, limit)) and not shorten(stage, limit.seconds - before):
+        stage.status, stage.note = "skipped", reason
     return stage
 
 
