@@ -137,3 +137,38 @@ def test_stages_the_budget_cannot_hold_are_skipped_at_planning_with_the_budget_t
     skipped[0].note = "<script>alert(1)</script>"  # the report escapes what it shows
     record = {"stages": [vars(stage) for stage in stages], "chosen": "a", "chosen_on": "validation accuracy"}
     assert "<script>" not in fit_section(record) and "&lt;script&gt;" in fit_section(record)
+
+
+def test_a_stage_skipped_for_time_runs_after_all_when_the_stages_before_it_ran_fast():
+    from catsdogs.fit_plan import Stage, admit_after_all
+
+    heads, top = Stage("heads a", "a", 60.0, status="done"), Stage("finetune-top best backbone", "a", 100.0,
+                                                                 model="finetune-top", status="done")
+    def tuning(**kw) -> Stage:  # (e) skipped at planning: two epochs of 100 s, one of 120 s in all
+        return Stage("fine-tuning best backbone", "best", 220.0, status="skipped", note="give budget 13m",
+                     model="finetune", epochs=2, epoch_s=100.0, **kw)
+
+    stage = tuning(if_time=True)
+    assert not admit_after_all(stage, [heads, top, stage], 119.0, 1.0) and stage.status == "skipped"  # not one
+    assert admit_after_all(stage, [heads, top, stage], 230.0, 1.0) and stage.epochs == 2  # both epochs fit
+    assert stage.status == "planned" and "run after all" in stage.note
+    stage = tuning(if_time=True)  # at 0.8 of the estimates, 110 s hold one epoch (96 s), not two (176 s)
+    assert admit_after_all(stage, [heads, top, stage], 110.0, 0.8) and stage.epochs == 1
+    assert stage.estimate_s == pytest.approx(120.0)
+    stage = tuning(if_time=True)
+    assert not admit_after_all(stage, [heads, top, stage], 110.0, 1.5) and stage.status == "skipped"
+    room = Stage("heads a+b", "a+b", 10.0, status="skipped", note="skipped at planning to leave time")
+    assert not admit_after_all(room, [heads, room], 1000.0, 0.5)  # skipped to make room: it stays skipped
+    top.status, stage = "skipped", tuning(if_time=True)  # nothing to continue from
+    assert not admit_after_all(stage, [heads, top, stage], 1000.0, 0.5)
+
+
+def test_stages_skipped_at_planning_for_time_are_marked_to_run_if_time_allows():
+    from catsdogs.fit_plan import finetune_stage, finish_seconds, skip_unexpected
+
+    stages = plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(500))
+    finish = finish_seconds(1000, 10.0)
+    skipped = skip_unexpected(stages, finish, Budget(500))
+    assert skipped and all(stage.if_time and "faster than planned" in stage.note for stage in skipped)
+    tuning = finetune_stage(stages, {"a": 1.0}, 1000, Budget(500), finish)  # (c) not planned: it cannot run
+    assert tuning.status == "skipped" and not tuning.if_time

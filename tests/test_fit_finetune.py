@@ -35,7 +35,12 @@ def quick(monkeypatch):
     monkeypatch.setattr(fit_finetune, "EPOCHS", 1)
 
 
-def test_fine_tuning_continues_from_finetune_top_and_records_its_score(photos: Path, tmp_path: Path, quick, capsys):
+def test_fine_tuning_continues_from_finetune_top_and_records_its_score(photos: Path, tmp_path: Path, quick, capsys,
+                                                                      monkeypatch):
+    # planned at just over the hour's budget: skipped at planning, then run after all when the stages before it
+    # ran at half their estimates (the pace forced to 0.5)
+    monkeypatch.setattr(fit_finetune, "estimate_seconds", lambda photos, speed, epochs=None: 3590.0)
+    monkeypatch.setattr("catsdogs.fitting.MAX_PACE", 0.5)
     catsdogs.set_verbosity(1)  # the command line's level: the stages' lines go to stderr
     try:
         run = catsdogs.fit(photos, tmp_path / "run", backbones=["mobilenetv2"], budget="1h", report=False)
@@ -44,10 +49,13 @@ def test_fine_tuning_continues_from_finetune_top_and_records_its_score(photos: P
     printed = capsys.readouterr()
     assert printed.out == ""  # stdout is left to the command's result line
     assert "top-mobilenetv2's top tuned further on the augmented photos" in printed.err
+    assert "fine-tuning skipped: it needs ~59 min 50 s" in printed.err
+    assert "fine-tuning best backbone (1 epoch): " in printed.err and "holds it after all (~29 min 55 s" in printed.err
     record = json.loads((run / "fit.json").read_text())
     top = next(s for s in record["stages"] if s["model"] == "finetune-top")
     stage = next(s for s in record["stages"] if s["model"] == "finetune")
     assert stage["status"] == "done" and stage["backbone"] == "mobilenetv2" and stage["seconds"] > 0
+    assert stage["if_time"] and "run after all" in stage["note"]
     assert stage["val_accuracy"] >= top["val_accuracy"]  # epoch 0 is (c)'s model: never worse on validation
     tuned = run / "candidates" / "finetune-mobilenetv2"
     config = json.loads((tuned / "config.json").read_text())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from catsdogs.errors import UsageError
 
 UNITS = {"s": 1, "m": 60, "h": 3600}
+AFTER_ALL = "it still runs if the stages before it run faster than planned"  # of a stage skipped for time
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smh])")
 
 

@@ -16,14 +16,14 @@ import logging
 import math
 from pathlib import Path
 
-from catsdogs.budget import Budget, format_seconds
+from catsdogs.budget import AFTER_ALL, Budget, format_seconds
 
 EPOCHS, PATIENCE = 2, 2
 TRAIN_SHARE, VALIDATION_SHARE = 0.7, 0.15  # of the photos, before they are split (prepare's default)
 PHOTO_COST = 1.6  # forward passes of the base per training photo and epoch: the bottom forward, the top both
 # ways, the warp (1.4-1.8 measured on TrashNet against measure_speed, docs/fit.md)
 TOP_FORWARD = 0.08  # as fit_plan's: validation is scored from the top's cached inputs (two views)
-OVERHEAD_S = 20.0  # loading and saving the model, the learning curve
+OVERHEAD_S = 10.0  # loading and saving the model, the learning curve (8-19 s measured, docs/fit.md)
 NAME = "fine-tuning"
 
 
@@ -42,7 +42,7 @@ def skip_reason(estimate: float, before_s: float, limit: Budget) -> str | None:
         return None
     need = math.ceil((before_s + estimate) / 60)
     return (f"{NAME} skipped: it needs ~{format_seconds(estimate)} here, {format_seconds(max(0.0, limit.seconds - before_s))} "
-            f"of the budget is left for it; give budget {need}m or more to run it")
+            f"of the budget is left for it; give budget {need}m or more to run it ({AFTER_ALL})")
 
 
 def run_stage(data_dir: Path, run: Path, top_run: Path, seed: int, class_weight: str | None, cache: Path,

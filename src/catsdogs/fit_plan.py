@@ -2,8 +2,9 @@
 against the budget, the ETA. Running the stages is catsdogs.fitting's; this module only decides and estimates.
 
 Estimates are the measured speed (images per second of the frozen base) times the images a stage runs, plus
-per-stage and per-photo constants calibrated on TrashNet's default fit (docs/fit.md); while the stages run, their
-actual / estimated time scales the later estimates (MIN_PACE..MAX_PACE).
+per-stage and per-photo constants calibrated on TrashNet's and 3670 cats/dogs' default fits (docs/fit.md); while
+the stages run, their actual / estimated time scales the later estimates (MIN_PACE..MAX_PACE): a stage that no
+longer fits is skipped, and one skipped at planning for time runs after all when the time left holds it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catsdogs import fit_finetune
-from catsdogs.budget import Budget, format_seconds
+from catsdogs.budget import AFTER_ALL, Budget, format_seconds
 from catsdogs.data_files import read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.fit_finetune import TRAIN_SHARE, VALIDATION_SHARE
@@ -23,7 +24,7 @@ from catsdogs.fit_finetune import TRAIN_SHARE, VALIDATION_SHARE
 OVERHEAD_S = 5.0  # per stage: building the bases and the models, saving the run
 HEADS_S_PER_PHOTO = 0.008  # per stage: the logistic C path, the dense head and the learning curve (~20 s for 2500)
 TRAINED_SHARE = 0.85  # of the photos, the train and validation splits (whose features a stage extracts)
-FIXED_S = 15.0  # calibration, evaluation, audit and report, on top of the stages (scaled with the photos below)
+FIXED_S = 25.0  # calibration, evaluation, audit and report, on top of the stages (scaled with the photos below)
 FIXED_S_PER_PHOTO = 0.01
 MIN_PACE, MAX_PACE = 0.5, 3.0  # the measured speed is from a few images: the stages' times correct it
 MAX_RESOLUTION, LARGER = 384, 1.25  # the resolution stage: up to 384 px, for photos 1.25x the base's input
@@ -52,6 +53,12 @@ class Stage:
     epochs: int | None = None  # (e)'s planned epochs
     epoch_s: float | None = None  # (e)'s estimated seconds per epoch
     note: str | None = None  # why it was skipped at planning
+    if_time: bool = False  # skipped at planning for time only: it runs if the stages before it leave the time
+
+    @property
+    def label(self) -> str:
+        """The name, with (e)'s planned epochs."""
+        return self.name + (f" ({self.epochs} epoch{'s' if self.epochs > 1 else ''})" if self.epochs else "")
 
     @property
     def folder(self) -> str:
@@ -152,8 +159,8 @@ def _skip_heads_for(stages: list[Stage], fits, name: str) -> list[Stage]:
 
 def skip_unexpected(stages: list[Stage], finish_s: float, limit: Budget) -> list[Stage]:
     """Skip at planning each stage that the budget left cannot hold after the stages before it, its `note` saying
-    what budget would: the plan's ETA is then what runs (a stage is never added later, only skipped when the
-    stages run slower than planned). The stages skipped."""
+    what budget would: the plan's ETA is then what runs, unless the stages run faster than planned and leave the
+    time for one of these after all (`admit_after_all`). The stages skipped."""
     expected = expected_stages(stages, finish_s, limit.left())
     skipped = []
     for index, stage in enumerate(stages):
@@ -161,7 +168,8 @@ def skip_unexpected(stages: list[Stage], finish_s: float, limit: Budget) -> list
             before = sum(s.estimate_s for s in stages[:index] if s in expected)
             need = math.ceil((limit.elapsed() + before + stage.estimate_s + finish_s) / 60)
             stage.status, stage.note = "skipped", f"skipped at planning: the budget cannot hold it after the " \
-                                                  f"stages before it; give budget {need}m or more to run it"
+                                                  f"stages before it; give budget {need}m or more to run it ({AFTER_ALL})"
+            stage.if_time = True
             skipped.append(stage)
     return skipped
 
@@ -193,8 +201,24 @@ def finetune_stage(stages: list[Stage], speeds: dict[str, float], photos: int, l
     if not any(s.model == TOP_NAME and s.status == "planned" for s in stages):
         stage.status, stage.note = "skipped", f"{fit_finetune.NAME} skipped: it continues from {TOP_NAME}, not planned"
     elif (reason := fit_finetune.skip_reason(estimate, before, limit)) and not shorten(stage, limit.seconds - before):
-        stage.status, stage.note = "skipped", reason
+        stage.status, stage.note, stage.if_time = "skipped", reason, True
     return stage
+
+
+def admit_after_all(stage: Stage, stages: list[Stage], left_s: float, pace: float) -> bool:
+    """Whether a stage skipped at planning for time only runs after all, its turn come: the stages before it ran
+    faster than planned (`pace`, their actual / estimated seconds) and the `left_s` seconds (the finish reserved)
+    hold it at that pace, (e) over one epoch if need be, and what it continues from ran. Its status and note
+    then say so."""
+    if stage.status != "skipped" or not stage.if_time or (stage.model == "finetune" and not any(
+            s.model == TOP_NAME and s.status == "done" for s in stages)):
+        return False
+    shorten(stage, left_s / pace)
+    if stage.estimate_s * pace > left_s:
+        return False
+    stage.status, stage.note = "planned", "skipped at planning for time; run after all, the stages before it " \
+                                          "having run faster than planned"
+    return True
 
 
 def shorten(stage: Stage, left_s: float) -> bool:
@@ -237,14 +261,9 @@ def plan_eta(stages: list[Stage], finish_s: float, left: float = float("inf")) -
 def plan_line(stages: list[Stage], limit: Budget, finish_s: float) -> str:
     """The plan as printed: each stage to run and its estimate, the finish, the ETA."""
     expected = expected_stages(stages, finish_s, limit.left())
-    steps = "; ".join(f"{_with_epochs(stage)} ~{format_seconds(stage.estimate_s)}"
+    steps = "; ".join(f"{stage.label} ~{format_seconds(stage.estimate_s)}"
                       + ("" if stage in expected else " (if time allows)") for stage in stages
                       if stage.status != "skipped")
     within = "no budget" if limit.unlimited else f"budget {format_seconds(limit.seconds)}"
     return (f"plan ({within}): {steps}; then calibration, test, audit and report ~{format_seconds(finish_s)}; "
             f"ETA {format_seconds(plan_eta(stages, finish_s, limit.left()))}")
-
-
-def _with_epochs(stage: Stage) -> str:
-    """The stage's name, with (e)'s planned epochs."""
-    return stage.name + (f" ({stage.epochs} epoch{'s' if stage.epochs > 1 else ''})" if stage.epochs else "")

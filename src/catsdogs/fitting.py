@@ -14,7 +14,8 @@ once on the test split, its photos audited with its own cached features, and RUN
 
 `budget` (default 10 minutes): this machine's speed on each backbone is measured on a few images first, the
 stages are planned to fit (catsdogs.fit_plan: what the budget cannot hold is skipped at planning, saying what
-budget would), the plan and its ETA printed; a stage that no longer fits when it comes is skipped. `budget=0`:
+budget would), the plan and its ETA printed; a stage that no longer fits when it comes is skipped, and one skipped
+at planning for time runs after all when the stages before it ran fast enough to leave it the time. `budget=0`:
 no budget, stage (a) only. Re-running the same call continues where it stopped (finished stages are kept).
 """
 
@@ -42,6 +43,7 @@ from catsdogs.fit_plan import (
     TOP_NAME,
     Stage,
     add_finetune,
+    admit_after_all,
     finish_seconds,
     make_room,
     measure_speed,
@@ -171,8 +173,11 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
     the pair stage takes the two best single backbones."""
     pace = 1.0  # the stages' actual / estimated seconds so far (either way): later estimates are scaled by it
     for stage in stages:
-        if stage.status == "skipped":  # at planning (fine-tuning that the budget cannot hold)
-            continue
+        if stage.status == "skipped":  # at planning: for time only, it may run after all
+            if not admit_after_all(stage, stages, limit.left() - finish_s, pace):
+                continue
+            say(f"{stage.label}: {format_seconds(limit.left())} of the budget left holds it after all "
+                f"(~{format_seconds(stage.estimate_s * pace)} at the pace so far): running it")
         singles = sorted((s for s in stages if s.status == "done" and s.model == "heads" and "+" not in s.backbone
                           and not s.image_size),
                          key=lambda s: (s.val_accuracy, -s.val_loss), reverse=True)
@@ -200,7 +205,7 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
             stage.learning_rate = result["learning_rate"]
         else:  # a single base's heads keep the inputs of its top when finetune-top is to tune it
             keep = stage.model == "heads" and "+" not in stage.backbone and not stage.image_size and \
-                any(s.model == TOP_NAME and s.status == "planned" for s in stages)
+                any(s.model == TOP_NAME and (s.status == "planned" or s.if_time) for s in stages)
             result = _train_stage(data_dir, out / "candidates" / stage.folder, stage.backbone, seed, class_weight,
                                   cache, distribute, stage.image_size, stage.model, keep_top_inputs=keep)
         stage.seconds = round(time.monotonic() - started, 1)
