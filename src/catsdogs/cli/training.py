@@ -101,7 +101,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
               overwrite=args.overwrite, distribute=args.distribute, audit=args.audit, budget=args.budget,
               corrections=args.corrections)
     metrics = run.metrics
-    recipe = f"{run.config['head']} head" if run.config.get("head") else run.model_name  # heads, or finetune
+    recipe = f"{run.config['head']} head" if run.config.get("head") else run.model_name  # heads, or finetune-top
+    recipe += ", then tuned on the augmented photos" if run.config.get("from_run") else ""  # stage (e)
     print(f"fitted {run}: {run.config['fit']['chosen']} ({recipe}), test accuracy "
           f"{metrics['accuracy']:.4f} ({metrics['n']} photos, {len(run.classes)} classes); report: {run / 'report.html'}")
 
