@@ -51,6 +51,7 @@ def test_fine_tuning_continues_from_finetune_top_and_records_its_score(photos: P
     assert "top-mobilenetv2's top tuned further on the augmented photos" in printed.err
     assert "fine-tuning skipped: it needs ~59 min 50 s" in printed.err
     assert "fine-tuning best backbone (1 epoch): " in printed.err and "holds it after all (~29 min 55 s" in printed.err
+    assert "running it; the fit now ends in about 3" in printed.err  # 29 min 55 s and the finish
     record = json.loads((run / "fit.json").read_text())
     top = next(s for s in record["stages"] if s["model"] == "finetune-top")
     stage = next(s for s in record["stages"] if s["model"] == "finetune")

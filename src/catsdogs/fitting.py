@@ -176,8 +176,10 @@ def _run_stages(stages: list[Stage], data_dir: Path, out: Path, seed: int, class
         if stage.status == "skipped":  # at planning: for time only, it may run after all
             if not admit_after_all(stage, stages, limit.left() - finish_s, pace):
                 continue
+            rest = sum(s.estimate_s for s in stages[stages.index(stage):] if s.status == "planned") * pace + finish_s
             say(f"{stage.label}: {format_seconds(limit.left())} of the budget left holds it after all "
-                f"(~{format_seconds(stage.estimate_s * pace)} at the pace so far): running it")
+                f"(~{format_seconds(stage.estimate_s * pace)} at the pace so far): running it; the fit now ends in "
+                f"about {format_seconds(rest)}")
         singles = sorted((s for s in stages if s.status == "done" and s.model == "heads" and "+" not in s.backbone
                           and not s.image_size),
                          key=lambda s: (s.val_accuracy, -s.val_loss), reverse=True)
