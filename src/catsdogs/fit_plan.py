@@ -52,7 +52,7 @@ class Stage:
     learning_rate: float | None = None  # fine-tuning's peak rate, from the range test
     epochs: int | None = None  # (e)'s planned epochs
     epoch_s: float | None = None  # (e)'s estimated seconds per epoch
-    note: str | None = None  # why it was skipped at planning
+    note: str | None = None  # why it was skipped at planning (or that it ran after all)
     if_time: bool = False  # skipped at planning for time only: it runs if the stages before it leave the time
 
     @property
