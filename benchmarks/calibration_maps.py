@@ -11,6 +11,7 @@ renormalised; a RUN trained with balanced weights), then temperature; temperatur
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--shuffles", type=int, default=10)
     args = parser.parse_args()
     data = args.run / "data"
+    if not (args.run / "config.json").is_file() or not data.is_dir():
+        sys.exit(f"{args.run}: not a catsdogs fit RUN (needs config.json and data/)")
     labels, probabilities, *_ = split_probabilities(Predictor(args.run, calibrated=False), data, "validation",
                                                     cache_dir=args.run / "cache")
     labels, probabilities = np.asarray(labels), np.asarray(probabilities, np.float64)

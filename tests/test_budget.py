@@ -144,7 +144,7 @@ def test_a_stage_skipped_for_time_runs_after_all_when_the_stages_before_it_ran_f
 
     heads, top = Stage("heads a", "a", 60.0, status="done"), Stage("finetune-top best backbone", "a", 100.0,
                                                                  model="finetune-top", status="done")
-    def tuning(**kw) -> Stage:  # (e) skipped at planning: two epochs of 100 s, one of 120 s in all
+    def tuning(**kw) -> Stage:  # (e) skipped at planning: 220 s over two epochs of 100 s, 120 s over one
         return Stage("fine-tuning best backbone", "best", 220.0, status="skipped", note="give budget 13m",
                      model="finetune", epochs=2, epoch_s=100.0, **kw)
 
