@@ -59,3 +59,21 @@ def test_progress_shows_rate_and_eta():
     progress = Progress("predicting", total=100, unit="images", stream=stream, interval=0)
     progress.update(10)
     assert "images/s" in stream.getvalue() and "ETA" in stream.getvalue()
+
+
+def test_progress_ends_with_the_final_count_once():
+    import io
+
+    stream = io.StringIO()
+    progress = Progress("extracting", total=4, unit="images", stream=stream, interval=0)
+    progress.update(2)
+    progress.update(2)  # shown at once: interval 0
+    progress.close()
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines == [lines[0], lines[1]] and lines[1].startswith("extracting: 4/4 images")
+    quiet = io.StringIO()
+    slow = Progress("decoding", total=4, unit="images", stream=quiet, interval=3600)
+    slow.update(4)
+    slow.close()
+    assert quiet.getvalue().count("decoding: 4/4 images") == 1

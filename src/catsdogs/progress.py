@@ -19,7 +19,8 @@ class Progress:
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.interval = 0.2 if self.interactive else interval
-        self.done = 0
+        self.done = self.shown = 0
+        self.closed = False
         self.started = self.last_shown = time.perf_counter()
 
     @property
@@ -37,14 +38,20 @@ class Progress:
         self.done += n
         now = time.perf_counter()
         if now - self.last_shown >= self.interval:
-            self.last_shown = now
+            self.last_shown, self.shown = now, self.done
             end = "\r" if self.interactive else "\n"
             print(self._line(), end=end, file=self.stream, flush=True)
 
     def close(self) -> None:
+        """End the line with the final count: kept on a terminal (as Keras' bar), one line in logs, never the
+        same count twice."""
+        if self.closed:
+            return
+        self.closed = True
         if self.interactive:
-            print(" " * 79, end="\r", file=self.stream, flush=True)
-        elif self.done:
+            print(f"{self._line():<79}" if self.done else " " * 79, end="\n" if self.done else "\r",
+                  file=self.stream, flush=True)
+        elif self.done and self.done != self.shown:
             print(self._line(), file=self.stream, flush=True)
 
 
