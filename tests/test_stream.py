@@ -52,6 +52,22 @@ def test_cli_predict_output_and_resume(tiny_run: Path, photo_folder: Path, tmp_p
     assert "0 rows" in capsys.readouterr().err
 
 
+def test_cli_predict_to_stdout_shows_progress_on_stderr_past_the_delay(tiny_run: Path, photo_folder: Path,
+                                                                      capsys, monkeypatch):
+    import functools
+
+    import catsdogs.progress
+    from catsdogs.cli import main
+
+    assert main(["predict", str(tiny_run), str(photo_folder)]) in (0, None)
+    quick = capsys.readouterr()
+    assert "predicting:" not in quick.err and len(quick.out.splitlines()) == 13  # done within the delay: silent
+    monkeypatch.setattr(catsdogs.progress, "track", functools.partial(catsdogs.progress.track, delay=0))
+    assert main(["predict", str(tiny_run), str(photo_folder), "--format", "json"]) in (0, None)
+    shown = capsys.readouterr()
+    assert "predicting: 12/12 images" in shown.err and shown.out.count('"path"') == 12
+
+
 def test_progress_shows_rate_and_eta():
     import io
 

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 class Progress:
     """Counts work done and shows `label: done/total (rate unit/s)`."""
 
     def __init__(self, label: str, total: int | None = None, unit: str = "files",
-                 stream: TextIO | None = None, interval: float = 5.0) -> None:
-        self.label, self.total, self.unit = label, total, unit
+                 stream: TextIO | None = None, interval: float = 5.0, delay: float = 0.0) -> None:
+        """`delay`: seconds before the first line (tqdm's `delay`): work done sooner shows nothing at all."""
+        self.label, self.total, self.unit, self.delay = label, total, unit, delay
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.interval = 0.2 if self.interactive else interval
@@ -37,7 +41,7 @@ class Progress:
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self.last_shown >= self.interval:
+        if now - self.last_shown >= self.interval and now - self.started >= self.delay:
             self.last_shown, self.shown = now, self.done
             end = "\r" if self.interactive else "\n"
             print(self._line(), end=end, file=self.stream, flush=True)
@@ -45,13 +49,13 @@ class Progress:
     def close(self) -> None:
         """End the line with the final count: kept on a terminal (as Keras' bar), one line in logs, never the
         same count twice."""
-        if self.closed:
+        if self.closed or not self.done or (self.delay and not self.shown):
+            self.closed = True
             return
         self.closed = True
         if self.interactive:
-            print(f"{self._line():<79}" if self.done else " " * 79, end="\n" if self.done else "\r",
-                  file=self.stream, flush=True)
-        elif self.done and self.done != self.shown:
+            print(f"{self._line():<79}", file=self.stream, flush=True)
+        elif self.done != self.shown:
             print(self._line(), file=self.stream, flush=True)
 
 
@@ -72,6 +76,20 @@ def progress(total: int | None, label: str, unit: str = "files") -> Progress | N
     from catsdogs.verbosity import get_verbosity
 
     return Progress(label, total=total, unit=unit) if get_verbosity() >= 1 else NoProgress()
+
+
+def track(items: Iterable[T], total: int | None, label: str, unit: str = "images",
+          delay: float = 3.0) -> Iterator[T]:
+    """`items` as they come, with a progress line once they take more than `delay` seconds (verbosity >= 1)."""
+    from catsdogs.verbosity import get_verbosity
+
+    bar = Progress(label, total=total, unit=unit, delay=delay) if get_verbosity() >= 1 else NoProgress()
+    try:
+        for item in items:
+            yield item
+            bar.update()
+    finally:
+        bar.close()
 
 
 def _duration(seconds: float) -> str:

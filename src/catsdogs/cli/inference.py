@@ -50,7 +50,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if missing:
             raise UsageError(f"no such file: {', '.join(missing)} (the other files were classified)")
         return
+    from catsdogs.progress import track
+    from catsdogs.stream import count_files
+
     predictions = predictor.predict_paths(args.paths)
+    if not sys.stdout.isatty():  # on a terminal the rows themselves show the progress
+        predictions = track(predictions, count_files(args.paths), "predicting")
     if args.format == "json":
         threshold = predictor.threshold if len(predictor.classes) == 2 else None
         from catsdogs.run_files import json_text
