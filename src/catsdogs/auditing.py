@@ -42,7 +42,7 @@ from catsdogs.files import atomic_path
 from catsdogs.images import ImageError, batch_for, decode_image, decode_workers, read_photo_bytes, resize
 from catsdogs.label_errors import FOLDS, label_issues, out_of_fold_probabilities, require_cleanlab
 from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
-from catsdogs.photo_keys import in_order, photo_ids, save_ids, set_digest, stored_order
+from catsdogs.photo_keys import in_order, photo_ids, read_cached_array, save_ids, set_digest, stored_order
 from catsdogs.progress import progress
 
 KINDS = ("near_duplicate", "label", "outlier")
@@ -247,7 +247,8 @@ def _cached_hashes(hash_file: Path | None, ids: list[str]) -> np.ndarray | None:
     if hash_file is None or not hash_file.exists():
         return None
     order = stored_order(hash_file.with_name("ids-" + hash_file.name), ids)
-    return None if order is None else in_order(np.load(hash_file), order)
+    hashes = None if order is None else read_cached_array(hash_file)
+    return None if hashes is None or len(hashes) <= int(order.max(initial=-1)) else in_order(hashes, order)
 
 
 def normalise(features: np.ndarray) -> np.ndarray:

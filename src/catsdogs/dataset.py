@@ -12,6 +12,7 @@ from catsdogs.data_files import manifest_sha256, read_classes, read_manifest
 from catsdogs.errors import UsageError
 from catsdogs.files import atomic_path
 from catsdogs.images import ImageError, decode_many, load_image
+from catsdogs.photo_keys import read_cached_array
 from catsdogs.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,9 @@ def load_split(data_dir: Path, split: str, image_size: int, *, cache_dir: Path |
     if cache_dir is not None:
         key = manifest_sha256(data_dir)[:16]
         cache_file = Path(cache_dir) / f"images-{key}-{split}-{image_size}.npy"
-        if cache_file.exists():
-            images = np.load(cache_file)
-            if len(images) == len(rows):
-                return SplitArrays(images, labels, paths, classes)
+        images = read_cached_array(cache_file)
+        if images is not None and images.shape == (len(rows), image_size, image_size, 3) and images.dtype == np.uint8:
+            return SplitArrays(images, labels, paths, classes)
     bar = progress(len(rows), f"decoding {split}", unit="images")
     images = decode_many(paths, image_size, workers, decode=load_data_image, on_each=bar.update)
     bar.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import shutil
 import sys
@@ -110,6 +111,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         from catsdogs.novelty import check_accept
 
         check_accept(accept)
+    _check_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
     _check_out(out, overwrite, keep=corrections)
     candidates = list(backbones) if backbones else default_candidates()
     if not candidates:
@@ -132,6 +134,8 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     data_dir = Path(data) if data is not None else out / "data"
     if data is None:
         _prepared(Path(source), data_dir, seed, train_size, val_size, test_size, corrections)
+    else:
+        check_splits(data_dir)
     weights = _class_weight(data_dir, class_weight)
     finish_s = finish_seconds(photos, speeds[candidates[0]])
     if not limit.unlimited:  # (e) before (d): cheaper, and it won more often (docs/fit.md)
@@ -294,7 +298,8 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
 
 
 def _check_out(out: Path, overwrite: bool, keep: str | Path | None = None) -> None:
-    """Refuse an OUT that is not empty and not an unfinished fit (overwrite replaces a finished one)."""
+    """Refuse an OUT that is not empty and not an unfinished fit; overwrite replaces a fit, finished or not
+    (its cache and the review's decisions kept)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"out {out} exists and is not a folder; choose another out", "out")
     if not out.exists() or not any(out.iterdir()):
@@ -302,26 +307,52 @@ def _check_out(out: Path, overwrite: bool, keep: str | Path | None = None) -> No
     record = out / FIT_RECORD
     if not record.exists() and not (out / "candidates").exists() and not (out / "data").exists():
         raise UsageError(f"out {out} exists and is not a catsdogs fit folder; choose another out", "out")
-    if record.exists() and read_json(record).get("status") == "complete":
-        if not overwrite:
-            raise UsageError(f"out {out} is already fitted; choose another out, or overwrite=True", "out")
+    if overwrite:
         kept = Path(keep).resolve() if keep is not None else None
         for entry in out.iterdir():
             if entry.name in KEPT_ON_OVERWRITE or entry.name.endswith(".review.json") or \
                     (kept is not None and (kept == entry.resolve() or entry.resolve() in kept.parents)):
                 continue
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        return
+    if record.exists():
+        try:
+            finished = read_json(record).get("status") == "complete"
+        except (UsageError, AttributeError):
+            raise UsageError(f"cannot read {record}; overwrite=True starts the fit afresh", "out") from None
+        if finished:
+            raise UsageError(f"out {out} is already fitted; choose another out, or overwrite=True", "out")
 
 
 def _prepared(source: Path, data_dir: Path, seed: int, train_size, val_size, test_size,
               corrections: str | Path | None = None) -> None:
-    if prepared_from(data_dir, source) and (read_record(data_dir) or {}).get("corrections") == corrections_identity(corrections):
+    """Prepare SOURCE into DATA, unless DATA already holds it prepared with these sizes, seed and corrections
+    (an interrupted fit run again); then check that each split has photos."""
+    record = read_record(data_dir) if prepared_from(data_dir, source) else None
+    asked = {"train": train_size, "val": val_size, "test": test_size}
+    if record and record.get("seed") == seed and record.get("requested") == json.loads(json.dumps(asked)) and \
+            record.get("corrections") == corrections_identity(corrections):
         say(f"data already prepared in {data_dir}")
-        return
-    summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed, overwrite=True,
-                      corrections=corrections)
-    say(summary.line())
-    say(summary.audit_line())
+    else:
+        summary = prepare(source, data_dir, train=train_size, val=val_size, test=test_size, seed=seed,
+                          overwrite=True, corrections=corrections)
+        say(summary.line())
+        say(summary.audit_line())
+    check_splits(data_dir)
+
+
+def _check_sizes(**sizes: SplitSize) -> None:
+    for size, value in sizes.items():
+        if value is not None and value == 0:
+            raise UsageError(f"{size} 0 leaves fit no photos to train, choose or test on", size)
+
+
+def check_splits(data_dir: Path) -> None:
+    """fit trains on train, chooses on validation and tests once on test: each must have photos."""
+    for split, size in (("train", "train_size"), ("validation", "val_size"), ("test", "test_size")):
+        if not read_manifest(data_dir, split):
+            raise UsageError(f"{data_dir} has no {split} photos, and fit needs them; give {size} > 0 "
+                             "(or more photos)", size)
 
 
 def _class_weight(data_dir: Path, class_weight: str | None) -> str | None:

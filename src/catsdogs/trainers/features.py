@@ -25,10 +25,11 @@ import numpy as np
 
 from catsdogs.data_files import read_manifest
 from catsdogs.dataset import SplitArrays
+from catsdogs.errors import CatsdogsError
 from catsdogs.files import atomic_path
 from catsdogs.images import batch_for
 from catsdogs.models.pretrained import find_base
-from catsdogs.photo_keys import in_order, photo_ids, save_ids, set_digest, stored_order
+from catsdogs.photo_keys import in_order, photo_ids, read_cached_array, save_ids, set_digest, stored_order
 from catsdogs.precision import jit_compile_setting
 from catsdogs.progress import progress
 
@@ -74,7 +75,10 @@ def ids_file(features_file: Path) -> Path:
 def load_cached(features_file: Path, ids: Sequence[str]) -> np.ndarray | None:
     """A cached features file's rows in the order of `ids`, or None when it (or a photo in it) is missing."""
     order = stored_order(ids_file(features_file), ids) if features_file.exists() else None
-    return None if order is None else in_order(load_features(features_file), order)
+    features = None if order is None else load_features(features_file)
+    if features is None or len(features) <= int(order.max(initial=-1)):
+        return None
+    return in_order(features, order)
 
 
 def save_cached(features_file: Path, features: np.ndarray, ids: Sequence[str]) -> None:
@@ -158,7 +162,7 @@ def cached_features(extractor: keras.Model, context, split: str, cache_dir: Path
                                  engine=context.options.engine, dtype=dtype)
         for _, out in outputs:
             save_ids(ids_file(out), ids)
-        features = load_features(path)
+        features = _written(path)
     return SplitArrays(features, labels, [], context.config["classes"])
 
 
@@ -179,12 +183,21 @@ def extract_jointly(joint: keras.Model, targets: Sequence[tuple], images: np.nda
         target.flush()
 
 
-def load_features(path: Path) -> np.ndarray:
+def load_features(path: Path) -> np.ndarray | None:
     """A cached features file: read into memory when it fits the in-memory budget, else memory-mapped
-    (`dataset.to_dataset` then reads batches from the map; catsdogs.shards)."""
+    (`dataset.to_dataset` then reads batches from the map; catsdogs.shards); None when unreadable."""
     from catsdogs.shards import in_memory_budget
 
-    return np.load(path, mmap_mode="r" if path.stat().st_size > in_memory_budget() else None)
+    return read_cached_array(path, mmap=path.is_file() and path.stat().st_size > in_memory_budget())
+
+
+def _written(path: Path) -> np.ndarray:
+    """The features just extracted into `path`; an error if the model gave NaN or infinite values."""
+    features = load_features(path)
+    if features is None:
+        raise CatsdogsError(f"the features extracted into {path} are not finite numbers: the model's weights are "
+                            "broken (NaN); train it again")
+    return features
 
 
 def fit_features(model: keras.Model, context) -> dict:
@@ -229,7 +242,7 @@ def cached_pool_features(model: keras.Model, backbone: str, data_dir: Path, spli
             if images is None:
                 return None
             _write_features(extractor, images, ids, path, split)
-            part = load_features(path)
+            part = _written(path)
         parts.append(np.asarray(part, np.float32))
     return np.concatenate(parts, axis=1)
 
