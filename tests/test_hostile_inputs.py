@@ -164,6 +164,30 @@ def test_zip_entry_with_a_bad_crc_or_over_the_limit(tmp_path, monkeypatch):
         f"'{info.filename}'"
 
 
+def test_zip_names_too_long_repeated_or_a_truncated_archive(tmp_path, capsys):
+    import warnings
+
+    folders = make_class_folders(tmp_path / "photos", per_class=8)
+    photos = sorted(folders.rglob("*.jpg"))
+    archive = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(archive, "w") as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate names
+        for photo in photos[1:]:
+            handle.write(photo, f"{photo.parent.name}/{photo.name}")
+        handle.write(photos[0], f"{photos[0].parent.name}/{'A' * 300}.jpg")  # past a file system's 255 bytes
+        for photo in (photos[1], photos[-1]):  # a cat and a dog under one name
+            handle.write(photo, "Cats/twice.jpg")
+    prepare(archive, tmp_path / "data", val=2, test=2)
+    reasons = rejected(tmp_path / "data")
+    assert reasons["Cats/twice.jpg"] == "the zip holds more than one entry of this name: none is read"
+    long_names = [p.name for p in (tmp_path / "data").rglob("AAAA*.jpg")]
+    assert len(long_names) == 1 and len(long_names[0].encode()) < 255
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(archive.read_bytes()[:2000])
+    assert main(["prepare", str(truncated), "--out", str(tmp_path / "d2")]) == 2
+    assert "a corrupt or truncated zip archive" in capsys.readouterr().err
+
+
 def write_csv(path: Path, rows: list[list[str]]) -> Path:
     with open(path, "w", newline="") as handle:
         csv.writer(handle).writerows([["path", "label"], *rows])

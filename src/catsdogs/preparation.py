@@ -35,6 +35,7 @@ SPLIT_PARAMETERS = {"train": "train", "validation": "val", "test": "test"}  # pr
 DEFAULT_FRACTIONS = {"validation": 0.15, "test": 0.15}  # a user's own photos: 70/15/15 per class
 STUDY_SIZES = {"train": 3000, "val": 1000, "test": 1000}  # the study's 1500/500/500 per class (reproduce)
 WORK_DIR = ".incomplete"
+MAX_STEM_BYTES = 120  # of a file name in DATA (file systems allow 255 bytes)
 
 SplitSize = int | float | None  # a count (total over the classes), a fraction (of each class) or the default
 
@@ -382,7 +383,11 @@ def _units(pool: dict[str, list[CheckedPhoto]], group: str) -> dict[str, list[li
 
 
 def _target_name(photo: CheckedPhoto, taken: set[str]) -> str:
+    """The photo's file name in DATA: its own stem, shortened past MAX_STEM_BYTES (a zip's names may be longer
+    than a file system allows), made unique with its content hash."""
     stem = PurePosixPath(photo.source.relpath).stem
+    if len(stem.encode()) > MAX_STEM_BYTES:
+        stem = f"{stem.encode()[:MAX_STEM_BYTES].decode(errors='ignore')}-{photo.sha256[:10]}"
     name = f"{stem}.jpg"
     if name in taken:
         name = f"{stem}-{photo.sha256[:10]}.jpg"

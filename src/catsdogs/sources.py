@@ -16,6 +16,7 @@ import os
 import posixpath
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -93,6 +94,14 @@ def split_alias(name: str) -> str | None:
     return SPLIT_ALIASES.get(name.strip().lower())
 
 
+def _starts_like_a_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def _unsafe_zip_name(name: str) -> bool:
     parts = PurePosixPath(name.replace("\\", "/")).parts
     return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
@@ -105,10 +114,12 @@ def _list_zip(path: Path) -> tuple[dict[str, Callable[[], bytes]], list[tuple[st
         raise UsageError(f"{path}: not a readable zip archive ({error})", "source") from None
     readers: dict[str, Callable[[], bytes]] = {}
     refused: list[tuple[str, str]] = []
-    for info in archive.infolist():
-        if info.is_dir():
-            continue
-        if _unsafe_zip_name(info.filename):
+    entries = [info for info in archive.infolist() if not info.is_dir()]
+    repeated = {name for name, count in Counter(info.filename for info in entries).items() if count > 1}
+    for info in entries:
+        if info.filename in repeated:
+            refused.append((info.filename, "the zip holds more than one entry of this name: none is read"))
+        elif _unsafe_zip_name(info.filename):
             refused.append((info.filename, "unsafe path in zip (absolute or '..')"))
         elif info.file_size > MAX_ENTRY_BYTES:
             refused.append((info.filename, size_limit_reason(MAX_ENTRY_BYTES)))
@@ -206,6 +217,9 @@ def scan_source(source: Path, *, allow_outside: bool = False) -> SourceScan:
             raise UsageError(f"{source}: {error}", "source") from None
         readers, refused = {source.name: lambda: text}, []
         readers.update(_csv_file_readers(source, text, allow_outside))
+    elif _starts_like_a_zip(source):
+        raise UsageError(f"{source}: a corrupt or truncated zip archive (its directory at the end is missing or "
+                         "damaged); copy or download it again", "source")
     else:
         raise UsageError(f"{source}: expected a folder, a .zip archive or a .csv of path,label", "source")
 
