@@ -324,3 +324,14 @@ def test_cli_prepare_of_a_hostile_folder_in_a_subprocess(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "rejected 4" in result.stdout and "Traceback" not in result.stderr
     assert io.StringIO(result.stdout).readline().startswith("prepared ")
+
+
+def test_a_symlinked_class_folder_is_not_followed_and_said(tmp_path, caplog):
+    from catsdogs.sources import scan_source
+
+    make_class_folders(tmp_path / "photos", per_class=4, names=("cat", "dog", "fox"))
+    outside = make_class_folders(tmp_path / "elsewhere", per_class=4, names=("owl",))
+    (tmp_path / "photos" / "owl").symlink_to(outside / "owl")
+    scan = scan_source(tmp_path / "photos")
+    assert {f.class_name for f in scan.files} == {"cat", "dog", "fox"}
+    assert "a symlinked folder, not followed" in caplog.text and "owl" in caplog.text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import posixpath
 import zipfile
@@ -25,6 +26,8 @@ from pathlib import Path, PurePosixPath
 from catsdogs.data_files import SPLITS
 from catsdogs.errors import UsageError, one_line, shorten
 from catsdogs.images import MAX_FILE_BYTES, ImageError, read_photo_bytes, size_limit_reason
+
+logger = logging.getLogger(__name__)
 
 # the photos we decode (phone formats through `images.register_openers`); matched case-insensitively
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -146,8 +149,11 @@ def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[],
 def _list_folder(root: Path) -> dict[str, Callable[[], bytes]]:
     """Readers of every file under `root` (`read_photo_bytes`: regular files only, no link leaving `root`)."""
     readers: dict[str, Callable[[], bytes]] = {}
-    for folder, dirnames, filenames in os.walk(root):  # symlinked folders are not followed
+    for folder, dirnames, filenames in os.walk(root):  # symlinked folders are not followed: said
         dirnames.sort()
+        for name in dirnames:
+            if (Path(folder) / name).is_symlink():
+                logger.warning(f"{Path(folder) / name}: a symlinked folder, not followed (copy its photos in)")
         for name in filenames:
             full = Path(folder) / name
             readers[full.relative_to(root).as_posix()] = partial(read_photo_bytes, full, MAX_FILE_BYTES, root)
@@ -376,7 +382,8 @@ def _read_labels_csv(labels_csv: str, readers: dict[str, Callable[[], bytes]], a
         elif problem:
             refused.append((where, problem))
         elif _outside(path) and not allow_outside:
-            refused.append((where, f"path {shorten(path, 80)!r} leaves the CSV's folder (allow_outside=True to read it)"))
+            refused.append((where, f"path {shorten(path, 80)!r} leaves the CSV's folder "
+                                   "(--allow-outside-csv-paths reads it)"))
         elif relpath not in readers:
             refused.append((path, f"listed in {labels_csv} but not found"))
         elif row["split"] and not split_alias(row["split"]):
