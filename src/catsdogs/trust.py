@@ -19,7 +19,7 @@ import numpy as np
 from catsdogs.calibration import Calibration, fit_calibration
 from catsdogs.errors import UsageError
 from catsdogs.novelty import METHODS, Novelty, check_accept, check_settings, embedding_model, fit_novelty, fit_stats
-from catsdogs.run_files import read_config, read_json, write_json
+from catsdogs.run_files import read_config, read_json, run_data, write_json
 
 CALIBRATION, NOVELTY = "calibration.json", "novelty.npz"
 UNKNOWN = "unknown"
@@ -164,7 +164,7 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
         raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}", "method")
     run = Path(run)
     config = read_config(run)
-    data = Path(data or config["data"])
+    data = run_data(run, data)
     model = load_run_model(run)
     classes = read_run_classes(run)
     image_size = int(model.input_shape[1])
