@@ -290,3 +290,86 @@ def test_centred_knn_rejects_what_uncentred_cosines_crowd_together(tmp_path):
 
 def novelty_reference(embeddings: np.ndarray) -> np.ndarray:
     return (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float16)
+
+
+# ---- a tampered calibration.json or novelty.npz: one line naming the file and `catsdogs calibrate RUN` ---------
+def _tamper(run: Path, section: str, name: str, value) -> Path:
+    path = run / CALIBRATION
+    data = json.loads(path.read_text())
+    data[section][name] = value
+    path.write_text(json.dumps(data))  # json writes NaN as NaN, as a hand edit could
+    return path
+
+
+@pytest.mark.parametrize("section, name, value, words", [
+    ("calibration", "method", "bogus", "calibration.method must be one of identity, temperature, platt"),
+    ("calibration", "slope", float("nan"), "calibration.slope must be a finite number > 0, got nan"),
+    ("calibration", "intercept", float("nan"), "calibration.intercept must be a finite number, got nan"),
+    ("calibration", "temperature", 0, "calibration.temperature must be a finite number > 0, got 0"),
+    ("calibration", "temperature", float("nan"), "calibration.temperature must be a finite number > 0, got nan"),
+    ("novelty", "threshold", float("nan"), "novelty.threshold must be a finite number"),
+    ("novelty", "threshold", "abc", "novelty.threshold must be a finite number"),
+    ("novelty", "threshold", -1, "novelty.threshold of knn scores must be >= 0"),
+    ("novelty", "k", 0, "novelty.k must be an integer between 1 and"),
+    ("novelty", "k", 10 ** 9, "novelty.k must be an integer between 1 and"),
+    ("novelty", "k", 2.5, "novelty.k must be an integer"),
+    ("novelty", "method", "telepathy", "novelty.method must be one of"),
+])
+def test_a_tampered_calibration_json_is_refused_naming_the_field(run_copy, section, name, value, words):
+    from catsdogs.predict import Predictor
+
+    path = _tamper(run_copy, section, name, value)
+    with pytest.raises(UsageError) as error:
+        Predictor(run_copy)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and words in message and "\n" not in message
+    assert message.endswith(f"run `catsdogs calibrate {run_copy}` to rebuild it")
+
+
+def test_a_tampered_calibration_is_exit_2_in_predict_and_calibrate_rebuilds_it(run_copy, tiny_data, capsys):
+    from catsdogs.cli import main
+
+    path = _tamper(run_copy, "calibration", "temperature", float("nan"))
+    photo = str(next((tiny_data / "test").rglob("*.jpg")))
+    assert main(["predict", str(run_copy), photo]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "calibration.temperature" in err
+    assert main(["calibrate", str(run_copy), "--accept", "0.5"]) == 0  # the advice works
+    assert main(["predict", str(run_copy), photo]) == 0
+
+
+@pytest.mark.parametrize("content", ["text", "npy", "shapes", "nan", "pickle"])
+def test_an_unreadable_novelty_npz_is_named_never_unpickled(run_copy, content):
+    from catsdogs.predict import Predictor
+
+    path = run_copy / NOVELTY
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    if content == "text":
+        path.write_text("not an archive")
+    elif content == "npy":
+        np.save(open(path, "wb"), arrays["reference"])
+    elif content == "shapes":
+        np.savez(path, **{**arrays, "precision": arrays["precision"][:2]})
+    elif content == "nan":
+        np.savez(path, **{**arrays, "means": np.full_like(arrays["means"], np.nan)})
+    else:
+        np.savez(path, **{**arrays, "reference": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(UsageError) as error:
+        Predictor(run_copy)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and f"catsdogs calibrate {run_copy}" in message
+    assert "pickle" not in message and "\n" not in message
+
+
+def test_novelty_settings_round_trip_and_k_past_a_small_reference_is_clamped(tmp_path):
+    from catsdogs.novelty import check_settings
+
+    rng = np.random.default_rng(6)
+    novelty = fit_novelty(rng.normal(0, 1, (6, 4)), rng.integers(0, 2, 6), 2)  # k 10 > 6 photos: clamped, kept
+    novelty.save_arrays(tmp_path / "n.npz")
+    settings = json.loads(json.dumps(novelty.to_dict()).replace("Infinity", "null"))
+    again = Novelty.load(tmp_path / "n.npz", check_settings(settings))
+    assert again.k == 10 and again.threshold == float("inf")
+    with pytest.raises(UsageError, match="novelty.reference says 7"):
+        Novelty.load(tmp_path / "n.npz", {**settings, "reference": 7})

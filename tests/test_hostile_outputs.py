@@ -59,6 +59,45 @@ def test_a_truncated_model_is_named_not_reported_missing(run: Path):
     assert message.startswith(f"cannot load {model}") and "not found" not in message.lower()
 
 
+@pytest.mark.parametrize("field, value", [("image_size", float("nan")), ("image_size", -5), ("image_size", "big"),
+                                          ("image_size", True), ("data", 3), ("classes", "cat,dog"), ("epochs", 0)])
+def test_a_config_field_of_the_wrong_kind_is_named(run_copy: Path, field: str, value, capsys):
+    from catsdogs.cli import main
+
+    path = run_copy / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))  # NaN as a hand edit writes it
+    with pytest.raises(UsageError) as error:
+        catsdogs.Run(run_copy)
+    message = _one_line(error)
+    assert message.startswith(f"{path}: {field} must be ") and f"got {value!r}" in message and "restore" in message
+    assert main(["predict", str(run_copy), str(run_copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "Traceback" not in err
+
+
+def test_a_config_without_data_is_named_where_data_is_needed(run_copy: Path, capsys):
+    from catsdogs.cli import main
+
+    (run_copy / "config.json").write_text("{}")
+    assert main(["evaluate", str(run_copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "KeyError" not in err
+    assert f"{run_copy / 'config.json'} does not say which DATA the run was trained on" in err and "--data" in err
+
+
+def test_a_finished_run_without_its_model_says_the_file_is_missing(run_copy: Path):
+    (run_copy / "model.keras").unlink()
+    with pytest.raises(UsageError) as error:
+        Predictor(run_copy)
+    message = _one_line(error)
+    assert message.startswith(f"{run_copy / 'model.keras'} is missing from a finished run") and "train" in message
+    assert "has not finished an epoch" not in message
+    config = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps({**config, "status": "running"}))
+    with pytest.raises(UsageError, match="no model.keras yet"):  # still training: no epoch saved yet
+        Predictor(run_copy)
+
+
 def test_resume_with_another_model_is_refused(run: Path):
     from catsdogs.training import _check_run_folder
 

@@ -7,13 +7,17 @@ Probabilities are clipped to [EPS, 1 - EPS] first so that a saturated output nev
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from catsdogs.errors import UsageError
+
 EPS = 1e-7
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 FOLDS, MIN_PER_FOLD = 5, 10  # the cross-validated check of a fitted map (fewer photos: no check)
+METHODS = ("identity", "temperature", "platt")
 
 
 def _log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -73,8 +77,24 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
+        """A stored calibration, checked: UsageError naming the field (`calibration.slope`) that no fit writes."""
+        if not isinstance(data, dict):
+            raise UsageError(f"calibration must be a JSON object, got {data!r}", "run")
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        if known.get("method", "identity") not in METHODS:
+            raise UsageError(f"calibration.method must be one of {', '.join(METHODS)}, got {known['method']!r}",
+                             "run")
+        for name, positive in (("temperature", True), ("slope", True), ("intercept", False)):
+            value = known.get(name, 1.0)
+            if not _finite(value) or (positive and value <= 0):
+                kind = "a finite number > 0" if positive else "a finite number"
+                raise UsageError(f"calibration.{name} must be {kind}, got {value!r}", "run")
         return cls(**known)
+
+
+def _finite(value) -> bool:
+    """A real number (not a bool), neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> Calibration:

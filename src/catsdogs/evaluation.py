@@ -16,7 +16,7 @@ from catsdogs.errors import UsageError
 from catsdogs.metrics import compute_metrics, tune_threshold
 from catsdogs.plots import GALLERY_PNG, most_wrong, save_evaluation_plots, save_gallery
 from catsdogs.predict import Predictor
-from catsdogs.run_files import METRICS, THRESHOLD, read_config, read_run_classes, write_json
+from catsdogs.run_files import METRICS, THRESHOLD, read_config, read_run_classes, run_data, write_json
 from catsdogs.stream import safe_cell
 
 TUNING_SPLIT = "validation"
@@ -58,7 +58,7 @@ def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accur
                        cache_dir: Path | None = None) -> float:
     """Choose the threshold that maximises `metric` on the VALIDATION split and save RUN/threshold.json."""
     run = Path(run)
-    data = Path(data or read_config(run)["data"])
+    data = run_data(run, data)
     classes = read_run_classes(run)
     if len(classes) != 2:
         raise UsageError(f"threshold tuning needs 2 classes; this run has {len(classes)} (the predicted class is "
@@ -76,7 +76,7 @@ def evaluate(run: Path, data: Path | None = None, split: str = "test", *, tta: b
              predictor: Predictor | None = None, engine: str = "keras") -> dict:
     """Compute and save RUN/metrics.json, RUN/predictions-<split>.csv, RUN/plots/ and RUN/explain/."""
     run = Path(run)
-    data = Path(data or read_config(run)["data"])
+    data = run_data(run, data)
     if predictor is None or predictor.tta != tta or (threshold is not None and predictor.threshold != threshold):
         predictor = Predictor(run, threshold=threshold, tta=tta, model=predictor.model if predictor else None,
                               engine=engine)

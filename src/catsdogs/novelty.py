@@ -15,6 +15,7 @@ The threshold is the `accept` quantile of the validation scores: that share of i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,14 +140,102 @@ class Novelty:
 
     @classmethod
     def load(cls, arrays_path, data: dict) -> Novelty:
-        with np.load(arrays_path) as arrays:
-            centre = arrays["centre"] if "centre" in arrays.files else None  # a RUN calibrated before centring
-            return cls(arrays["reference"], arrays["means"].astype(np.float64),
-                       arrays["precision"].astype(np.float64), centre, method=data["method"], k=int(data["k"]),
-                       stats={k: list(v) for k, v in data.get("stats", {}).items()},
-                       threshold=float("inf") if data["threshold"] is None else float(data["threshold"]),
-                       accept=float(data["accept"]),
-                       accepted=data.get("accepted_validation"))
+        """A RUN's scorer from novelty.npz and calibration.json's `novelty` entry (as `check_settings` returns it);
+        UsageError saying what is wrong with the arrays (the caller names the file)."""
+        data = check_settings(data)
+        arrays = read_arrays(arrays_path)
+        reference = arrays["reference"]
+        stored = data.get("reference") or len(reference)
+        if stored != len(reference):
+            raise UsageError(f"{len(reference)} reference embeddings, but calibration.json's novelty.reference says "
+                             f"{stored}", "run")
+        if data["k"] > max(len(reference), K_NEIGHBOURS):  # up to K_NEIGHBOURS: fitted on fewer photos, clamped
+            raise UsageError(f"{len(reference)} reference embeddings, fewer than calibration.json's novelty.k "
+                             f"{data['k']}", "run")
+        return cls(reference, arrays["means"].astype(np.float64), arrays["precision"].astype(np.float64),
+                   arrays.get("centre"), method=data["method"], k=data["k"], stats=data["stats"],
+                   threshold=data["threshold"], accept=data["accept"], accepted=data.get("accepted_validation"))
+
+
+def read_arrays(path) -> dict[str, np.ndarray]:
+    """novelty.npz's arrays (never unpickled), their shapes and values checked: UsageError saying what is wrong."""
+    import zipfile
+    import zlib
+
+    unreadable = UsageError("not a NumPy .npz archive of novelty arrays (corrupt or replaced)", "run")
+    try:
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise unreadable
+        with stored:
+            arrays = {name: np.asarray(stored[name]) for name in ("reference", "means", "precision", "centre")
+                      if name in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        if isinstance(error, UsageError):
+            raise
+        raise unreadable from None
+    missing = [name for name in ("reference", "means", "precision") if name not in arrays]
+    if missing:
+        raise UsageError(f"no {', '.join(missing)} array", "run")
+    reference = arrays["reference"]
+    if reference.ndim != 2 or not reference.size:
+        raise UsageError(f"reference has shape {reference.shape}, not m x D (m, D >= 1)", "run")
+    dimensions = reference.shape[1]
+    shapes = {"means": (None, dimensions), "precision": (dimensions, dimensions), "centre": (dimensions,)}
+    for name, shape in shapes.items():
+        array = arrays.get(name)
+        if array is None:
+            continue  # centre: a RUN calibrated before centring has none
+        if array.ndim != len(shape) or any(want not in (None, got) for want, got in zip(shape, array.shape)) \
+                or not array.size:
+            raise UsageError(f"{name} has shape {array.shape}, not {_shape_text(shape)} for {dimensions}-dimensional "
+                             "reference embeddings", "run")
+    for name, array in arrays.items():
+        if array.dtype.kind not in "fiu" or not np.isfinite(array).all():
+            raise UsageError(f"{name} holds values that are not finite numbers", "run")
+    return arrays
+
+
+def _shape_text(shape: tuple) -> str:
+    return " x ".join("N" if size is None else str(size) for size in shape)
+
+
+def check_settings(data) -> dict:
+    """calibration.json's `novelty` entry, checked (the threshold as a float, inf for null): UsageError naming the
+    field (`novelty.k`) that no calibration writes."""
+    if not isinstance(data, dict):
+        raise UsageError(f"novelty must be a JSON object, got {data!r}", "run")
+    method, k, threshold, accept = (data.get(name) for name in ("method", "k", "threshold", "accept"))
+    if method not in METHODS:
+        raise UsageError(f"novelty.method must be one of {', '.join(METHODS)}, got {method!r}", "run")
+    reference = data.get("reference")  # how many training embeddings novelty.npz holds
+    if reference is not None and (isinstance(reference, bool) or not isinstance(reference, int) or reference < 1):
+        raise UsageError(f"novelty.reference must be an integer >= 1, got {reference!r}", "run")
+    most = max(reference or K_NEIGHBOURS, K_NEIGHBOURS)  # k > the reference (a tiny training split) is clamped
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
+        raise UsageError(f"novelty.k must be an integer between 1 and {most} (the reference embeddings), got {k!r}",
+                         "run")
+    if threshold is not None and not _finite(threshold) and threshold != float("inf"):  # inf: as null
+        raise UsageError(f"novelty.threshold must be a finite number (or null: nothing unknown), got {threshold!r}",
+                         "run")
+    if threshold is not None and method in COMPONENTS and threshold < 0:  # these scores are never negative
+        raise UsageError(f"novelty.threshold of {method} scores must be >= 0, got {threshold!r}", "run")
+    if not _finite(accept) or not 0 < accept <= 1:
+        raise UsageError(f"novelty.accept must be a number in (0, 1], got {accept!r}", "run")
+    stats = data.get("stats") or {}
+    if not isinstance(stats, dict):
+        raise UsageError(f"novelty.stats must be a JSON object, got {stats!r}", "run")
+    parts = method.split("+")
+    for part in parts if len(parts) > 1 else ():  # a combined score standardises each part by its stats
+        pair = stats.get(part)
+        if not isinstance(pair, list) or len(pair) != 2 or not all(map(_finite, pair)) or pair[1] <= 0:
+            raise UsageError(f"novelty.stats.{part} must be [mean, std] (finite, std > 0), got {pair!r}", "run")
+    return {**data, "k": k, "stats": {name: list(pair) for name, pair in stats.items() if isinstance(pair, list)},
+            "threshold": float("inf") if threshold is None else float(threshold), "accept": float(accept)}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_accept(accept: float) -> float:

@@ -113,14 +113,14 @@ def quantize_run(run: Path, out: Path, *, model, calibration_images: int = 200,
     class)."""
     from catsdogs.dataset import load_split, sample_images
     from catsdogs.files import check_out_file
-    from catsdogs.run_files import read_config, read_threshold
+    from catsdogs.run_files import read_threshold, run_data
 
     check_out_file(out)
 
     _refuse_existing(out)  # before decoding anything
     threshold = read_threshold(run)
     image_size = int(model.input_shape[1])
-    data = Path(read_config(run).get("data", ""))
+    data = run_data(run)
     try:
         calibration = sample_images(data, "train", image_size, calibration_images)
         test = load_split(data, "test", image_size)

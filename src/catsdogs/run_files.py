@@ -55,7 +55,48 @@ def read_config(run: Path) -> dict:
     config = read_json(path)
     if not isinstance(config, dict):
         raise UsageError(f"{path}: expected a JSON object", "run")
+    for name, (valid, what) in CONFIG_FIELDS.items():
+        value = config.get(name)
+        if value is not None and not valid(value):
+            raise UsageError(f"{path}: {name} must be {what}, got {value!r}; restore config.json from a copy (train "
+                             "and fit write it) or train the run again", "run")
     return config
+
+
+def run_data(run: Path, data: str | Path | None = None) -> Path:
+    """`data` when given, else the DATA the run was trained on (config.json's); a UsageError naming config.json
+    when it does not say."""
+    if data:
+        return Path(data)
+    configured = read_config(run).get("data")
+    if not configured:
+        raise UsageError(f"{Path(run) / CONFIG} does not say which DATA the run was trained on; restore config.json "
+                         "from a copy, or give data=DATA", "data")
+    return Path(configured)
+
+
+def _count(least: int):
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+# the fields of config.json that catsdogs reads back, each checked when present and not null: (valid, what it must be)
+CONFIG_FIELDS = {
+    "data": (_text, "the path of the DATA folder the run was trained on"),
+    "model": (_text, "a model name"),
+    "status": (_text, "a word such as complete or running"),
+    "backbone": (_text, "a backbone name"),
+    "monitor": (_text, "a metric name such as val_loss"),
+    "image_size": (_count(1), "an integer >= 1 (the model's input size in pixels)"),
+    "epochs": (_count(1), "an integer >= 1"),
+    "batch_size": (_count(1), "an integer >= 1"),
+    "seed": (lambda value: isinstance(value, int) and not isinstance(value, bool), "an integer"),
+    "classes": (lambda value: isinstance(value, list) and bool(value) and all(map(_text, value)),
+                "a list of class names"),
+}
 
 
 def read_run_classes(run: Path) -> list[str]:
@@ -109,7 +150,9 @@ def load_run_model(run: Path):
     """Load RUN/model.keras (Keras safe mode: no arbitrary code)."""
     path = Path(run) / MODEL
     if not path.exists():
-        read_config(run)
+        if read_config(run).get("status") == "complete":
+            raise UsageError(f"{path} is missing from a finished run ({CONFIG} says status complete); train the run "
+                             "again, or restore model.keras from a copy", "run")
         raise UsageError(f"{run}: no {MODEL} yet (training has not finished an epoch)", "run")
     return load_keras_model(path)
 

@@ -16,6 +16,7 @@ from catsdogs.run_files import (
     read_history_csv,
     read_json,
     read_threshold,
+    run_data,
 )
 
 
@@ -229,7 +230,7 @@ class Run:
         from catsdogs.interpret import Interpretation
 
         predictor = self.predictor()
-        data = Path(data or self.config["data"])
+        data = run_data(self.path, data)
         labels, probabilities, paths, _ = split_probabilities(predictor, data, split, cache_dir)
         return Interpretation(labels, probabilities, predictor.classes, paths=[str(p) for p in paths],
                               history=self.history, threshold=predictor.threshold)

@@ -18,8 +18,8 @@ import numpy as np
 
 from catsdogs.calibration import Calibration, fit_calibration
 from catsdogs.errors import UsageError
-from catsdogs.novelty import METHODS, Novelty, check_accept, embedding_model, fit_novelty, fit_stats
-from catsdogs.run_files import read_config, read_json, write_json
+from catsdogs.novelty import METHODS, Novelty, check_accept, check_settings, embedding_model, fit_novelty, fit_stats
+from catsdogs.run_files import read_config, read_json, run_data, write_json
 
 CALIBRATION, NOVELTY = "calibration.json", "novelty.npz"
 UNKNOWN = "unknown"
@@ -75,10 +75,35 @@ def load_trust(run: Path, model) -> RunTrust | None:
         log.warning("%s has no %s: probabilities are not calibrated and no photo is labelled unknown "
                     "(catsdogs.calibrate(run) adds them without retraining)", run, CALIBRATION)
         return None
-    data = read_json(path)
-    novelty = Novelty.load(Path(run) / NOVELTY, data["novelty"]) if data.get("novelty") and \
-        (Path(run) / NOVELTY).exists() else None
-    return RunTrust(model, Calibration.from_dict(data["calibration"]), novelty)
+    calibration, settings = read_calibration(run)
+    arrays = Path(run) / NOVELTY
+    if settings is None or not arrays.exists():
+        return RunTrust(model, calibration, None)
+    try:
+        return RunTrust(model, calibration, Novelty.load(arrays, settings))
+    except UsageError as error:
+        raise UsageError(f"{arrays}: {error}; {_rebuild(run)}", "run") from None
+
+
+def read_calibration(run: Path) -> tuple[Calibration, dict | None]:
+    """RUN/calibration.json, checked: the calibration and the novelty settings (None: none stored); a UsageError
+    naming the file, the field and `catsdogs calibrate RUN` otherwise (never NaN probabilities or a wrong label)."""
+    path = Path(run) / CALIBRATION
+    try:
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise UsageError(f"expected a JSON object, got {type(data).__name__}", "run")
+        if "calibration" not in data:
+            raise UsageError("no calibration entry", "run")
+        calibration = Calibration.from_dict(data["calibration"])
+        return calibration, check_settings(data["novelty"]) if data.get("novelty") else None
+    except UsageError as error:
+        message = str(error) if str(path) in str(error) else f"{path}: {error}"
+        raise UsageError(f"{message}; {_rebuild(run)}", "run") from None
+
+
+def _rebuild(run: Path) -> str:
+    return f"run `catsdogs calibrate {run}` to rebuild it"
 
 
 @dataclass
@@ -139,7 +164,7 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
         raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}", "method")
     run = Path(run)
     config = read_config(run)
-    data = Path(data or config["data"])
+    data = run_data(run, data)
     model = load_run_model(run)
     classes = read_run_classes(run)
     image_size = int(model.input_shape[1])
@@ -300,13 +325,12 @@ def export_metadata(run: str | os.PathLike) -> dict[str, str]:
 
     run = Path(run)
     classes = read_run_classes(run)
-    data = read_json(run / CALIBRATION) if (run / CALIBRATION).exists() else {}
-    calibration = Calibration.from_dict(data["calibration"]) if data.get("calibration") else None
+    calibration, settings = read_calibration(run) if (run / CALIBRATION).exists() else (None, None)
     raw_threshold = read_threshold(run) or 0.5
     threshold = (calibration.map_threshold(raw_threshold) if calibration else raw_threshold) if len(classes) == 2 else None
     kept = ("method", "temperature", "slope", "intercept")
-    novelty = {k: v for k, v in data["novelty"].items() if k in ("method", "k", "threshold", "accept", "stats")} \
-        if data.get("novelty") else None
+    novelty = {k: v for k, v in settings.items() if k in ("method", "k", "threshold", "accept", "stats")} \
+        if settings else None
     values = {"classes": classes, "calibration": {k: calibration.to_dict()[k] for k in kept} if calibration else None,
               "decision_threshold": threshold, "novelty": novelty, "how_to_apply": EXPORT_NOTE}
     return {METADATA_PREFIX + key: value if key == "how_to_apply" else json_text(value, indent=None)

@@ -221,14 +221,14 @@ def run_lr_find(run: str | Path, *, data: str | Path | None = None, split: str =
                 cache_dir: str | Path | None = None, **options) -> LrFind:
     """The range test on a RUN's model (its trainable layers as saved) and the images of a split of its DATA (or
     `data`); writes RUN/plots/lr_find.png. `options` go to `lr_find` (start, end, steps, batch_size, ...)."""
-    from catsdogs.run_files import load_run_model, read_config
+    from catsdogs.run_files import load_run_model, read_config, run_data
 
     _check_options(options)  # bad numbers: one line before any work
     config = read_config(Path(run))  # a UsageError when RUN is not a run
     model = _compiled(load_run_model(Path(run)))
     options.setdefault("batch_size", int(config.get("batch_size") or 32))
     options.setdefault("seed", int(config.get("seed") or 0))
-    images = _split(Path(data or config["data"]), split, int(model.input_shape[1]), cache_dir)
+    images = _split(run_data(Path(run), data), split, int(model.input_shape[1]), cache_dir)
     result = lr_find(model, images, **options)
     result.plot_path = result.save_plot(Path(run) / "plots" / "lr_find.png")
     return result
