@@ -18,6 +18,8 @@ from catsdogs.errors import UsageError
 from catsdogs.novelty import Novelty, fit_novelty
 from catsdogs.trust import CALIBRATION, NOVELTY
 
+from helpers import make_photo
+
 
 def overconfident(n: int = 600, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Labels and softmax probabilities that are right 70% of the time but say ~99%."""
@@ -170,6 +172,12 @@ def test_cli_calibrate(tiny_run, tmp_path, capsys):
         assert main(["calibrate", str(run), "--accept", "0.99"]) == 0  # a 99% cut needs 99 validation photos
     first, second = buffer.getvalue().splitlines()
     assert "of validation accepted" in first and "no unknown threshold: too few validation photos" in second
+    others = tmp_path / "others"
+    for i in range(3):
+        make_photo(others / f"{i}.jpg", i % 2, 50 + i)
+    with redirect_stdout(buffer := io.StringIO()):
+        assert main(["calibrate", str(run), "--accept", "0.99", "--other", str(others)]) == 0
+    assert "none rejected without a threshold" in buffer.getvalue() and "% rejected" not in buffer.getvalue()
     assert main(["calibrate", str(run), "--accept", "2"]) == 2
     assert "--accept" in capsys.readouterr().err
     assert main(["calibrate", str(run), "--other", str(tmp_path / "nowhere")]) == 2

@@ -120,7 +120,10 @@ class CalibrationSummary:
             text += f"no unknown threshold: too few validation photos for a {n.accept:.0%} cut"
         else:
             text += f"unknown above novelty {n.threshold:.4g} ({n.method}), {n.accepted:.1%} of validation accepted"
-        if self.other:
+        if self.other and n.threshold == float("inf"):
+            text += f"; other photos: AUROC {self.other['auroc']:.4f} ({self.other['n']} photos; none rejected " \
+                    "without a threshold)"
+        elif self.other:
             text += (f"; other photos: {self.other['rejected']:.1%} rejected, AUROC {self.other['auroc']:.4f} "
                      f"({self.other['n']} photos)")
         return text
