@@ -10,7 +10,7 @@ from the shards instead of gathered from an in-memory array.
 
 `dataset.load_split` picks this storage automatically when a split's decoded size exceeds the in-memory
 budget (`in_memory_budget()`: `CATSDOGS_IN_MEMORY_MB`, default an eighth of the available memory, at most
-512 MiB) and says so on stderr.
+256 MiB) and says so on stderr.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ def in_memory_budget() -> int:
     except (ValueError, OSError):
         available = 8 * 2**30
     # measured (benchmarks/scale.py): in memory, a split costs ~3x its decoded size in peak RSS (the array, its
-    # tf.constant copy, the batch gathers); from shards, training is as fast and peak RSS stays ~1.2 GB
-    return int(min(512 * 2**20, available // 8))
+    # tf.constant copy, the batch gathers); from shards, training is as fast and peak RSS stays ~1.2 GB. 256 MiB
+    # (the study's 3000 photos at 150 px stay in memory): `fit` on 3670 photos peaked 0.4-0.5 GB lower from
+    # shards than with its 2570 training photos (0.5 GiB at 260 px) in memory (docs/performance.md)
+    return int(min(256 * 2**20, available // 8))
 
 
 def decoded_bytes(count: int, image_size: int) -> int:
