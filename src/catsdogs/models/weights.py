@@ -119,4 +119,5 @@ def missing_weights_error(error: Exception, backbone: str) -> CatsdogsError | No
         return None
     file_name = match.group(1).rsplit("/", 1)[-1]
     return CatsdogsError(f"ImageNet weights for {backbone} are missing: {file_name} could not be downloaded "
-                         f"(offline?); place it in {keras_models_dir()}/ or pass --weights PATH")
+                         f"(offline?); put it in a folder named by ${WEIGHTS_ENV} (or in $KERAS_HOME/models/, "
+                         "default ~/.keras/models/), or give train --weights PATH")
