@@ -139,9 +139,11 @@ def add_lr_find(commands) -> None:
     p.add_argument("--end", type=float, default=10.0, help="the last rate (default 10)")
     p.add_argument("--steps", type=int, help="batches (default 100, fewer for small data: one pass, at least 30)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's, else 32)")
+    add_overwrite_argument(p, "with --data: replace an existing --plot file (never one of DATA's)")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
+    from catsdogs.files import check_out_file
     from catsdogs.trainers.lr_find import data_lr_find, run_lr_find
 
     options = {"start": args.start, "end": args.end, "steps": args.steps}
@@ -158,7 +160,9 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     else:
         if not args.model:
             raise UsageError("--data needs --model (the model to build, as train takes it)")
-        result = data_lr_find(args.data, args.model, args.plot or Path("lr_find.png"), backbone=args.backbone,
+        plot = check_out_file(args.plot or Path("lr_find.png"), "plot", overwrite=args.overwrite,
+                              inputs=(path for path in args.data.rglob("*") if path.is_file()))
+        result = data_lr_find(args.data, args.model, plot, backbone=args.backbone,
                               image_size=args.image_size, **options)
     print(f"{result.line()}; plot: {result.plot_path}", file=sys.stderr)
     print(f"{result.suggestion:.3g}")  # one line alone on stdout: LR=$(catsdogs lr-find RUN)
