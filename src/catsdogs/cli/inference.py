@@ -41,8 +41,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.output is not None or args.resume:  # hook: streaming to a file (catsdogs.stream)
         from catsdogs.stream import stream_predictions
 
-        if args.output is None or args.format != "csv":
-            raise UsageError("--resume needs --output FILE; --output writes CSV")
+        if args.output is None:
+            raise UsageError("--resume needs --output FILE (the CSV to continue)")
+        if args.format != "csv":
+            raise UsageError(f"--output writes CSV: --format {args.format} cannot be streamed (leave --format out, "
+                             "or write JSON to stdout without --output)")
         summary = stream_predictions(predictor, [p for p in args.paths if p.exists()], args.output,
                                      resume=args.resume)
         print(f"wrote {summary.written} rows to {summary.output} ({summary.skipped} already there, "
