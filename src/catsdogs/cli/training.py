@@ -21,7 +21,7 @@ from catsdogs.cli.common import (
     non_negative_int,
 )
 from catsdogs.errors import UsageError
-from catsdogs.options import TrainOptions, add_option_arguments
+from catsdogs.options import TrainOptions, add_option_arguments, image_size_arg
 
 
 def register(commands) -> None:
@@ -133,7 +133,7 @@ def add_lr_find(commands) -> None:
     p.add_argument("--data", type=Path, help="before training: a prepared DATA, with --model as train takes it")
     p.add_argument("--model", help="with --data: the model to build (as train --model)")
     p.add_argument("--backbone", help="with --data: the pretrained base (as train --backbone)")
-    p.add_argument("--image-size", type=int, metavar="N", help="with --data: as train --image-size")
+    p.add_argument("--image-size", type=image_size_arg, metavar="N", help="with --data: as train --image-size")
     p.add_argument("--plot", type=Path, metavar="PNG", help="with --data: where to write the plot (default lr_find.png)")
     p.add_argument("--start", type=float, default=1e-7, help="the first rate (default 1e-7)")
     p.add_argument("--end", type=float, default=10.0, help="the last rate (default 10)")

@@ -243,8 +243,10 @@ def data_lr_find(data: str | Path, model: str, plot: str | Path, *, backbone: st
 
     from catsdogs.data_files import read_classes
     from catsdogs.models import create_model, model_entry
+    from catsdogs.options import check_image_size
 
     _check_options(options)
+    check_image_size(image_size)
     entry = model_entry(model)
     if backbone is not None and not entry.uses_backbone:
         raise UsageError(f"backbone is only for the pretrained models, not {model}", "backbone")
