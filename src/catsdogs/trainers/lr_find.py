@@ -173,7 +173,7 @@ def _check(start: float, end: float, steps: int | None, batch_size: int, diverge
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise UsageError(f"{name} must be a positive number, got {value}", name)
     if start >= end:
-        raise UsageError(f"start ({start:g}) must be below end ({end:g})", "start")
+        raise UsageError(f"start ({start:g}) must be below end ({end:g})", "start", others=("end",))
     if diverge <= 1:
         raise UsageError(f"diverge must be above 1, got {diverge:g}", "diverge")
     for name, value in (("steps", steps), ("batch_size", batch_size)):
