@@ -16,19 +16,20 @@ from helpers import make_class_folders
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10m", 600), ("90s", 90), ("1h30m", 5400), ("1.5h", 5400),
-                                                 ("600", 600), (0, 0), ("0", 0), (" 2M ", 120)])
+                                                 ("600", 600), (0, 0), ("0", 0), (" 2M ", 120), ("1h2m3s", 3723)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["-5m", "nan", "abc", "10x", "inf", "", "m", "10m5", True])
+@pytest.mark.parametrize("text", ["-5m", "nan", "abc", "10x", "inf", "", "m", "10m5", True, "5m5m", "30m1h",
+                                  "1h30m1h"])
 def test_bad_durations_name_the_parameter(text):
     with pytest.raises(UsageError, match="budget must be a duration") as caught:
         parse_duration(text)
     assert caught.value.parameter == "budget"
 
 
-@pytest.mark.parametrize("text", ["-5m", "nan", "abc", "10x"])
+@pytest.mark.parametrize("text", ["-5m", "nan", "abc", "10x", "5m5m"])
 def test_bad_budget_on_the_command_line_is_exit_2(text, tmp_path: Path, capsys):
     assert main(["fit", str(tmp_path), "--out", str(tmp_path / "run"), f"--budget={text}"]) == 2
     err = capsys.readouterr().err
@@ -62,6 +63,10 @@ def test_too_small_a_budget_writes_nothing(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "too small for even the first stage" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+    assert main(["fit", str(photos), "--out", str(tmp_path / "run"), "--budget", "0.5s", "--backbone",
+                 "mobilenetv2"]) == 2
+    err = capsys.readouterr().err
+    assert "--budget 0.5s is too small" in err and "0 s" not in err.split("small")[0], err
 
 
 def test_a_resolution_stage_only_for_photos_larger_than_the_base(tmp_path: Path):

@@ -205,3 +205,24 @@ def test_default_source_from_the_variable_else_the_working_folder(class_folders,
     zip_path.parent.mkdir(parents=True)
     zip_path.write_bytes(b"")
     assert default_source() == zip_path.resolve()
+
+
+def test_bench_checks_run_before_preparing_the_default_data(tmp_path, monkeypatch, capsys):
+    import catsdogs.preparation
+
+    def never(*args, **kwargs):
+        raise AssertionError("prepared the photos before checking --run")
+
+    monkeypatch.setattr(catsdogs.preparation, "prepare", never)
+    assert main(["bench", "--run", str(tmp_path / "nonexist")]) == 2
+    err = capsys.readouterr().err
+    assert "not a catsdogs" in err and "--run" in err and err.count("\n") == 1, err
+
+
+def test_a_folder_that_is_not_empty_is_named_by_its_flag(class_folders, tmp_path, capsys):
+    out = tmp_path / "d1"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    assert main(["prepare", str(class_folders), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is not empty" in err and "--overwrite replaces it" in err and err.count("\n") == 1, err

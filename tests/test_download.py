@@ -206,3 +206,17 @@ def test_url_from_environment_and_default(tmp_path, base, monkeypatch):
     assert download(tmp_path / "pets.zip", timeout=5).sha256 == SHA
     with pytest.raises(UsageError, match="only http"):
         download(tmp_path / "other.zip", "ftp://example.invalid/x.zip")
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[::1/x.zip", "http://example.com:port/x.zip",
+                                 "ftp://example.com/x.zip"])
+def test_malformed_url_is_a_usage_error_naming_url(tmp_path, capsys, url):
+    from catsdogs.cli import main
+
+    with pytest.raises(UsageError, match="cannot download") as error:
+        download(tmp_path / "x.zip", url)
+    assert error.value.parameter == "url" and "\n" not in str(error.value)
+    assert main(["download", "--url", url, "--out", str(tmp_path / "x.zip")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot download --url" in err and "ValueError" not in err, err
+    assert not list(tmp_path.iterdir())

@@ -230,6 +230,56 @@ def test_each_command_checks_its_out(tiny_run: Path, tiny_data: Path, tmp_path: 
     assert a_file.read_text() == "x"
 
 
+def test_check_out_file_refuses_an_input_always_and_an_existing_file_unless_allowed(tmp_path: Path):
+    from catsdogs.files import check_out_file
+
+    photo = tmp_path / "mine.jpg"
+    photo.write_bytes(b"jpeg")
+    link = tmp_path / "link.jpg"
+    link.symlink_to(photo)
+    for out in (photo, link, tmp_path / "." / "mine.jpg"):
+        with pytest.raises(UsageError, match="is one of the inputs; choose another out"):
+            check_out_file(out, inputs=[photo])
+    with pytest.raises(UsageError, match="already exists; choose another out, remove it, or pass overwrite=True"):
+        check_out_file(photo, overwrite=False)
+    with pytest.raises(UsageError, match="already exists; choose another out or remove it"):
+        check_out_file(link, overwrite=None)
+    assert check_out_file(photo) == photo  # a library call with an explicit path may replace it
+    assert check_out_file(tmp_path / "new.png", overwrite=False, inputs=[photo]) == tmp_path / "new.png"
+
+
+def _refused(argv: list[str], words: str, capsys) -> None:
+    from catsdogs.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_explain_report_lr_find_never_replace_their_inputs_and_need_overwrite(tiny_run: Path, tiny_data: Path,
+                                                                               tmp_path: Path, capsys):
+    from catsdogs.cli import main
+
+    photo = tmp_path / "mine.jpg"
+    photo.write_bytes(next((tiny_data / "test").rglob("*.jpg")).read_bytes())
+    kept, old = photo.read_bytes(), tmp_path / "old.png"
+    old.write_text("keep me")
+    for overwrite in ([], ["--overwrite"]):
+        _refused(["explain", str(tiny_run), str(photo), "--out", str(photo), *overwrite],
+                 f"--out {photo} is one of the inputs; choose another --out", capsys)
+        _refused(["report", str(tiny_run), "--out", str(tiny_run / "config.json"), *overwrite],
+                 "is one of the inputs", capsys)
+    _refused(["explain", str(tiny_run), str(photo), "--out", str(old)], "remove it, or pass --overwrite", capsys)
+    _refused(["report", str(tiny_run), "--out", str(old)], f"{old} already exists; choose another --out", capsys)
+    _refused(["lr-find", "--data", str(tiny_data), "--model", "baseline", "--plot", str(old)],
+             "choose another --plot, remove it, or pass --overwrite", capsys)
+    assert photo.read_bytes() == kept and old.read_text() == "keep me"
+    assert main(["explain", str(tiny_run), str(photo), "--out", str(old), "--overwrite"]) == 0
+    assert old.read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", str(tiny_run), "--out", str(old), "--overwrite"]) == 0
+    assert old.read_text().startswith("<!DOCTYPE html>")
+
+
 # ---- item 4: names that reach other languages ---------------------------------------------------------------
 def test_predict_csv_cells_cannot_be_formulas(tiny_run: Path, tmp_path: Path):
     import csv

@@ -96,6 +96,8 @@ def test_cli_prints_the_rate_alone_on_stdout(run_copy: Path, tiny_data: Path, tm
 
 @pytest.mark.parametrize("argv, message", [(["lr-find", "missing-run"], "not a catsdogs run"),
                                            (["lr-find", "RUN", "--start", "-5"], "--start must be a positive number"),
+                                           (["lr-find", "RUN", "--start", "1", "--end", "0.1"],
+                                            "--start (1) must be below --end (0.1)"),
                                            (["lr-find"], "give a trained RUN"),
                                            (["lr-find", "RUN", "--steps", "abc"], "invalid int value")])
 def test_cli_bad_input_is_one_line(argv: list[str], message: str, run_copy: Path, capsys):

@@ -207,3 +207,24 @@ def test_unlabeled_ranking_is_diverse_and_labels_go_to_a_labels_csv(prepared, tm
 
     scan = scan_source(run / "labeled.csv", allow_outside=True)  # prepare reads it as a labels CSV
     assert sorted((Path(f.relpath).name, f.class_name) for f in scan.files) == [("a.jpg", "wasps"), ("b.jpg", "ants")]
+
+
+def test_cli_port_in_use_or_out_of_range_is_one_line_and_no_url(prepared, tmp_path, capsys):
+    """As serve: the socket is bound before any URL is printed; a busy or impossible port is a usage error."""
+    import socket
+
+    from catsdogs.cli import main
+
+    _, data = prepared
+    corrections = ["--corrections", str(tmp_path / "corrections.csv")]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["review", str(data), *corrections, "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "http://" not in out and err.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert main(["review", str(data), *corrections, "--port", "70000"]) == 2
+    err = capsys.readouterr().err
+    assert "--port: must be at most 65535" in err and "got 70000" in err and err.count("\n") == 1

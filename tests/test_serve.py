@@ -363,3 +363,14 @@ def test_concurrent_requests_share_model_calls(run, photos):
         assert body["predictions"][0]["filename"] == name
         assert body["predictions"][0]["probabilities"] == pytest.approx(alone[name], abs=1e-5)
     assert batcher.batches < len(bodies)
+
+
+def test_cli_port_out_of_range_exits_2_and_listen_says_why(run, capsys):
+    from catsdogs.errors import UsageError
+    from catsdogs.serve import listen
+
+    assert cli.main(["serve", str(run), "--port", "70000"]) == 2
+    assert "--port: must be at most 65535" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="port must be at most 65535") as error:
+        listen("127.0.0.1", 70000)
+    assert error.value.parameter == "port"

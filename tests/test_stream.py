@@ -93,3 +93,39 @@ def test_progress_ends_with_the_final_count_once():
     slow.update(4)
     slow.close()
     assert quiet.getvalue().count("decoding: 4/4 images") == 1
+
+
+@pytest.mark.parametrize("left", ["path,label,p_cat,p_dog,novelty,error\n", "path,label,p_c"])
+def test_resume_after_only_the_header_writes_it_once(tiny_run: Path, photo_folder: Path, tmp_path: Path, left: str):
+    """What Ctrl-C right after the header leaves (or during it): one header, then every row."""
+    out = tmp_path / "p.csv"
+    out.write_text(left)
+    summary = stream_predictions(Predictor(tiny_run), [photo_folder], out, resume=True, progress=False)
+    lines = out.read_text().splitlines()
+    assert summary.skipped == 0 and summary.written == 12 and len(lines) == 13
+    assert lines.count("path,label,p_cat,p_dog,novelty,error") == 1
+
+
+def test_resume_of_a_file_that_is_not_text_is_one_line(tiny_run: Path, photo_folder: Path, tmp_path: Path):
+    out = tmp_path / "g.csv"
+    out.write_bytes(b"path,label\n\xff\xfe\x00garbage\n")
+    with pytest.raises(UsageError, match=f"{out} is not a predict CSV") as error:
+        stream_predictions(Predictor(tiny_run), [photo_folder], out, resume=True, progress=False)
+    assert error.value.parameter == "output" and "\n" not in str(error.value)
+    assert out.read_bytes() == b"path,label\n\xff\xfe\x00garbage\n"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--output", "OUT", "--resume", "--format", "json"], "--output writes CSV: --format json cannot be streamed"),
+    (["--resume"], "--resume needs --output FILE"),
+    (["--output", "GARBAGE", "--resume"], "is not a predict CSV"),
+])
+def test_cli_predict_output_misuse_is_one_accurate_line(tiny_run: Path, photo_folder: Path, tmp_path: Path,
+                                                        capsys, flags: list[str], words: str):
+    from catsdogs.cli import main
+
+    (tmp_path / "g.csv").write_bytes(b"\xff\xfe garbage")
+    paths = {"OUT": str(tmp_path / "o.csv"), "GARBAGE": str(tmp_path / "g.csv")}
+    assert main(["predict", str(tiny_run), str(photo_folder), *[paths.get(f, f) for f in flags]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err, err

@@ -172,3 +172,22 @@ def test_one_cycle_is_refused_where_it_does_not_apply(tiny_data: Path, tmp_path:
     with pytest.raises(UsageError, match="schedule must be one of"):
         train(TrainOptions(data=tiny_data, model="baseline", out=tmp_path / "run", schedule="linear"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("size", [100000, 1025, 0])
+def test_image_size_is_bounded_in_the_options_and_on_the_command_line(tiny_data: Path, tmp_path: Path, capsys,
+                                                                      size: int):
+    """A size no backbone uses (EfficientNetB7's 600 px is the largest) would end in an out-of-memory traceback."""
+    from catsdogs.cli import main
+    from catsdogs.trainers.lr_find import data_lr_find
+
+    with pytest.raises(UsageError, match=f"image_size must be an int from 1 to 1024, got {size}"):
+        TrainOptions(data=tiny_data, model="baseline", out=tmp_path / "t", image_size=size)
+    with pytest.raises(UsageError, match="image_size must be an int from 1 to 1024"):
+        data_lr_find(tiny_data, "baseline", tmp_path / "p.png", image_size=size)
+    for argv in (["train", "--data", str(tiny_data), "--model", "baseline", "--out", str(tmp_path / "t")],
+                 ["lr-find", "--data", str(tiny_data), "--model", "baseline"]):
+        assert main([*argv, "--image-size", str(size)]) == 2
+        err = capsys.readouterr().err
+        assert "--image-size" in err and "1024" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "t").exists()

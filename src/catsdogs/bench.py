@@ -271,6 +271,10 @@ def bench(data: Path | None, source: Path | None, **options) -> BenchResult:
     if data is not None:
         return run_bench(Path(data), **options)
     from catsdogs.preparation import prepare
+    from catsdogs.run_files import run_model_path
+
+    if options.get("run") is not None:
+        run_model_path(options["run"])  # a bad --run is said before minutes of preparing
 
     with tempfile.TemporaryDirectory(prefix="catsdogs-bench-") as folder:
         logger.info(prepare(source, Path(folder) / "data").line())

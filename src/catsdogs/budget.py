@@ -1,7 +1,7 @@
 """Time budgets: `parse_duration("10m")`, and a `Budget` that plans stages against the time left.
 
-A duration is a number of seconds, or a number with a unit: `90s`, `10m`, `1.5h`, `1h30m`. `0` means no budget
-(fit's heads stage only).
+A duration is a number of seconds, or a number with a unit: `90s`, `10m`, `1.5h`, `1h30m` (each unit once, the
+largest first: `5m5m` is refused). `0` means no budget (fit's heads stage only).
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ def parse_duration(text: str | float | int, parameter: str = "budget") -> float:
             seconds = float(value)
         except ValueError:
             parts = _PART.findall(value)
-            if not parts or "".join(number + unit for number, unit in parts) != value:
-                raise UsageError(f"{parameter} must be a duration such as 10m, 90s or 1h, got {text!r}",
-                                 parameter) from None
+            units = [unit for _, unit in parts]
+            if not parts or "".join(number + unit for number, unit in parts) != value or \
+                    units != sorted(set(units), key=list(UNITS).index, reverse=True):
+                raise UsageError(f"{parameter} must be a duration such as 10m, 90s, 1h or 1h30m (each unit once, "
+                                 f"the largest first), got {text!r}", parameter) from None
             seconds = sum(float(number) * UNITS[unit] for number, unit in parts)
     if not math.isfinite(seconds) or seconds < 0:
         raise UsageError(f"{parameter} must be a duration >= 0 such as 10m, 90s or 1h, got {text!r}", parameter)
@@ -51,6 +53,10 @@ class Budget:
 
     seconds: float
     started: float = field(default_factory=time.monotonic)
+    given: str | None = None  # as written (`0.5s`, `10m`), for messages
+
+    def __str__(self) -> str:
+        return self.given or f"{self.seconds:g}s"
 
     @property
     def unlimited(self) -> bool:

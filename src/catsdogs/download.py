@@ -67,8 +67,17 @@ class _Restart(Exception):
 
 
 def resolve_url(url: str | None = None) -> str:
-    """The URL to fetch: the argument, else ``$CATSDOGS_PETIMAGES_URL``, else Microsoft's."""
-    return url or os.environ.get(URL_ENV) or DEFAULT_URL
+    """The URL to fetch: the argument, else ``$CATSDOGS_PETIMAGES_URL``, else Microsoft's; a UsageError naming
+    `url` when it is malformed (an unclosed IPv6 bracket, a port that is not a number) or not http(s)/file."""
+    url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 -- parsed lazily: a bad port raises only here
+    except ValueError as error:
+        raise UsageError(f"cannot download url {url!r}: not a valid URL ({error})", "url") from None
+    if parsed.scheme.lower() not in ("http", "https", "file"):
+        raise UsageError(f"cannot download url {url!r}: only http://, https:// and file:// URLs work", "url")
+    return url
 
 
 def part_path(out: Path) -> Path:
@@ -101,8 +110,6 @@ def download(
     if expected_sha256 is not None:
         expected_sha256 = expected_sha256.strip().lower()
     scheme = urlparse(url).scheme.lower()
-    if scheme not in ("http", "https", "file"):
-        raise UsageError(f"cannot download {url!r}: only http://, https:// and file:// URLs work")
     part = part_path(out)
     fetch = _fetch_file if scheme == "file" else _fetch_http
     resumed = False

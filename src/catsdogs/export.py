@@ -84,9 +84,7 @@ def export_model(
     out = Path(out)
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if out.exists() or out.is_symlink():
-        raise UsageError(f"{out} already exists; choose another out or remove it", "out")
-    check_out_file(out)
+    check_out_file(out, overwrite=None)
     height, width = _input_size(model)
     images = _check_images(sample_images, height, width)
     _check_runtime(fmt)

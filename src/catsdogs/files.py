@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,11 +56,26 @@ def check_out_dir(path: str | os.PathLike, parameter: str = "out") -> Path:
     return path
 
 
-def check_out_file(path: str | os.PathLike, parameter: str = "out") -> Path:
-    """`path` as an output file: a one-line UsageError naming it when it is a folder or its folder cannot be
-    written (a file in the way, read-only)."""
+def _same_file(a: Path, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # `b` absent or unreadable: not the same file
+        return False
+
+
+def check_out_file(path: str | os.PathLike, parameter: str = "out", *, overwrite: bool | None = True,
+                   inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """`path` as an output file: a one-line UsageError naming it when it is a folder, one of `inputs` (the
+    files the command reads: never replaced), an existing file that `overwrite` does not allow (False: refused,
+    naming `overwrite=True`; None: always refused), or when its folder cannot be written (a file in the way,
+    read-only)."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{parameter} {path} is a folder; give a file name", parameter)
+    if path.exists() and any(_same_file(path, p) for p in inputs):
+        raise UsageError(f"{parameter} {path} is one of the inputs; choose another {parameter}", parameter)
+    if not overwrite and (path.exists() or path.is_symlink()):
+        how = " or remove it" if overwrite is None else ", remove it, or pass overwrite=True"
+        raise UsageError(f"{path} already exists; choose another {parameter}{how}", parameter)
     _writable_folder(path.parent if str(path.parent) else Path("."), path, parameter)
     return path

@@ -99,9 +99,9 @@ def plan(candidates: list[str], speeds: dict[str, float], photos: int, limit: Bu
         stages.append(Stage(f"heads {pair}", pair, extraction(candidates[1]) + OVERHEAD_S))  # a second base built
     fixed = finish_seconds(photos, speeds[candidates[0]])
     if not limit.unlimited and stages[0].estimate_s + fixed > limit.seconds:
-        need = format_seconds(stages[0].estimate_s + fixed)
-        raise UsageError(f"budget {format_seconds(limit.seconds)} is too small for even the first stage (heads on "
-                         f"{candidates[0]}, about {need} for {photos} photos here); give budget at least {need}, "
+        need = stages[0].estimate_s + fixed
+        raise UsageError(f"budget {limit} is too small for even the first stage (heads on {candidates[0]}, about "
+                         f"{format_seconds(need)} for {photos} photos here); give budget {math.ceil(need / 60)}m or more, "
                          "or 0 for no budget", "budget")
     if limit.unlimited:
         return stages[:len(candidates)]

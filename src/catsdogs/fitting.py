@@ -101,7 +101,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     from catsdogs.files import check_out_dir
     from catsdogs.models.weights import weights_cache
 
-    limit = Budget(parse_duration(budget, "budget"))
+    limit = Budget(parse_duration(budget, "budget"), given=budget.strip() if isinstance(budget, str) else None)
     out = check_out_dir(out)  # a file in the way, a read-only folder: one line naming it, before any work
     distribution = Distribution(distribute)
     if not distribution.is_chief:

@@ -23,7 +23,8 @@ Log = Literal["tensorboard", "mlflow"]
 Engine = Literal["keras", "auto"]
 LOG_KINDS = get_args(Log)
 DEFAULT_SEED = 1337  # of every split and training run
-POSITIVE = ("epochs", "image_size", "batch_size", "patience")
+POSITIVE = ("epochs", "batch_size", "patience")
+MAX_IMAGE_SIZE = 1024  # px a side: above every backbone's own size (EfficientNetB7's 600) and fit's 384
 
 
 def option(default=None, help: str = "", metavar: str | None = None, **extra):
@@ -43,7 +44,8 @@ class TrainOptions:
     backbone: str | None = option(help="pretrained base for features/transfer/finetune: a keras.applications name "
                                   "lower-cased (mobilenetv2, vgg16, efficientnetb0, resnet50...) or "
                                   "efficientnet_lite0/1/2 (default: efficientnet_lite2 when installed)")
-    image_size: int | None = option(help="default: the model's own (the study's 150 px, the backbone's size)")
+    image_size: int | None = option(help="default: the model's own (the study's 150 px, the backbone's size); "
+                                    f"at most {MAX_IMAGE_SIZE}")
     batch_size: int = option(32, help="images per step (per replica when distributed)")
     seed: int = option(DEFAULT_SEED)
     precision: Precision = option("auto", help="auto: on a GPU bfloat16 (Ampere+) or float16 (Volta/Turing) "
@@ -91,6 +93,7 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(f"{name} must be an int >= 1, got {value!r}", name)
+        check_image_size(self.image_size)
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UsageError(f"learning_rate must be > 0, got {self.learning_rate!r}", "learning_rate")
         hints = get_type_hints(TrainOptions)
@@ -105,6 +108,14 @@ class TrainOptions:
         check_log(self.log)
         if self.resume and self.overwrite:
             raise UsageError("resume and overwrite exclude each other", "overwrite")
+
+
+def check_image_size(image_size: int | None, parameter: str = "image_size") -> int | None:
+    """None (the model's own size) or an int from 1 to MAX_IMAGE_SIZE; a UsageError naming `parameter` else."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or not 1 <= image_size <= MAX_IMAGE_SIZE):
+        raise UsageError(f"{parameter} must be an int from 1 to {MAX_IMAGE_SIZE}, got {image_size!r}", parameter)
+    return image_size
 
 
 def check_log(log: str | None) -> str | None:
@@ -150,6 +161,8 @@ def add_option_arguments(parser: argparse.ArgumentParser, options: type, require
             extra["choices"] = list(choices)
         elif item.name in POSITIVE:
             extra["type"] = positive_int
+        elif item.name == "image_size":
+            extra["type"] = image_size_arg
         elif kind in (int, float, Path):
             extra["type"] = kind
         if item.metadata.get("metavar"):
@@ -163,6 +176,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def image_size_arg(text: str) -> int:
+    """--image-size: pixels a side, from 1 to MAX_IMAGE_SIZE."""
+    value = int(text)
+    if not 1 <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_IMAGE_SIZE} px, got {value}")
     return value
 
 

@@ -197,7 +197,7 @@ def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
     previous = json.loads(record.read_text()).get("source") if record.exists() else None
     if previous != str(source_abs):
         where = f"from {previous}" if previous else "not made by catsdogs prepare"
-        raise UsageError(f"out {data_dir} is not empty and was {where}; overwrite=True replaces it", "overwrite")
+        raise UsageError(f"out {data_dir} is not empty and was {where}; overwrite=True replaces it", "out")
 
 
 def prepare(source: Path, data_dir: Path, *, train: SplitSize = None, val: SplitSize = None,

@@ -56,8 +56,10 @@ def report_path(path: Path) -> Path:
 
 def _refuse_existing(out: Path) -> None:
     """An int8 export never replaces a file: a UsageError when PATH or its report exists."""
-    if Path(out).exists() or report_path(out).exists():
-        raise UsageError(f"{out} already exists; choose another out or remove it", "out")
+    from catsdogs.files import check_out_file
+
+    for path in (out, report_path(out)):
+        check_out_file(path, overwrite=None)
 
 
 def quantize_int8(model, out: Path, calibration: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
@@ -112,10 +114,7 @@ def quantize_run(run: Path, out: Path, *, model, calibration_images: int = 200,
     measured on its whole test split with the run's own decision rule (its tuned threshold, or the most probable
     class)."""
     from catsdogs.dataset import load_split, sample_images
-    from catsdogs.files import check_out_file
     from catsdogs.run_files import read_threshold, run_data
-
-    check_out_file(out)
 
     _refuse_existing(out)  # before decoding anything
     threshold = read_threshold(run)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +43,13 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
             return list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from exc
+
+
+def run_files(run_dirs: Sequence[Path]) -> Iterator[Path]:
+    """The files of the run folders (all but HTML pages, which a report never reads): what a report must never
+    be written over. Lazy: walked only when the report's path exists."""
+    for folder in run_dirs:
+        yield from (path for path in Path(folder).rglob("*") if path.suffix.lower() != ".html")
 
 
 def _load_runs(run_dirs: Sequence[Path]) -> list[Run]:
@@ -273,8 +280,9 @@ def _run_html(run: Run, anchor: str) -> str:
 def write_report(run_dirs: Sequence[Path], out_html: Path, *, title: str = "catsdogs report",
                  published: dict[str, dict] | None = None, sections: Sequence[str] = ()) -> Path:
     """Write one self-contained, phone-friendly HTML page comparing the runs (images embedded); `sections`
-    are extra HTML blocks placed after the comparison (e.g. `catsdogs fit`'s audit)."""
-    check_out_file(out_html)
+    are extra HTML blocks placed after the comparison (e.g. `catsdogs fit`'s audit). Never written over a file
+    of the runs."""
+    check_out_file(out_html, inputs=run_files(run_dirs))
     runs = _load_runs(run_dirs)
     anchors = [f"run-{i}" for i in range(1, len(runs) + 1)]
     header, rows = _summary(runs, HTML_COLUMNS, published)

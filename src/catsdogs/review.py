@@ -332,10 +332,10 @@ def _page_html() -> str:
 
 
 def serve_review(review: Review, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the review page until interrupted."""
-    import uvicorn
+    """Serve the review page until interrupted (a UsageError when host:port cannot be listened on)."""
+    from catsdogs.serve import listen, serve_forever
 
-    uvicorn.run(create_app(review), host=host, port=port, log_level="warning")
+    serve_forever(create_app(review), listen(host, port))
 
 
 __all__ = ["Review", "build_queue", "create_app", "open_review", "serve_review", "class_keys"]

@@ -146,15 +146,21 @@ def read_threshold(run: Path) -> float | None:
     return float(threshold)
 
 
-def load_run_model(run: Path):
-    """Load RUN/model.keras (Keras safe mode: no arbitrary code)."""
+def run_model_path(run: Path) -> Path:
+    """RUN/model.keras, checked without loading it: a UsageError naming `run` when RUN is not a run or has no
+    model yet (what a command checks before any long work)."""
     path = Path(run) / MODEL
     if not path.exists():
         if read_config(run).get("status") == "complete":
             raise UsageError(f"{path} is missing from a finished run ({CONFIG} says status complete); train the run "
                              "again, or restore model.keras from a copy", "run")
         raise UsageError(f"{run}: no {MODEL} yet (training has not finished an epoch)", "run")
-    return load_keras_model(path)
+    return path
+
+
+def load_run_model(run: Path):
+    """Load RUN/model.keras (Keras safe mode: no arbitrary code)."""
+    return load_keras_model(run_model_path(run))
 
 
 def load_keras_model(path: Path):

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from catsdogs import __version__
-from catsdogs.errors import one_line
+from catsdogs.errors import UsageError, one_line
 from catsdogs.images import ImageError, decode_image, resize
 from catsdogs.memory import release_memory
 from catsdogs.options import check_limit, check_threshold
@@ -354,6 +354,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """`bind_socket` for a server about to start (serve, review): a one-line UsageError naming the address when
+    the port is busy, out of range or the host unknown, before anything says where to connect."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port must be at most 65535 (0: any free port), got {port}", "port")
+    try:
+        return bind_socket(host, port)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}", "port") from None
 
 
 def url_of(sock: socket.socket) -> str:

@@ -54,17 +54,30 @@ def csv_row(prediction, classes: list[str]) -> list[str]:
             "" if novelty is None else f"{novelty:.6g}", safe_cell(prediction.error)]
 
 
+def _header_line(header: list[str]) -> bytes:
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\n").writerow(header)
+    return line.getvalue().encode("utf-8")
+
+
 def _complete_rows(output: Path, header: list[str]) -> tuple[int, str | None]:
-    """Complete data rows in an existing FILE (a torn last line is cut off) and the last row's path."""
-    with open(output, "rb+") as handle:
-        data = handle.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # the last line was cut short by a kill: drop it
-            handle.truncate(end)
-    rows = list(csv.reader(io.StringIO(data[:end].decode("utf-8"))))
+    """Complete data rows in an existing FILE and the last row's path, once FILE is known to be a predict CSV
+    of this run; then a torn last line (a kill mid-write, even within the header) is cut off."""
+    data = output.read_bytes()
+    end = data.rfind(b"\n") + 1
+    not_ours = UsageError(f"{output} is not a predict CSV of this run; choose another output", "output")
+    if not end and not _header_line(header).startswith(data):
+        raise not_ours
+    try:
+        rows = list(csv.reader(io.StringIO(data[:end].decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error):
+        raise not_ours from None
     if rows and rows[0] != header:
         raise UsageError(f"{output} is not a predict CSV of this run (header {','.join(rows[0])}); "
                          "choose another output", "output")
+    if end < len(data):  # the last line was cut short by a kill: drop it
+        with open(output, "rb+") as handle:
+            handle.truncate(end)
     return max(0, len(rows) - 1), (rows[-1][0] if len(rows) > 1 else None)
 
 
@@ -100,9 +113,10 @@ def stream_predictions(predictor, paths: list[Path], output: Path, *, resume: bo
                         unit="images") if progress else None
     written = errors = 0
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "a", newline="") as handle:
+    has_header = output.exists() and output.stat().st_size > 0  # resumed: at least the header is there
+    with open(output, "a", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        if not skipped:
+        if not has_header:
             writer.writerow(header)
         batch: list[list[str]] = []
         for prediction in predictor.predict_paths(files):

@@ -45,7 +45,8 @@ def in_flags(error: CatsdogsError, parser: argparse.ArgumentParser, command: str
             flags.setdefault(action.dest, action.option_strings[-1])
     switches = {dest for dest, flag in flags.items()
                 if isinstance(sub._option_string_actions[flag], argparse._StoreTrueAction)}
-    named = {getattr(error, "parameter", None), *switches, *(dest for dest in flags if "_" in dest)}
+    named = {getattr(error, "parameter", None), *getattr(error, "others", ()), *switches,
+             *(dest for dest in flags if "_" in dest)}
     for name in named & set(flags):
         message = re.sub(rf"(?<![\w-]){re.escape(name)}=(True|'[^']*'|\S+)",
                          lambda m, n=name: flags[n] if m.group(1) == "True" else f"{flags[n]} {m.group(1).strip(chr(39))}",

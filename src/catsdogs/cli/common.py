@@ -122,6 +122,14 @@ def split_size(text: str) -> int | float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def port_number(text: str) -> int:
+    """A TCP port for --port: 0 (any free port) to 65535."""
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535 (0: any free port), got {value}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -130,7 +138,7 @@ def non_negative_int(text: str) -> int:
 
 
 __all__ = ["OneLineErrorParser", "add_command", "add_engine_argument", "add_input_argument", "add_overwrite_argument",
-           "add_split_arguments", "default_source", "non_negative_int", "positive_int", "resolve_input",
+           "add_split_arguments", "default_source", "non_negative_int", "port_number", "positive_int", "resolve_input",
            "use_default_weights"]
 
 

@@ -7,7 +7,7 @@ import csv
 import sys
 from pathlib import Path
 
-from catsdogs.cli.common import add_command, add_engine_argument, non_negative_int, positive_int
+from catsdogs.cli.common import add_command, add_engine_argument, port_number, positive_int
 from catsdogs.errors import CatsdogsError, UsageError
 
 
@@ -41,8 +41,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.output is not None or args.resume:  # hook: streaming to a file (catsdogs.stream)
         from catsdogs.stream import stream_predictions
 
-        if args.output is None or args.format != "csv":
-            raise UsageError("--resume needs --output FILE; --output writes CSV")
+        if args.output is None:
+            raise UsageError("--resume needs --output FILE (the CSV to continue)")
+        if args.format != "csv":
+            raise UsageError(f"--output writes CSV: --format {args.format} cannot be streamed (leave --format out, "
+                             "or write JSON to stdout without --output)")
         summary = stream_predictions(predictor, [p for p in args.paths if p.exists()], args.output,
                                      resume=args.resume)
         print(f"wrote {summary.written} rows to {summary.output} ({summary.skipped} already there, "
@@ -77,7 +80,7 @@ def add_serve(commands) -> None:
     p = add_command(commands, "serve", cmd_serve, "web page and REST API classifying uploaded photos with RUN")
     p.add_argument("run", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=non_negative_int, default=8000, help="default 8000; 0 picks a free port")
+    p.add_argument("--port", type=port_number, default=8000, help="default 8000; 0 picks a free port")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body accepted (default 10)")
     add_engine_argument(p)
     p.add_argument("--threshold", type=float, help="decision threshold (default: tuned, else 0.5)")
@@ -94,16 +97,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     read_config(args.run)
     if args.max_upload_mb <= 0:
         raise UsageError(f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
-    if args.port > 65535:
-        raise UsageError(f"--port must be at most 65535, got {args.port}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"--threshold must be between 0 and 1, got {args.threshold:g}")
     app = serve.create_app(args.run, threshold=args.threshold, max_upload_mb=args.max_upload_mb,
                            engine=args.engine, samples=_engine_samples(args.run, args.engine))
-    try:
-        sock = serve.bind_socket(args.host, args.port)
-    except OSError as error:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    sock = serve.listen(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, reachable from other machines; there is no authentication",
               file=sys.stderr)

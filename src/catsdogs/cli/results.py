@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from catsdogs.cli.common import add_command, add_engine_argument
+from catsdogs.cli.common import add_command, add_engine_argument, add_overwrite_argument
 from catsdogs.errors import UsageError
 
 
@@ -74,12 +74,15 @@ def add_report(commands) -> None:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
     p.add_argument("--out", type=Path, required=True, metavar="HTML")
     p.add_argument("--title", default="catsdogs report")
+    add_overwrite_argument(p, "replace an existing HTML file (never one of the RUNs' own files)")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from catsdogs.files import check_out_file
     from catsdogs.published import PUBLISHED
-    from catsdogs.report import write_report
+    from catsdogs.report import run_files, write_report
 
+    check_out_file(args.out, overwrite=args.overwrite, inputs=run_files(args.runs))
     out = write_report(args.runs, args.out, title=args.title, published=PUBLISHED)
     print(f"report of {len(args.runs)} run(s) written to {out}")
 
@@ -92,19 +95,22 @@ def add_explain(commands) -> None:
     p.add_argument("--out", type=Path, metavar="PNG", help="default: IMAGE-gradcam.png in this folder")
     p.add_argument("--layer", help="conv layer to explain (default: the last one, found automatically)")
     p.add_argument("--target", metavar="CLASS", help="the class to explain (default: the predicted one)")
+    add_overwrite_argument(p, "replace an existing PNG (never IMAGE itself)")
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
     from catsdogs.explain import save_explanation
+    from catsdogs.files import check_out_file
     from catsdogs.images import ImageError, load_image
     from catsdogs.predict import Predictor
 
+    out = check_out_file(args.out or Path(f"{args.image.stem}-gradcam.png"), overwrite=args.overwrite,
+                         inputs=[args.image])
     predictor = Predictor(args.run)
     try:
         image = load_image(args.image, predictor.image_size)
     except ImageError as error:
         raise UsageError(f"{args.image}: {error}") from None
-    out = args.out or Path(f"{args.image.stem}-gradcam.png")
     target = None
     if args.target is not None:
         if args.target not in predictor.classes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from catsdogs.cli.common import add_command
+from catsdogs.cli.common import add_command, port_number
 
 
 def register(commands) -> None:
@@ -24,16 +24,18 @@ def add_review(commands) -> None:
     p.add_argument("--labeled", type=Path, metavar="FILE", help="with --unlabeled: the path,label CSV the labels "
                    "go to (default RUN/labeled.csv)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000, help="default 8000; 0 picks a free port")
 
 
 def cmd_review(args: argparse.Namespace) -> None:
-    from catsdogs.review import open_review, serve_review
+    from catsdogs.review import create_app, open_review
+    from catsdogs.serve import listen, serve_forever, url_of
 
+    sock = listen(args.host, args.port)  # first: a busy port is said before any audit, and no URL before it
     review = open_review(args.target, corrections=args.corrections, unlabeled=args.unlabeled, labeled=args.labeled)
     done = len(review.decisions())
     print(f"review of {args.target}: {len(review.queue.items)} items ({done} already decided); decisions go to "
           f"{review.corrections_path}{' and ' + str(review.labeled_path) if review.labeled_path else ''}")
-    print(f"open http://{args.host}:{args.port}/ (Ctrl-C to stop); then: catsdogs prepare SOURCE --out DATA "
-          f"--corrections {review.corrections_path} --overwrite")
-    serve_review(review, args.host, args.port)
+    print(f"open {url_of(sock)} (Ctrl-C to stop); then: catsdogs prepare SOURCE --out DATA "
+          f"--corrections {review.corrections_path} --overwrite", flush=True)
+    serve_forever(create_app(review), sock)

@@ -21,7 +21,7 @@ from catsdogs.cli.common import (
     non_negative_int,
 )
 from catsdogs.errors import UsageError
-from catsdogs.options import TrainOptions, add_option_arguments
+from catsdogs.options import TrainOptions, add_option_arguments, image_size_arg
 
 
 def register(commands) -> None:
@@ -133,15 +133,17 @@ def add_lr_find(commands) -> None:
     p.add_argument("--data", type=Path, help="before training: a prepared DATA, with --model as train takes it")
     p.add_argument("--model", help="with --data: the model to build (as train --model)")
     p.add_argument("--backbone", help="with --data: the pretrained base (as train --backbone)")
-    p.add_argument("--image-size", type=int, metavar="N", help="with --data: as train --image-size")
+    p.add_argument("--image-size", type=image_size_arg, metavar="N", help="with --data: as train --image-size")
     p.add_argument("--plot", type=Path, metavar="PNG", help="with --data: where to write the plot (default lr_find.png)")
     p.add_argument("--start", type=float, default=1e-7, help="the first rate (default 1e-7)")
     p.add_argument("--end", type=float, default=10.0, help="the last rate (default 10)")
     p.add_argument("--steps", type=int, help="batches (default 100, fewer for small data: one pass, at least 30)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's, else 32)")
+    add_overwrite_argument(p, "with --data: replace an existing --plot file (never one of DATA's)")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
+    from catsdogs.files import check_out_file
     from catsdogs.trainers.lr_find import data_lr_find, run_lr_find
 
     options = {"start": args.start, "end": args.end, "steps": args.steps}
@@ -158,7 +160,9 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     else:
         if not args.model:
             raise UsageError("--data needs --model (the model to build, as train takes it)")
-        result = data_lr_find(args.data, args.model, args.plot or Path("lr_find.png"), backbone=args.backbone,
+        plot = check_out_file(args.plot or Path("lr_find.png"), "plot", overwrite=args.overwrite,
+                              inputs=(path for path in args.data.rglob("*") if path.is_file()))
+        result = data_lr_find(args.data, args.model, plot, backbone=args.backbone,
                               image_size=args.image_size, **options)
     print(f"{result.line()}; plot: {result.plot_path}", file=sys.stderr)
     print(f"{result.suggestion:.3g}")  # one line alone on stdout: LR=$(catsdogs lr-find RUN)

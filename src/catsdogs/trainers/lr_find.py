@@ -173,7 +173,7 @@ def _check(start: float, end: float, steps: int | None, batch_size: int, diverge
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise UsageError(f"{name} must be a positive number, got {value}", name)
     if start >= end:
-        raise UsageError(f"start ({start:g}) must be below end ({end:g})", "start")
+        raise UsageError(f"start ({start:g}) must be below end ({end:g})", "start", others=("end",))
     if diverge <= 1:
         raise UsageError(f"diverge must be above 1, got {diverge:g}", "diverge")
     for name, value in (("steps", steps), ("batch_size", batch_size)):
@@ -243,8 +243,10 @@ def data_lr_find(data: str | Path, model: str, plot: str | Path, *, backbone: st
 
     from catsdogs.data_files import read_classes
     from catsdogs.models import create_model, model_entry
+    from catsdogs.options import check_image_size
 
     _check_options(options)
+    check_image_size(image_size)
     entry = model_entry(model)
     if backbone is not None and not entry.uses_backbone:
         raise UsageError(f"backbone is only for the pretrained models, not {model}", "backbone")
