@@ -284,10 +284,11 @@ def test_explain_report_lr_find_never_replace_their_inputs_and_need_overwrite(ti
 def test_predict_csv_cells_cannot_be_formulas(tiny_run: Path, tmp_path: Path):
     import csv
 
-    from catsdogs.stream import safe_cell, stream_predictions
+    from catsdogs.files import safe_cell
+    from catsdogs.stream import stream_predictions
 
-    assert [safe_cell(c) for c in ("=1+1", "+a", "-b", "@c", "\tx", "\ry", "cat.jpg")] == \
-        ["'=1+1", "'+a", "'-b", "'@c", "'\tx", "'\ry", "cat.jpg"]
+    assert [safe_cell(c) for c in ("=1+1", "+a", "-b", "@c", "\tx", "\ry", "cat.jpg", "a\x00b.jpg")] == \
+        ["'=1+1", "'+a", "'-b", "'@c", "'\tx", "'\ry", "cat.jpg", "a\\x00b.jpg"]
     folder = tmp_path / "photos"
     folder.mkdir()
     from helpers import make_photo

@@ -13,11 +13,11 @@ import numpy as np
 
 from catsdogs.dataset import load_split
 from catsdogs.errors import UsageError
+from catsdogs.files import safe_cell
 from catsdogs.metrics import compute_metrics, tune_threshold
 from catsdogs.plots import GALLERY_PNG, most_wrong, save_evaluation_plots, save_gallery
 from catsdogs.predict import Predictor
 from catsdogs.run_files import METRICS, THRESHOLD, read_config, read_run_classes, run_data, write_json
-from catsdogs.stream import safe_cell
 
 TUNING_SPLIT = "validation"
 EXPLAIN_EXAMPLES = 4

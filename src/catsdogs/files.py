@@ -79,3 +79,14 @@ def check_out_file(path: str | os.PathLike, parameter: str = "out", *, overwrite
         raise UsageError(f"{path} already exists; choose another {parameter}{how}", parameter)
     _writable_folder(path.parent if str(path.parent) else Path("."), path, parameter)
     return path
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading `'` before = + - @ tab or CR (OWASP's advice against
+    CSV injection: `=HYPERLINK(...)` as a photo name is then not a formula); a NUL byte written as `\\x00` (CSV
+    readers stop at it)."""
+    text = str(text).replace("\x00", "\\x00")
+    return "'" + text if text.startswith(FORMULA_STARTS) else text

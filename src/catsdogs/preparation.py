@@ -24,6 +24,7 @@ from catsdogs.corrections import apply_corrections, check_corrections, read_corr
 from catsdogs.data_files import MANIFEST_FIELDS, OWN_FILES, SPLITS
 from catsdogs.errors import UsageError
 from catsdogs.exclusions import read_exclusions
+from catsdogs.files import safe_cell
 from catsdogs.grouping import Moment, check_group, exif_moment, photo_groups
 from catsdogs.images import ImageError, decode_image, decode_workers, encode_jpeg
 from catsdogs.near_duplicates import cross_split_pairs, drop_near_duplicates, phash
@@ -412,7 +413,7 @@ def _write(data_dir: Path, source: Path, classes: list[str], assignment: list[tu
         (work / relpath).write_bytes(photo.jpeg)
         rows.append([relpath, name, split, photo.sha256, photo.width, photo.height, photo.source.relpath])
     _write_csv(work / "manifest.csv", MANIFEST_FIELDS, rows)
-    _write_csv(work / "rejected.csv", ["source", "reason"], [list(r) for r in rejected])
+    _write_csv(work / "rejected.csv", ["source", "reason"], [[safe_cell(cell) for cell in r] for r in rejected])
     _write_csv(work / "unused.csv", ["source", "class", "sha256"],
                [[p.source.relpath, p.source.class_name, p.sha256] for p in sorted(unused, key=lambda p: p.source.relpath)])
     (work / "classes.json").write_text(json.dumps(classes) + "\n")

@@ -17,7 +17,7 @@ from itertools import islice
 from pathlib import Path
 
 from catsdogs.errors import UsageError
-from catsdogs.files import check_out_file
+from catsdogs.files import check_out_file, safe_cell
 from catsdogs.progress import progress as progress_line
 from catsdogs.sources import iter_image_files
 from catsdogs.verbosity import get_verbosity
@@ -32,16 +32,6 @@ class StreamSummary:
     seconds: float
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def safe_cell(text: str) -> str:
-    """A CSV cell a spreadsheet shows as text: a leading `'` before = + - @ tab or CR (OWASP's advice against
-    CSV injection: `=HYPERLINK(...)` as a photo name is then not a formula)."""
-    text = str(text)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
 def csv_header(classes: list[str]) -> list[str]:
     return [safe_cell(cell) for cell in ("path", "label", *(f"p_{name}" for name in classes), "novelty", "error")]
 
@@ -51,7 +41,7 @@ def csv_row(prediction, classes: list[str]) -> list[str]:
     probabilities = [f"{prediction.probabilities[name]:.6f}" if prediction.probabilities else "" for name in classes]
     novelty = getattr(prediction, "novelty", None)  # empty for a RUN without calibration.json (catsdogs.trust)
     return [safe_cell(prediction.path), safe_cell(prediction.label), *probabilities,
-            "" if novelty is None else f"{novelty:.6g}", safe_cell(prediction.error)]
+            "" if novelty is None else f"{novelty:.6f}", safe_cell(prediction.error)]
 
 
 def _header_line(header: list[str]) -> bytes:
