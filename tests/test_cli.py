@@ -87,13 +87,17 @@ def test_default_source_message_when_absent(monkeypatch, tmp_path, capsys):
     assert "train.zip" in err and "catsdogs download" in err
 
 
-def test_explain_writes_a_png(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys):
+def test_explain_writes_a_png(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys, monkeypatch):
     photo = next((tiny_data / "test" / "cat").glob("*.jpg"))
     out = tmp_path / "cam.png"
     assert main(["explain", str(tiny_run), str(photo), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Grad-CAM saved" in capsys.readouterr().out
     assert main(["explain", str(tiny_run), str(photo), "--out", str(out), "--layer", "nope"]) == 2
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # its own default name (IMAGE-gradcam.png) is replaced when run again
+        assert main(["explain", str(tiny_run), str(photo)]) == 0
+    assert (tmp_path / f"{photo.stem}-gradcam.png").exists()
 
 
 def test_export_from_the_command_line(tiny_run: Path, tmp_path: Path, capsys):

@@ -104,7 +104,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from catsdogs.images import ImageError, load_image
     from catsdogs.predict import Predictor
 
-    out = check_out_file(args.out or Path(f"{args.image.stem}-gradcam.png"), overwrite=args.overwrite,
+    # the default name is explain's own (IMAGE-gradcam.png): run again, it is replaced; a chosen --out is not
+    out = check_out_file(args.out or Path(f"{args.image.stem}-gradcam.png"), overwrite=args.overwrite or not args.out,
                          inputs=[args.image])
     predictor = Predictor(args.run)
     try:
