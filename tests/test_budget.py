@@ -37,6 +37,15 @@ def test_bad_budget_on_the_command_line_is_exit_2(text, tmp_path: Path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("text", ["-5m", "-1h30m", "-0.5"])
+def test_negative_budget_after_a_space_reaches_its_own_check(text, tmp_path: Path, capsys):
+    """`--budget -5m` as typed: argparse alone reads `-5m` as an option and says `expected one argument`."""
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "run"), "--budget", text]) == 2
+    err = capsys.readouterr().err
+    assert f"--budget must be a duration >= 0 such as 10m, 90s or 1h, got '{text}'" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_plan_orders_stages_and_refuses_a_budget_too_small():
     stages = plan(["a", "b"], {"a": 10.0, "b": 100.0}, 1000, Budget(600))
     assert [(stage.backbone, stage.model) for stage in stages] == [("a", "heads"), ("b", "heads"), ("a+b", "heads"),

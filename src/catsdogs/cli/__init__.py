@@ -15,6 +15,7 @@ from catsdogs.errors import CatsdogsError, one_line
 from catsdogs.verbosity import import_tensorflow_quietly
 
 GROUPS = (data, review, training, results, inference, bench)
+UNIT_OPTIONS = ("--budget",)  # options whose values carry a unit: argparse takes `-5m` for an option, not a value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +56,20 @@ def in_flags(error: CatsdogsError, parser: argparse.ArgumentParser, command: str
     return message
 
 
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """`--budget -5m` as `--budget=-5m`, so the value reaches its own check (`must be >= 0`) instead of argparse's
+    `expected one argument`."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in UNIT_OPTIONS and re.fullmatch(r"-[\d.]\S*", token):
+            token = f"{out.pop()}={token}"
+        out.append(token)
+    return out
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """The arguments, DATA/SOURCE folded into one name; SystemExit on bad usage, --help and --version."""
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     resolve_input(args, command_parser(parser, args.command))
     return args
 
