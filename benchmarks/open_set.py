@@ -85,6 +85,7 @@ def _predict_recording(run, folder: Path):
 def measure(run_path: Path, held: Path, other: Path, dump: Path) -> dict:
     import catsdogs
     from catsdogs.decision import class_probabilities
+    from catsdogs.models.frozen import pretrained_twin
     from catsdogs.novelty import embedding_model
     from catsdogs.run_files import read_config, read_run_classes
     from catsdogs.trust import _embeddings
@@ -104,10 +105,10 @@ def measure(run_path: Path, held: Path, other: Path, dump: Path) -> dict:
     in_b = halves(names)
     accepted = [(p, truth) for p, truth in own if not p.unknown]
     config = read_config(run_path)
-    model = run.model
+    model, top = run.model, summary.novelty.reference_top  # a tuned top: the pretrained top's features
     (train_e, train_labels), (val_e, val_o, val_labels) = _embeddings(
-        model, embedding_model(model), config, Path(config["data"]), classes, None, 0,
-        features_cache=run_path / "cache")
+        model, embedding_model(model, top), config, Path(config["data"]), classes, None, 0,
+        features_cache=run_path / "cache", reference=None if top is None else pretrained_twin(model, top))
     np.savez_compressed(dump, train=train_e, train_labels=train_labels, val=val_e,
                         val_raw=class_probabilities(val_o), val_labels=val_labels, held=np.concatenate(own_e),
                         held_raw=class_probabilities(np.concatenate(own_o)), held_labels=np.array(own_labels),
@@ -117,11 +118,13 @@ def measure(run_path: Path, held: Path, other: Path, dump: Path) -> dict:
             "n_b": int(in_b.sum()), "held_out_unknown": 1 - len(accepted) / len(own), "n_held_out": len(own),
             "accuracy_accepted": sum(p.label == truth for p, truth in accepted) / max(1, len(accepted)),
             "accuracy_all": sum(max(p.probabilities, key=p.probabilities.get) == truth for p, truth in own) / len(own),
-            "calibration": summary.calibration, "novelty": summary.novelty, "backbone": config.get("backbone")}
+            "calibration": summary.calibration, "novelty": summary.novelty, "backbone": config.get("backbone"),
+            "model": config.get("model"), "embedding": "pretrained top" if top is not None else "model"}
 
 
 def show(title: str, result: dict) -> None:
-    print(f"\n{title} (backbone {result['backbone']})")
+    print(f"\n{title} (backbone {result['backbone']}, {result['model']}; novelty on the {result['embedding']}'s "
+          "features)")
     n = result["novelty"]
     print(f"  novelty {n.method}: threshold {n.threshold:.4g}, {n.accepted:.1%} of validation accepted")
     print(f"  other subjects labelled unknown: {result['other_unknown_b']:.1%} of {result['n_b']} (half B; "

@@ -3,6 +3,7 @@ model whose base holds the tuned weights."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -12,7 +13,15 @@ import pytest
 import catsdogs
 from catsdogs.errors import UsageError
 from catsdogs.models.backbones import get_backbone
-from catsdogs.models.frozen import branch_extractor, build_heads, split_base, top_inputs_extractor
+from catsdogs.models.frozen import (
+    branch_extractor,
+    build_heads,
+    pretrained_twin,
+    split_base,
+    top_inputs_extractor,
+    with_reference_top,
+)
+from catsdogs.trainers.features import cache_file
 
 from helpers import make_class_folders
 
@@ -42,6 +51,30 @@ def test_one_forward_pass_gives_the_features_and_the_top_inputs():
     for got, want in ((features, expected), (stacked, alone)):  # random weights: tiny values, compared relatively
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
     assert stacked.shape[1] == 2 and not np.allclose(stacked[:, 0], stacked[:, 1], rtol=0.01, atol=0)  # and mirror
+
+
+def test_novelty_of_a_tuned_top_reads_the_pretrained_top_on_the_same_pass():
+    model = build_heads(64, backbone="mobilenetv2", weights=None, num_classes=2)
+    base = model.get_layer("mobilenetv2")
+    top = split_base(base, get_backbone("mobilenetv2").tuned_from(base))[1]
+    pretrained = top.get_weights()
+    rng = np.random.default_rng(0)
+    top.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) if w.ndim > 1 else w for w in pretrained])
+    images = rng.uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    features, output = with_reference_top(model, pretrained).predict_on_batch(images)
+    twin = pretrained_twin(model, pretrained)
+    want = branch_extractor(twin, "mobilenetv2").predict_on_batch(images)
+    np.testing.assert_allclose(features, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+    tuned = branch_extractor(model, "mobilenetv2").predict_on_batch(images)
+    assert not np.allclose(features, tuned, rtol=0.01, atol=0)  # the tuned top's features are not the embedding
+    np.testing.assert_allclose(output, model.predict_on_batch(images), rtol=1e-4, atol=1e-6)  # the model's answer
+    fresh = build_heads(64, backbone="mobilenetv2", weights=None, num_classes=2)  # fit's heads stage, same weights
+    fresh.get_layer("mobilenetv2").set_weights(twin.get_layer("mobilenetv2").get_weights())
+    ids = ["a", "b"]
+    assert cache_file(Path("c"), branch_extractor(fresh, "mobilenetv2"), ids, "train") == \
+        cache_file(Path("c"), branch_extractor(twin, "mobilenetv2"), ids, "train")  # its cached features are found
+    with pytest.raises(UsageError, match="do not fit mobilenetv2's top"):
+        with_reference_top(model, pretrained[:-1])
 
 
 @pytest.mark.slow
@@ -92,8 +125,21 @@ def test_finetune_top_tunes_only_the_last_stage_and_saves_a_heads_model(tmp_path
     labels = [Path(p.path).parent.name for p in predictions]
     accuracy = np.mean([p.label == label for p, label in zip(predictions, labels)])
     assert accuracy == pytest.approx(saved["val_accuracy"], abs=1e-6)
+    first = catsdogs.calibrate(run.path, accept=0.9)  # the pretrained top's features extracted once, cached
+    assert first.novelty.reference_top is not None and first.novelty.accepted is not None
+    assert json.loads((run / "calibration.json").read_text())["novelty"]["embedding"] == "pretrained top"
+
     def no_decoding(*args, **kwargs):
         raise AssertionError("calibrate decoded photos instead of reading the features cache")
 
+    def no_weights(*args, **kwargs):
+        raise AssertionError("calibrate built the pretrained top again instead of reading RUN/novelty.npz")
+
     monkeypatch.setattr("catsdogs.dataset.load_split", no_decoding)  # the tuned features were cached by training
-    assert catsdogs.calibrate(run.path, accept=0.9).novelty.accepted is not None
+    monkeypatch.setattr("catsdogs.models.frozen.pretrained_top_weights", no_weights)
+    again = catsdogs.calibrate(run.path, accept=0.9)
+    assert again.novelty.threshold == first.novelty.threshold
+    for a, b in zip(again.novelty.reference_top, first.novelty.reference_top):
+        assert (a == b).all()
+    scored = catsdogs.Run(run.path).predict(data / "validation")  # predict reads the same embeddings
+    assert np.mean([not p.unknown for p in scored]) == pytest.approx(again.novelty.accepted)

@@ -35,8 +35,9 @@ def split_probabilities(predictor: Predictor, data: Path, split: str, cache_dir:
     if assessed is None:
         return arrays.labels, predictor.probabilities(arrays.images), arrays.paths, arrays.images
     pooled = _pooled_features(predictor, data, split, cache_dir, arrays)
+    embeddings = _pretrained_features(predictor, data, split, cache_dir, arrays) if pooled is not None else None
     assessed["raw"], probabilities, assessed["novelty"] = (predictor.assess(arrays.images) if pooled is None
-                                                           else predictor.assess_pooled(pooled))
+                                                           else predictor.assess_pooled(pooled, embeddings))
     return arrays.labels, probabilities, arrays.paths, arrays.images
 
 
@@ -52,6 +53,19 @@ def _pooled_features(predictor: Predictor, data: Path, split: str, cache_dir: Pa
     if not backbone:
         return None
     return cached_pool_features(predictor.model, backbone, data, split, cache_dir, arrays.images)
+
+
+def _pretrained_features(predictor: Predictor, data: Path, split: str, cache_dir: Path, arrays):
+    """A tuned top's novelty embeddings, the pretrained base's features (catsdogs.novelty), through the features
+    cache (the audit after `fit` reads them there); None when the novelty reads the model's own."""
+    novelty = predictor.trust.novelty if predictor.trust is not None else None
+    if novelty is None or novelty.reference_top is None:
+        return None
+    from catsdogs.models.frozen import pretrained_twin
+    from catsdogs.trainers.features import cached_pool_features
+
+    twin = pretrained_twin(predictor.model, novelty.reference_top)
+    return cached_pool_features(twin, read_config(predictor.run).get("backbone"), data, split, cache_dir, arrays.images)
 
 
 def tune_run_threshold(run: Path, data: Path | None = None, metric: str = "accuracy", *, tta: bool = False,

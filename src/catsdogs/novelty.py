@@ -2,7 +2,9 @@
 
 The embedding is the pooled features of the pretrained base for the models that have one (features, heads,
 transfer, finetune: the layer `pool`), else the input of the model's last Dense layer (the study's convnets:
-`dense`), whatever the model in the registry. Scores (higher = more novel):
+`dense`), whatever the model in the registry. A `finetune-top` model's tuned top squeezes its features onto the
+classes, so its RUN keeps the top's pretrained weights (`Novelty.reference_top`) and the embedding is the base's
+features with them (catsdogs.models.frozen.with_reference_top). Scores (higher = more novel):
 - knn: 1 - cosine similarity to the k-th nearest training embedding, both centred on the training mean and
   L2-normalised (Sun et al., 2022; pooled ReLU features all lie in the positive orthant, where uncentred cosines
   crowd near 1: centring made the TrashNet RUN reject 97% of cat and dog photos instead of 50%, docs/open_set.md);
@@ -26,10 +28,11 @@ from catsdogs.errors import UsageError
 K_NEIGHBOURS = 10
 MAX_REFERENCE = 5000  # training embeddings kept for k-NN (float16)
 COMPONENTS = ("knn", "mahalanobis", "confidence")
+TOP_PREFIX = "top_"  # novelty.npz: a tuned top's pretrained weights, top_000, top_001, ...
 METHODS = ("knn", "mahalanobis", "confidence", "knn+confidence", "mahalanobis+confidence", "knn+mahalanobis")
 
 
-def embedding_model(model):
+def embedding_model(model, reference_top: list[np.ndarray] | None = None):
     """A Keras model: images -> [embeddings, the model's output], sharing the model's layers.
 
     A model on a pretrained base (features, heads, transfer, finetune): the base's pooled features (`pool`,
@@ -38,6 +41,10 @@ def embedding_model(model):
     input of the layer that makes the output; a nested model at the end is followed inside."""
     import keras
 
+    if reference_top is not None:  # a tuned top: the pretrained top's features, on the same pass
+        from catsdogs.models.frozen import with_reference_top
+
+        return with_reference_top(model, reference_top)
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a bare tensor: no structure warning
     if "pool" in {layer.name for layer in model.layers}:  # a pretrained base: its pooled ImageNet features
         return keras.Model(inputs, [model.get_layer("pool").output, model.outputs[0]], name="embeddings")
@@ -75,6 +82,7 @@ class Novelty:
     threshold: float = float("inf")
     accept: float = 1.0
     accepted: float | None = None  # share of validation accepted at the threshold
+    reference_top: list[np.ndarray] | None = None  # a tuned top's pretrained weights: the embedding's (see above)
 
     # ---- scores -------------------------------------------------------------------------------------
     def knn(self, embeddings: np.ndarray) -> np.ndarray:
@@ -130,13 +138,16 @@ class Novelty:
 
     def save_arrays(self, path) -> None:
         centre = np.zeros(self.reference.shape[1]) if self.centre is None else self.centre
+        tops = {f"{TOP_PREFIX}{i:03d}": np.asarray(w, np.float32) for i, w in enumerate(self.reference_top or [])}
         np.savez_compressed(path, reference=self.reference.astype(np.float16), means=self.means.astype(np.float32),
-                            precision=self.precision.astype(np.float32), centre=np.asarray(centre, np.float32))
+                            precision=self.precision.astype(np.float32), centre=np.asarray(centre, np.float32),
+                            **tops)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "k": self.k, "stats": self.stats, "threshold": self.threshold,
                 "accept": self.accept, "accepted_validation": self.accepted, "reference": len(self.reference),
-                "dimensions": int(self.reference.shape[1])}
+                "dimensions": int(self.reference.shape[1]),
+                "embedding": "pretrained top" if self.reference_top is not None else "model"}
 
     @classmethod
     def load(cls, arrays_path, data: dict) -> Novelty:
@@ -154,7 +165,8 @@ class Novelty:
                              f"{data['k']}", "run")
         return cls(reference, arrays["means"].astype(np.float64), arrays["precision"].astype(np.float64),
                    arrays.get("centre"), method=data["method"], k=data["k"], stats=data["stats"],
-                   threshold=data["threshold"], accept=data["accept"], accepted=data.get("accepted_validation"))
+                   threshold=data["threshold"], accept=data["accept"], accepted=data.get("accepted_validation"),
+                   reference_top=reference_top(arrays))
 
 
 def read_arrays(path) -> dict[str, np.ndarray]:
@@ -168,8 +180,8 @@ def read_arrays(path) -> dict[str, np.ndarray]:
         if not isinstance(stored, np.lib.npyio.NpzFile):
             raise unreadable
         with stored:
-            arrays = {name: np.asarray(stored[name]) for name in ("reference", "means", "precision", "centre")
-                      if name in stored.files}
+            arrays = {name: np.asarray(stored[name]) for name in stored.files
+                      if name in ("reference", "means", "precision", "centre") or name.startswith(TOP_PREFIX)}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         if isinstance(error, UsageError):
             raise
@@ -194,6 +206,12 @@ def read_arrays(path) -> dict[str, np.ndarray]:
         if array.dtype.kind not in "fiu" or not np.isfinite(array).all():
             raise UsageError(f"{name} holds values that are not finite numbers", "run")
     return arrays
+
+
+def reference_top(arrays: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    """The pretrained top's weights stored in novelty.npz, in order; None when it holds none."""
+    names = sorted(name for name in arrays if name.startswith(TOP_PREFIX))
+    return [arrays[name] for name in names] or None
 
 
 def _shape_text(shape: tuple) -> str:

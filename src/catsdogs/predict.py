@@ -90,13 +90,16 @@ class Predictor:
             novelty = np.zeros(0, np.float32)
         return raw, probabilities, novelty
 
-    def assess_pooled(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """`assess` from the model's `pool` features (a `heads` run's cached features): only the head runs."""
+    def assess_pooled(self, pooled: np.ndarray, embeddings: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """`assess` from the model's `pool` features (a `heads` run's cached features): only the head runs.
+        `embeddings`: the novelty's, when not these (a tuned top's pretrained features, catsdogs.novelty)."""
         raw = class_probabilities(self.model.get_layer("head").predict(pooled, verbose=0, batch_size=256))
         if self.trust is None:
             return raw, raw, None
         probabilities = self.trust.calibration.apply(raw)
-        novelty = self.trust.novelty.score(pooled, probabilities) if self.trust.novelty is not None else None
+        embeddings = pooled if embeddings is None else embeddings
+        novelty = self.trust.novelty.score(embeddings, probabilities) if self.trust.novelty is not None else None
         return raw, probabilities, novelty
 
     def raw_probabilities(self, images: np.ndarray) -> np.ndarray:

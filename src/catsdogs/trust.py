@@ -45,7 +45,7 @@ class RunTrust:
     @property
     def joint(self):
         if self._joint is None:
-            self._joint = embedding_model(self.model)
+            self._joint = embedding_model(self.model, self.novelty.reference_top if self.novelty else None)
         return self._joint
 
 
@@ -160,6 +160,7 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
     RUN/calibration.json and RUN/novelty.npz. `accept`: the share of in-distribution validation photos to
     accept. `other`: a folder of photos of none of the classes, to report AUROC and the share rejected."""
     from catsdogs.decision import class_probabilities
+    from catsdogs.models.frozen import pretrained_twin
     from catsdogs.run_files import load_run_model, read_run_classes
 
     check_accept(accept)
@@ -172,13 +173,16 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
     classes = read_run_classes(run)
     image_size = int(model.input_shape[1])
     other_images = _other_images(other, image_size) if other is not None else None
-    joint = embedding_model(model)
+    top = _reference_top(run, config, model)
+    joint = embedding_model(model, top)
     (train_embeddings, train_labels), (val_embeddings, val_outputs, val_labels) = _embeddings(
-        model, joint, config, data, classes, cache_dir, seed, features_cache=Path(cache_dir or run / "cache"))
+        model, joint, config, data, classes, cache_dir, seed, features_cache=Path(cache_dir or run / "cache"),
+        reference=None if top is None else pretrained_twin(model, top))
     val_raw = class_probabilities(val_outputs)
     calibration = fit_calibration(val_labels, val_raw)
     val_probabilities = calibration.apply(val_raw)
     novelty = fit_novelty(train_embeddings, train_labels, len(classes), seed=seed, method=method)
+    novelty.reference_top = top
     components = novelty.components(val_embeddings, val_probabilities)
     fit_stats(novelty, components)
     novelty.set_threshold(novelty.combine(components), accept)
@@ -199,25 +203,68 @@ def calibrate(run: str | os.PathLike, accept: float = 0.98, other: str | os.Path
     return CalibrationSummary(run, calibration, novelty, report)
 
 
+def _reference_top(run: Path, config: dict, model) -> list[np.ndarray] | None:
+    """A `finetune-top` model's top as it was before tuning (novelty reads the pretrained features; fine-tuning
+    pulls the tuned ones onto the classes): an earlier calibration's copy in RUN/novelty.npz, else the weights
+    the run started from. None for other models."""
+    from catsdogs.models.frozen import pretrained_top_weights, tuned_top_base
+    from catsdogs.novelty import read_arrays, reference_top
+
+    name = tuned_top_base(model)
+    if config.get("model") != "finetune-top" or name is None:
+        return None
+    try:
+        stored = reference_top(read_arrays(run / NOVELTY)) if (run / NOVELTY).exists() else None
+    except UsageError:
+        stored = None  # unreadable: rebuilt below
+    return stored or pretrained_top_weights(name, int(model.input_shape[1]), _starting_weights(config))
+
+
+def _starting_weights(config: dict):
+    """The `weights` option of the run a chain of `from_run`s started from (a finetune-top RUN continues
+    another): "imagenet" unless it says otherwise."""
+    seen = set()
+    while True:
+        options = config.get("model_options") or {}
+        source = options.get("from_run")
+        if not source or source in seen:
+            return options.get("weights", "imagenet")
+        seen.add(source)
+        try:
+            config = read_config(Path(source))
+        except (UsageError, OSError):
+            return "imagenet"
+
+
 def _embeddings(model, joint, config: dict, data: Path, classes: list[str], cache_dir, seed: int, *,
-                features_cache: Path):
+                features_cache: Path, reference=None):
     """((train embeddings, labels) of up to MAX_REFERENCE training photos, (validation embeddings, outputs,
-    labels)): from the features cache for a `heads` or `finetune-top` run (no image decoded), else through `joint`."""
+    labels)): from the features cache for a `heads` or `finetune-top` run (no image decoded), else through `joint`.
+    `reference`: the model whose pooled features are the embeddings, when not `model` (a tuned top's pretrained
+    twin: `fit`'s heads stage cached them)."""
     from catsdogs.dataset import load_split
     from catsdogs.novelty import MAX_REFERENCE
     from catsdogs.trainers.features import cached_pool_features
 
-    rng = np.random.default_rng(seed)
-    cached = [cached_pool_features(model, config.get("backbone"), data, split, features_cache)
+    rng, backbone = np.random.default_rng(seed), config.get("backbone")
+    cached = [cached_pool_features(model, backbone, data, split, features_cache)
               for split in ("train", "validation")]  # None unless a flip-averaged model (heads, finetune-top)
-    if cached[0] is not None and cached[1] is not None:
+    outputs_of = cached[1]
+    if reference is not None and outputs_of is not None:  # the twin's features: extracted once when not cached
+        cached = [cached_pool_features(reference, backbone, data, split, features_cache)
+                  for split in ("train", "validation")]
+        cached = [found if found is not None else cached_pool_features(
+                      reference, backbone, data, split, features_cache,
+                      load_split(data, split, int(model.input_shape[1]), cache_dir=cache_dir).images)
+                  for split, found in zip(("train", "validation"), cached)]
+    if cached[0] is not None and cached[1] is not None and outputs_of is not None:
         from catsdogs.data_files import read_manifest
 
         labels = [np.array([classes.index(row["class"]) for row in read_manifest(data, split)], np.int64)
                   for split in ("train", "validation")]
         if len(labels[0]) == len(cached[0]) and len(labels[1]) == len(cached[1]) and len(labels[1]):
             keep = np.sort(rng.permutation(len(labels[0]))[:MAX_REFERENCE])
-            outputs = np.asarray(model.get_layer("head").predict(cached[1], verbose=0, batch_size=256))
+            outputs = np.asarray(model.get_layer("head").predict(outputs_of, verbose=0, batch_size=256))
             return (cached[0][keep], labels[0][keep]), (cached[1], outputs, labels[1])
     image_size = int(model.input_shape[1])
     validation = load_split(data, "validation", image_size, cache_dir=cache_dir)
