@@ -143,3 +143,13 @@ def test_finetune_top_tunes_only_the_last_stage_and_saves_a_heads_model(tmp_path
         assert (a == b).all()
     scored = catsdogs.Run(run.path).predict(data / "validation")  # predict reads the same embeddings
     assert np.mean([not p.unknown for p in scored]) == pytest.approx(again.novelty.accepted)
+    path = run / "novelty.npz"  # a tampered top: one line naming the file, never a wrong answer
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    for tampered, words in (({"top_000": arrays["top_000"][..., :1]}, "do not fit mobilenetv2's top"),
+                            ({"top_001": np.full_like(arrays["top_001"], np.nan)}, "top_001 holds values that are not")):
+        np.savez(path, **{**arrays, **tampered})
+        with pytest.raises(UsageError) as error:
+            catsdogs.Run(run.path).predict(data / "validation")
+        assert str(error.value).startswith(f"{path}: ") and words in str(error.value)
+        assert str(error.value).endswith(f"run `catsdogs calibrate {run.path}` to rebuild it")

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 class RunTrust:
     """A RUN's calibration and novelty scorer, ready for a Predictor (the embedding model built on first use)."""
 
-    def __init__(self, model, calibration: Calibration, novelty: Novelty | None):
-        self.model, self.calibration, self.novelty = model, calibration, novelty
+    def __init__(self, model, calibration: Calibration, novelty: Novelty | None, run: Path | None = None):
+        self.model, self.calibration, self.novelty, self.run = model, calibration, novelty, run
         self._joint = None
 
     def embed(self, images: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,12 @@ class RunTrust:
     @property
     def joint(self):
         if self._joint is None:
-            self._joint = embedding_model(self.model, self.novelty.reference_top if self.novelty else None)
+            try:
+                self._joint = embedding_model(self.model, self.novelty.reference_top if self.novelty else None)
+            except UsageError as error:  # a tampered top in novelty.npz: name the file
+                if self.run is None:
+                    raise
+                raise UsageError(f"{Path(self.run) / NOVELTY}: {error}; {_rebuild(self.run)}", "run") from None
         return self._joint
 
 
@@ -80,7 +85,7 @@ def load_trust(run: Path, model) -> RunTrust | None:
     if settings is None or not arrays.exists():
         return RunTrust(model, calibration, None)
     try:
-        return RunTrust(model, calibration, Novelty.load(arrays, settings))
+        return RunTrust(model, calibration, Novelty.load(arrays, settings), run)
     except UsageError as error:
         raise UsageError(f"{arrays}: {error}; {_rebuild(run)}", "run") from None
 
