@@ -4,6 +4,7 @@ model whose base holds the tuned weights."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import keras
@@ -99,7 +100,7 @@ def test_heads_keep_the_top_inputs_and_finetune_top_extracts_nothing_again(tmp_p
 
 
 @pytest.mark.slow
-def test_finetune_top_tunes_only_the_last_stage_and_saves_a_heads_model(tmp_path: Path, monkeypatch):
+def test_finetune_top_tunes_only_the_last_stage_and_saves_a_heads_model(tmp_path: Path, monkeypatch, caplog):
     data = tmp_path / "data"
     catsdogs.prepare(make_class_folders(tmp_path / "photos", per_class=10, names=("ants", "bees", "wasps")), data)
     run = catsdogs.train(data=data, model="finetune-top", out=tmp_path / "run", backbone="mobilenetv2",
@@ -146,6 +147,13 @@ def test_finetune_top_tunes_only_the_last_stage_and_saves_a_heads_model(tmp_path
     path = run / "novelty.npz"  # a tampered top: one line naming the file, never a wrong answer
     with np.load(path) as stored:
         arrays = dict(stored)
+    settings = json.loads((run / "calibration.json").read_text())  # as an earlier release calibrated it
+    del settings["novelty"]["embedding"]
+    (run / "calibration.json").write_text(json.dumps(settings))
+    np.savez(path, **{name: array for name, array in arrays.items() if not name.startswith("top_")})
+    with caplog.at_level(logging.WARNING, logger="catsdogs"):
+        catsdogs.Run(run.path).predict(data / "validation")
+    assert f"`catsdogs calibrate {run.path}` sets its unknown threshold on the pretrained ones" in caplog.text
     for tampered, words in (({"top_000": arrays["top_000"][..., :1]}, "do not fit mobilenetv2's top"),
                             ({"top_001": np.full_like(arrays["top_001"], np.nan)}, "top_001 holds values that are not")):
         np.savez(path, **{**arrays, **tampered})

@@ -85,9 +85,21 @@ def load_trust(run: Path, model) -> RunTrust | None:
     if settings is None or not arrays.exists():
         return RunTrust(model, calibration, None)
     try:
-        return RunTrust(model, calibration, Novelty.load(arrays, settings), run)
+        novelty = Novelty.load(arrays, settings)
     except UsageError as error:
         raise UsageError(f"{arrays}: {error}; {_rebuild(run)}", "run") from None
+    if novelty.reference_top is None and "embedding" not in settings and _tuned_top(run):
+        log.warning("%s was calibrated by an earlier release on its tuned top's features, which let photos of other "
+                    "subjects pass as known; `catsdogs calibrate %s` sets its unknown threshold on the pretrained "
+                    "ones (no retraining)", run, run)
+    return RunTrust(model, calibration, novelty, run)
+
+
+def _tuned_top(run: Path) -> bool:
+    try:
+        return read_config(Path(run)).get("model") == "finetune-top"
+    except UsageError:
+        return False
 
 
 def read_calibration(run: Path) -> tuple[Calibration, dict | None]:
@@ -124,7 +136,9 @@ class CalibrationSummary:
         if n.threshold == float("inf"):
             text += f"no unknown threshold: too few validation photos for a {n.accept:.0%} cut"
         else:
-            text += f"unknown above novelty {n.threshold:.4g} ({n.method}), {n.accepted:.1%} of validation accepted"
+            features = " on the pretrained top's features" if n.reference_top is not None else ""
+            text += (f"unknown above novelty {n.threshold:.4g} ({n.method}{features}), {n.accepted:.1%} of validation "
+                     "accepted")
         if self.other and n.threshold == float("inf"):
             text += f"; other photos: AUROC {self.other['auroc']:.4f} ({self.other['n']} photos; none rejected " \
                     "without a threshold)"
