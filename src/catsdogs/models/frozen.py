@@ -53,6 +53,15 @@ def split_base(base: keras.Model, layer: str) -> tuple[keras.Model, keras.Model]
     return keras.Model(base.inputs, cut, name=base.name), keras.Model(cut, base.output, name=f"{base.name}_top")
 
 
+def base_inputs(model: keras.Model, name: str) -> list[tuple[str, object]]:
+    """[(view, tensor)]: what base `name` of a `heads` model receives for the photo and its mirror (after its
+    preprocessing), as tensors of the model's own graph."""
+    names = {item.name for item in model.layers}
+    views = (("image", model.inputs[0]), ("mirror", model.get_layer("mirror").output))
+    return [(tag, model.get_layer(f"preprocess_{name}_{tag}").output if f"preprocess_{name}_{tag}" in names else view)
+            for tag, view in views]
+
+
 def top_inputs_extractor(model: keras.Model, name: str, *, with_features: bool = False) -> keras.Model:
     """Images -> the inputs of base `name`'s top (`Backbone.tuned_from`) for the photo and its mirror, stacked:
     (batch, 2, h, w, c), the model's own layers. `finetune-top` tunes the top on them. `with_features`: two
@@ -61,9 +70,8 @@ def top_inputs_extractor(model: keras.Model, name: str, *, with_features: bool =
     `TrainOptions.keep_top_inputs`, so that tuning extracts nothing again)."""
     layer = get_backbone(name).tuned_from(model.get_layer(name))
     bottom, top = split_base(model.get_layer(name), layer)
-    names, views, pooled = {item.name for item in model.layers}, [], []
-    for tag, view in (("image", model.inputs[0]), ("mirror", model.get_layer("mirror").output)):
-        x = model.get_layer(f"preprocess_{name}_{tag}").output if f"preprocess_{name}_{tag}" in names else view
+    views, pooled = [], []
+    for tag, x in base_inputs(model, name):
         y = bottom(x)
         views.append(layers.Reshape((1, *y.shape[1:]), name=f"view_{tag}")(y))
         if with_features:
@@ -107,9 +115,8 @@ def with_reference_top(model: keras.Model, reference_top: list[np.ndarray]) -> k
         raise UsageError(f"the reference top's {len(reference_top)} arrays do not fit {name}'s top "
                          f"({len(shapes)} arrays)", "run")
     reference.set_weights(reference_top)
-    names, pool, tuned, pretrained = {item.name for item in model.layers}, model.get_layer(f"pool_{name}"), [], []
-    for tag, view in (("image", model.inputs[0]), ("mirror", model.get_layer("mirror").output)):
-        x = model.get_layer(f"preprocess_{name}_{tag}").output if f"preprocess_{name}_{tag}" in names else view
+    pool, tuned, pretrained = model.get_layer(f"pool_{name}"), [], []
+    for _, x in base_inputs(model, name):
         y = bottom(x)
         tuned.append(pool(top(y)))
         pretrained.append(pool(reference(y)))
