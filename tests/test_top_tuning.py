@@ -161,3 +161,7 @@ def test_finetune_top_tunes_only_the_last_stage_and_saves_a_heads_model(tmp_path
             catsdogs.Run(run.path).predict(data / "validation")
         assert str(error.value).startswith(f"{path}: ") and words in str(error.value)
         assert str(error.value).endswith(f"run `catsdogs calibrate {run.path}` to rebuild it")
+    monkeypatch.undo()  # the advice works: a top that does not fit the model is rebuilt, not kept
+    np.savez(path, **{**arrays, "top_000": arrays["top_000"][..., :1]})
+    rebuilt = catsdogs.calibrate(run.path, accept=0.9).novelty.reference_top
+    assert [w.shape for w in rebuilt] == [arrays[f"top_{i:03d}"].shape for i in range(len(rebuilt))]

@@ -226,17 +226,22 @@ def _reference_top(run: Path, config: dict, model) -> list[np.ndarray] | None:
     """A `finetune-top` model's top as it was before tuning (novelty reads the pretrained features; fine-tuning
     pulls the tuned ones onto the classes): an earlier calibration's copy in RUN/novelty.npz, else the weights
     the run started from. None for other models."""
-    from catsdogs.models.frozen import pretrained_top_weights, tuned_top_base
+    from catsdogs.models.backbones import get_backbone
+    from catsdogs.models.frozen import pretrained_top_weights, split_base, tuned_top_base
     from catsdogs.novelty import read_arrays, reference_top
 
     name = tuned_top_base(model)
     if config.get("model") != "finetune-top" or name is None:
         return None
+    base = model.get_layer(name)
+    shapes = [tuple(w.shape) for w in split_base(base, get_backbone(name).tuned_from(base))[1].weights]
     try:
         stored = reference_top(read_arrays(run / NOVELTY)) if (run / NOVELTY).exists() else None
     except UsageError:
         stored = None  # unreadable: rebuilt below
-    return stored or pretrained_top_weights(name, int(model.input_shape[1]), _starting_weights(config))
+    if stored and [w.shape for w in stored] == shapes:
+        return stored
+    return pretrained_top_weights(name, int(model.input_shape[1]), _starting_weights(config))
 
 
 def _starting_weights(config: dict):
