@@ -181,6 +181,7 @@ def test_calibrated_run_has_the_trust_section(tmp_path):
     point = trust["operating_point"]
     assert f"<td>{point['coverage']:.1%}</td>" in section and f"<td>{point['accuracy_accepted']:.4f}</td>" in section
     assert "<td>0.8000</td>" in section and "<td>97.5%</td>" in section  # threshold, validation accepted
+    assert "<td>knn+mahalanobis on the model&#x27;s own</td>" in section  # which features the score reads
     assert "82.4% labelled unknown, AUROC 0.9123" in section and "17 photos" in section
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", section)
     assert captions[:3] == ["reliability before calibration (test split)", "reliability after calibration (test split)",

@@ -72,7 +72,9 @@ def _operating_point_html(novelty: dict, trust: dict, split: str) -> str:
         return (f"<p>No unknown threshold: too few validation photos for a {share(novelty.get('accept'))} cut, so "
                 "no photo is labelled unknown.</p>")
     point = trust.get("operating_point") or {}
-    rows = [("novelty score", text(novelty.get("method"))),
+    features = "the base with its top's pretrained weights" if novelty.get("embedding") == "pretrained top" \
+        else "the model's own"
+    rows = [("novelty score", f"{text(novelty.get('method'))} on {features}"),
             ("threshold (unknown above)", num(threshold, 4)),
             ("target share accepted", share(novelty.get("accept"))),
             ("validation photos accepted", share(novelty.get("accepted_validation")))]
