@@ -26,10 +26,8 @@ def parse_duration(text: str | float | int, parameter: str = "budget") -> float:
         seconds = float(text)
     else:
         value = str(text).strip().lower()
-        if value.startswith("-") and value[1:2].isdigit():  # `-5m`: negative, whatever its unit
-            raise UsageError(f"{parameter} must be a duration >= 0 such as 10m, 90s or 1h, got {text!r}", parameter)
         try:
-            seconds = float(value)
+            seconds = -1.0 if value.startswith("-") and value[1:2].isdigit() else float(value)  # `-5m`: refused below
         except ValueError:
             parts = _PART.findall(value)
             units = [unit for _, unit in parts]
