@@ -110,10 +110,12 @@ def with_reference_top(model: keras.Model, reference_top: list[np.ndarray]) -> k
     bottom, top = split_base(base, layer)
     fresh = spec.build_base(int(base.input_shape[1]), None)
     reference = keras.Model(fresh.get_layer(layer).output, fresh.output, name=f"{name}_reference_top")
-    shapes = [tuple(w.shape) for w in reference.get_weights()]
-    if [tuple(np.shape(w)) for w in reference_top] != shapes:
-        raise UsageError(f"the reference top's {len(reference_top)} arrays do not fit {name}'s top "
-                         f"({len(shapes)} arrays)", "run")
+    shapes, given = [tuple(w.shape) for w in reference.get_weights()], [tuple(np.shape(w)) for w in reference_top]
+    if given != shapes:
+        wrong = next((i for i, (a, b) in enumerate(zip(given, shapes)) if a != b), None)
+        detail = (f"{len(given)} arrays for its {len(shapes)}" if wrong is None else
+                  f"top_{wrong:03d} has shape {given[wrong]}, not {shapes[wrong]}")
+        raise UsageError(f"the pretrained top's weights do not fit {name}'s top: {detail}", "run")
     reference.set_weights(reference_top)
     pool, tuned, pretrained = model.get_layer(f"pool_{name}"), [], []
     for _, x in base_inputs(model, name):
