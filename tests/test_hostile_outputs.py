@@ -230,6 +230,30 @@ def test_each_command_checks_its_out(tiny_run: Path, tiny_data: Path, tmp_path: 
     assert a_file.read_text() == "x"
 
 
+def test_commands_writing_several_files_refuse_somebody_elses_folder(tiny_data: Path, tmp_path: Path):
+    """audit, reproduce and fit write fixed names (audit.html, report.html, data/...) into OUT: a folder of other
+    files is refused before any work, and left as it was; their own folder (or an empty one) is taken."""
+    from catsdogs.auditing import audit
+    from catsdogs.files import check_own_out
+    from catsdogs.fitting import fit
+    from catsdogs.study import reproduce
+
+    foreign = tmp_path / "Documents"
+    foreign.mkdir()
+    (foreign / "report.html").write_text("mine")
+    calls = [lambda: audit(tiny_data, foreign, extractor=lambda x: x.reshape(len(x), -1), image_size=8),
+             lambda: reproduce(tmp_path / "no-source.zip", foreign), lambda: fit(None, foreign, data=tiny_data)]
+    for call, what in zip(calls, ("audit", "study", "fit")):
+        with pytest.raises(UsageError, match=f"is not empty and is not a catsdogs {what} folder") as error:
+            call()
+        _one_line(error)
+    assert sorted(p.name for p in foreign.iterdir()) == ["report.html"]
+    assert (foreign / "report.html").read_text() == "mine"
+    (foreign / "audit.json").write_text("{}")
+    assert check_own_out(foreign, ("audit.json",), "audit") == foreign
+    assert check_own_out(tmp_path / "empty", ("audit.json",), "audit") == tmp_path / "empty"
+
+
 def test_check_out_file_refuses_an_input_always_and_an_existing_file_unless_allowed(tmp_path: Path):
     from catsdogs.files import check_out_file
 

