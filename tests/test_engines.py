@@ -53,6 +53,37 @@ def test_auto_picks_a_verified_engine_and_remembers(run: catsdogs.Run):
     assert np.allclose(predictor.probabilities(images), reference.probabilities(images), atol=1e-4)
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_an_exported_engine_gives_the_embeddings_on_the_same_pass(run: catsdogs.Run, tta: bool, monkeypatch):
+    """A calibrated RUN's unknown score needs the embeddings: the exported graph gives them beside the output, so
+    ONNX Runtime answers (probabilities and novelty) as Keras does without a second, Keras, pass."""
+    assert (run / "calibration.json").exists()
+    predictor, reference = Predictor(run.path, engine="onnx", tta=tta), Predictor(run.path, engine="keras", tta=tta)
+    assert predictor.joint is not None and predictor.joint.name == "onnx"
+    assert list((run / "engines").glob("model-*-joint-*.onnx"))
+    images = np.random.default_rng(3).integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    monkeypatch.setattr(predictor.trust, "embed", lambda *a, **k: pytest.fail("a second, Keras, pass"))
+    for ours, theirs in zip(predictor.assess(images), reference.assess(images)):
+        assert np.allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert np.allclose(predictor.raw_probabilities(images), reference.raw_probabilities(images), atol=1e-4)
+
+
+def test_a_joint_graph_that_fails_leaves_the_model_engine_and_keras_embeddings(run: catsdogs.Run, monkeypatch,
+                                                                                  caplog):
+    import catsdogs.predict
+
+    def broken(joint):
+        raise RuntimeError("tf2onnx cannot convert this layer")
+
+    monkeypatch.setattr(catsdogs.predict, "one_output", broken)
+    predictor = Predictor(run.path, engine="onnx")
+    assert predictor.engine == "onnx" and predictor.joint is None
+    assert "the graph with the embeddings failed (tf2onnx cannot convert this layer)" in caplog.text
+    images = np.random.default_rng(4).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    reference = Predictor(run.path, engine="keras").assess(images)
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(predictor.assess(images), reference))
+
+
 def test_auto_falls_back_to_keras_and_names_are_checked(run: catsdogs.Run, monkeypatch):
     monkeypatch.setattr(engines, "list_engines", lambda: ["keras"])
     assert engines.create_engine(run.path, run.model, "auto").name == "keras"

@@ -69,10 +69,12 @@ def keras_engine(model) -> Engine:
     return Engine("keras", lambda batch: graph(tf.constant(batch)).numpy())
 
 
-def create_engine(run: Path | None, model, name: str = "keras", samples: np.ndarray | None = None) -> Engine:
+def create_engine(run: Path | None, model, name: str = "keras", samples: np.ndarray | None = None, *,
+                  variant: str = "") -> Engine:
     """The engine `name` (keras, onnx, openvino or auto) for `model`, the model of RUN.
 
-    `samples`: images to verify exported graphs on (default: seeded random images).
+    `samples`: images to verify exported graphs on (default: seeded random images). `variant`: names a graph
+    made from the RUN's model (e.g. with its embeddings as outputs too: catsdogs.predict), kept beside its own.
     """
     if name not in (*ENGINES, "auto"):
         raise UsageError(f"engine must be one of {', '.join((*ENGINES, 'auto'))}, got {name!r}", "engine")
@@ -91,7 +93,7 @@ def create_engine(run: Path | None, model, name: str = "keras", samples: np.ndar
         modules = " and ".join(RUNTIMES[name])
         raise CatsdogsError(f"engine {name} needs {modules}: pip install 'catsdogs[engines]'")
     folder = Path(run) / ENGINE_DIR
-    key = _model_key(Path(run))
+    key = _model_key(Path(run)) + (f"-{variant}" if variant else "")
     if name == "int8":
         return _int8(Path(run), model, folder / f"model-{key}-int8.onnx")
     samples = _samples(model, samples)
@@ -115,18 +117,23 @@ def _samples(model, samples: np.ndarray | None) -> np.ndarray:
 def _verified(name: str, model, folder: Path, key: str, samples: np.ndarray, reference: Engine) -> Engine:
     """Export (once) and load engine `name`; CatsdogsError when it does not match Keras within ATOL."""
     onnx_path = folder / f"model-{key}.onnx"
+    expected = reference(samples)
     if not intact(onnx_path):  # missing, or changed since written (another model's, corrupt): exported again
         discard(onnx_path)
-        _export_onnx(model, onnx_path, samples)
+        _export_onnx(model, onnx_path, samples, ATOL * max(1.0, float(np.max(np.abs(expected)))))
         record_sha256(onnx_path)
-    return _checked(load_engine(name, onnx_path), samples, reference(samples))
+    return _checked(load_engine(name, onnx_path), samples, expected, per_column=True)
 
 
-def _checked(engine: Engine, samples: np.ndarray, expected: np.ndarray, tolerance: float = ATOL) -> Engine:
-    """`engine`, once its answers on `samples` are within `tolerance` of Keras' (`expected`); else CatsdogsError."""
-    diff = float(np.max(np.abs(engine(samples) - expected)))
+def _checked(engine: Engine, samples: np.ndarray, expected: np.ndarray, tolerance: float = ATOL, *,
+             per_column: bool = False) -> Engine:
+    """`engine`, once its answers on `samples` are within `tolerance` of Keras' (`expected`); else CatsdogsError.
+    `per_column`: columns above 1 (embeddings beside the probabilities) are compared relative to their scale."""
+    scale = np.maximum(1.0, np.max(np.abs(expected), axis=0)) if per_column and len(expected) else 1.0
+    diff = float(np.max(np.abs(engine(samples) - expected) / scale))
     if not diff <= tolerance:
-        raise CatsdogsError(f"engine {engine.name} differs from Keras by {diff:.2g} (> {tolerance:g}) on this model "
+        relative = " relative to its scale" if per_column and np.max(scale) > 1 else ""
+        raise CatsdogsError(f"engine {engine.name} differs from Keras by {diff:.2g}{relative} (> {tolerance:g}) on this model "
                             "(a mixed-precision model computes in bfloat16 under Keras); use engine='keras'", "engine")
     return engine
 

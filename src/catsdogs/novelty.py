@@ -51,6 +51,17 @@ def embedding_model(model, reference_top: list[np.ndarray] | None = None):
     return keras.Model(inputs, [_penultimate(model, model.inputs), model.outputs[0]], name="embeddings")
 
 
+def one_output(joint):
+    """An `embedding_model` with one float32 output, n x (D + units): the embeddings, then the model's output;
+    what an exported engine runs so that one pass gives both (catsdogs.predict)."""
+    import keras
+
+    embeddings, outputs = joint.outputs
+    flat = keras.layers.Flatten()(embeddings) if len(embeddings.shape) > 2 else embeddings
+    joined = keras.layers.Concatenate(dtype="float32", name="embeddings_then_output")([flat, outputs])
+    return keras.Model(joint.inputs, joined, name="embeddings_and_output")
+
+
 def _penultimate(model, inputs):
     import keras
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -11,12 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from catsdogs.decision import class_probabilities, decide
-from catsdogs.engines import create_engine
-from catsdogs.errors import UsageError
+from catsdogs.engines import Engine, create_engine
+from catsdogs.errors import UsageError, one_line
 from catsdogs.images import ImageError, batch_for, decode_workers, load_image, resize
+from catsdogs.novelty import one_output
 from catsdogs.options import check_threshold
 from catsdogs.run_files import check_run, load_run_model, read_threshold
 from catsdogs.sources import OTHER_IMAGE_SUFFIXES, iter_image_files
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,8 +63,31 @@ class Predictor:
             self.threshold = self.trust.calibration.map_threshold(self.threshold)
         self.image_size = int(self.model.input_shape[1])
         self.tta, self.batch_size = tta, min(batch_size, batch_for(self.image_size))
-        self.forward = create_engine(self.run, self.model, engine, samples)  # keras, onnx, openvino or auto
+        self.forward, self.joint = self._engines(engine, samples)  # keras, onnx, openvino or auto
         self.engine = self.forward.name
+
+    def _engines(self, engine: str, samples: np.ndarray | None) -> tuple[Engine, Engine | None]:
+        """The model's engine, and for a RUN with unknown-photo data whose engine is not Keras, the engine of one
+        graph giving its embeddings and its output (`novelty.one_output`: else a second, Keras, pass would embed)."""
+        if self.trust is None or self.trust.novelty is None or engine in ("keras", "int8"):
+            return create_engine(self.run, self.model, engine, samples), None
+        try:
+            joint = create_engine(self.run, one_output(self.trust.joint), engine, samples, variant=self._joint_key())
+        except Exception as error:  # noqa: BLE001 - the model alone may still export; Keras then embeds
+            log.log(logging.INFO if engine == "auto" else logging.WARNING, "engine %s: the graph with the "
+                    "embeddings failed (%s); the embeddings come from Keras", engine, one_line(error))
+            return create_engine(self.run, self.model, engine, samples), None
+        if joint.name == "keras":
+            return create_engine(self.run, self.model, "keras"), None
+        units = self._units
+        return Engine(joint.name, lambda batch: joint(batch)[:, -units:]), joint
+
+    def _joint_key(self) -> str:
+        """Names the embeddings graph: its embedding layer, and a tuned top's pretrained weights (novelty.npz)."""
+        digest = hashlib.sha256(b"one_output-1")
+        for array in self.trust.novelty.reference_top or []:
+            digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+        return "joint-" + digest.hexdigest()[:8]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """n x N (calibrated) class probabilities of uint8 images (n x S x S x 3); with TTA, averaged with the mirror."""
@@ -77,9 +105,9 @@ class Predictor:
             raw = self.raw_probabilities(images)
             return raw, raw, None
         embeddings = None
-        if self.trust.novelty is not None and self.engine == "keras" and not self.tta and len(images):
-            embeddings, outputs = self.trust.embed(images, self.batch_size)  # one pass for both
-            raw = class_probabilities(outputs)
+        if self.trust.novelty is not None and (self.joint is not None or self.engine == "keras") and len(images):
+            embeddings, outputs = self._embed(images)  # one pass for both
+            raw = class_probabilities(self._with_mirror(outputs, images) if self.tta else outputs)
         else:
             raw = self.raw_probabilities(images)
             if self.trust.novelty is not None and len(images):
@@ -106,12 +134,27 @@ class Predictor:
         """n x N class probabilities as the model gives them (before calibration)."""
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        chunks = range(0, len(images), self.batch_size)
-        outputs = np.concatenate([self.forward(images[i:i + self.batch_size]) for i in chunks])
-        if self.tta:
-            mirrored = np.concatenate([self.forward(images[i:i + self.batch_size, :, ::-1]) for i in chunks])
-            outputs = (outputs + mirrored) / 2
-        return class_probabilities(outputs)
+        outputs = np.concatenate([self.forward(batch) for batch in self._batches(images)])
+        return class_probabilities(self._with_mirror(outputs, images) if self.tta else outputs)
+
+    def _batches(self, images: np.ndarray) -> Iterator[np.ndarray]:
+        return (images[start:start + self.batch_size] for start in range(0, len(images), self.batch_size))
+
+    def _with_mirror(self, outputs: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """The model's outputs averaged with those of the mirrored images (test-time augmentation)."""
+        return (outputs + np.concatenate([self.forward(batch[:, :, ::-1]) for batch in self._batches(images)])) / 2
+
+    def _embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, raw outputs) of images in one pass: the exported joint graph, else Keras (catsdogs.trust)."""
+        if self.joint is None:
+            return self.trust.embed(images, self.batch_size)
+        both = np.concatenate([self.joint(batch) for batch in self._batches(images)])
+        return both[:, :-self._units], both[:, -self._units:]
+
+    @property
+    def _units(self) -> int:
+        """The model's output units (1 for a sigmoid over two classes)."""
+        return int(self.model.outputs[0].shape[-1])
 
     def predicted_index(self, probabilities: np.ndarray) -> np.ndarray:
         """The predicted class index of each row of class probabilities."""
