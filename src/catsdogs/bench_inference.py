@@ -89,7 +89,8 @@ def end_to_end(run: Path, paths: list[Path], int8: Path | None = None,
                labels: np.ndarray | None = None) -> list[EndToEnd]:
     """Plain Keras (load_img one by one, model.predict), then `catsdogs predict` with engine keras, with the
     fastest verified engine (auto) and, given an `int8` ONNX graph of the model, with it on OpenVINO; each
-    timed once after a warm-up over the same files."""
+    timed once after a warm-up over the same files. Keras and auto give a calibrated RUN's unknown score too (the
+    embeddings on the same pass), the int8 graph only the probabilities."""
     import keras
 
     from catsdogs.decision import class_probabilities
@@ -100,8 +101,8 @@ def end_to_end(run: Path, paths: list[Path], int8: Path | None = None,
     model, size = auto.model, auto.image_size
     quantized = None
     if int8 is not None and "openvino" in list_engines():
-        quantized = Predictor(run, engine="keras", model=model)
-        quantized.forward = load_engine("openvino", int8)
+        quantized = Predictor(run, engine="keras", model=model, calibrated=False)  # else Keras gives the outputs
+        quantized.forward = load_engine("openvino", int8)  # with the embeddings of a calibrated RUN
 
     def plain() -> np.ndarray:
         outputs = []
@@ -119,7 +120,7 @@ def end_to_end(run: Path, paths: list[Path], int8: Path | None = None,
              predictor(Predictor(run, engine="keras", model=model))),
             (f"catsdogs predict, engine auto = {auto.engine}", predictor(auto))]
     if quantized is not None:
-        ways.append(("catsdogs predict, int8 graph on openvino", predictor(quantized)))
+        ways.append(("catsdogs predict, int8 graph on openvino (no unknown score)", predictor(quantized)))
     results, baseline = [], None
     for label, way in ways:
         way()  # warm-up: graphs traced, files in the page cache
