@@ -101,6 +101,17 @@ def test_a_model_that_differs_is_refused(tmp_path: Path, run_copy: Path):
         engines.create_engine(run_copy, model, "onnx")
 
 
+def test_a_refused_engine_says_why_in_plain_words_relative_to_large_outputs():
+    expected = np.array([[50.0, 0.2], [-20.0, 0.8]], np.float32)  # an embedding column, then a probability
+    close = engines.Engine("onnx", lambda batch: expected + np.array([2e-3, 5e-5], np.float32))
+    assert engines._checked(close, expected, expected, per_column=True) is close  # 2e-3 of 50: within 1e-4 of it
+    off = engines.Engine("onnx", lambda batch: expected + np.array([0, 2e-4], np.float32))
+    with pytest.raises(CatsdogsError) as error:
+        engines._checked(off, expected, expected, per_column=True)
+    assert str(error.value).startswith("engine onnx differs from Keras by 0.0002 (> 0.0001)")
+    assert error.value.parameter == "engine"
+
+
 def test_auto_survives_a_runtime_that_breaks(run: catsdogs.Run, monkeypatch):
     def broken(name, path):
         raise RuntimeError("the runtime crashed")

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 
 class CatsdogsError(Exception):
-    """A failure the user can act on; the CLI prints it on one line and exits 1."""
+    """A failure the user can act on; the CLI prints it on one line and exits 1.
 
-    exit_code = 1
-
-
-class UsageError(CatsdogsError, ValueError):
-    """Bad arguments or bad input (wrong path, too few images, foreign DATA...): exit code 2.
-
-    A `ValueError`, as scikit-learn's validation errors are. `parameter` names the argument at fault (the
-    Python name, e.g. "epochs"); the CLI shows it as its flag (`--epochs`), and the `others` the message also
-    names (`start must be below end`: parameter "start", others ("end",)).
+    `parameter` names the argument the message speaks of (the Python name, e.g. "epochs"); the CLI shows it as
+    its flag (`--epochs`), and the `others` the message also names (`start must be below end`: parameter
+    "start", others ("end",)).
     """
 
-    exit_code = 2
+    exit_code = 1
 
     def __init__(self, message: str, parameter: str | None = None, *, others: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.parameter = parameter
         self.others = others
+
+
+class UsageError(CatsdogsError, ValueError):
+    """Bad arguments or bad input (wrong path, too few images, foreign DATA...): exit code 2. A `ValueError`,
+    as scikit-learn's validation errors are."""
+
+    exit_code = 2
 
 
 def shorten(text: str, limit: int | None = 300) -> str:
