@@ -75,7 +75,8 @@ def test_a_joint_graph_that_fails_leaves_the_model_engine_and_keras_embeddings(r
     def broken(joint):
         raise RuntimeError("tf2onnx cannot convert this layer")
 
-    monkeypatch.setattr(catsdogs.predict, "one_output", broken)
+    monkeypatch.setattr(catsdogs.predict, "create_engine", lambda run, model, name, samples=None, variant="":
+                        broken(model) if variant else engines.create_engine(run, model, name, samples))
     predictor = Predictor(run.path, engine="onnx")
     assert predictor.engine == "onnx" and predictor.joint is None
     assert "the graph with the embeddings failed (tf2onnx cannot convert this layer)" in caplog.text

@@ -71,8 +71,9 @@ class Predictor:
         graph giving its embeddings and its output (`novelty.one_output`: else a second, Keras, pass would embed)."""
         if self.trust is None or self.trust.novelty is None or engine in ("keras", "int8"):
             return create_engine(self.run, self.model, engine, samples), None
+        both = one_output(self.trust.joint)  # a tampered novelty.npz: its one-line error, here
         try:
-            joint = create_engine(self.run, one_output(self.trust.joint), engine, samples, variant=self._joint_key())
+            joint = create_engine(self.run, both, engine, samples, variant=self._joint_key())
         except Exception as error:  # noqa: BLE001 - the model alone may still export; Keras then embeds
             log.log(logging.INFO if engine == "auto" else logging.WARNING, "engine %s: the graph with the "
                     "embeddings failed (%s); the embeddings come from Keras", engine, one_line(error))
