@@ -68,6 +68,18 @@ def test_an_exported_engine_gives_the_embeddings_on_the_same_pass(run: catsdogs.
     assert np.allclose(predictor.raw_probabilities(images), reference.raw_probabilities(images), atol=1e-4)
 
 
+def test_exporting_is_said_the_first_time_only(run: catsdogs.Run, tmp_path: Path, caplog):
+    import shutil
+
+    copy = Path(shutil.copytree(run.path, tmp_path / "run", ignore=shutil.ignore_patterns("engines")))
+    with caplog.at_level("INFO", logger="catsdogs.engines"):
+        Predictor(copy, engine="onnx")
+        assert "engines: exporting the model to" in caplog.text and "checking it against Keras" in caplog.text
+        caplog.clear()
+        Predictor(copy, engine="onnx")
+        assert "exporting" not in caplog.text
+
+
 def test_a_joint_graph_that_fails_leaves_the_model_engine_and_keras_embeddings(run: catsdogs.Run, monkeypatch,
                                                                                   caplog):
     import catsdogs.predict

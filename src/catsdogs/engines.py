@@ -119,6 +119,8 @@ def _verified(name: str, model, folder: Path, key: str, samples: np.ndarray, ref
     onnx_path = folder / f"model-{key}.onnx"
     expected = reference(samples)
     if not intact(onnx_path):  # missing, or changed since written (another model's, corrupt): exported again
+        logger.info("engines: exporting the model to %s and checking it against Keras (once per model file)",
+                    onnx_path)
         discard(onnx_path)
         _export_onnx(model, onnx_path, samples, ATOL * max(1.0, float(np.max(np.abs(expected)))))
         record_sha256(onnx_path)
@@ -231,8 +233,8 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
         except Exception:  # noqa: BLE001 - auto never fails where Keras works: time them again
             pass
     candidates, refused = {"keras": reference}, {}
-    logger.info("engines: exporting the model, checking each engine against Keras and timing it (once per model "
-                "file; the choice is kept in %s)", folder)
+    logger.info("engines: checking each engine against Keras and timing it (once per model file; the choice is "
+                "kept in %s)", folder)
     for name in [name for name in list_engines() if name in VERIFIED]:
         try:
             candidates[name] = _verified(name, model, folder, key, samples, reference)
