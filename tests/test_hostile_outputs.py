@@ -249,6 +249,12 @@ def test_commands_writing_several_files_refuse_somebody_elses_folder(tiny_data: 
         _one_line(error)
     assert sorted(p.name for p in foreign.iterdir()) == ["report.html"]
     assert (foreign / "report.html").read_text() == "mine"
+    project = tmp_path / "project"  # a data/ folder is not enough to be a fit's: overwrite would empty it
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "survey.csv").write_text("mine")
+    with pytest.raises(UsageError, match="is not a catsdogs fit folder"):
+        fit(None, project, data=tiny_data, overwrite=True)
+    assert (project / "data" / "survey.csv").read_text() == "mine"
     (foreign / "audit.json").write_text("{}")
     assert check_own_out(foreign, ("audit.json",), "audit") == foreign
     assert check_own_out(tmp_path / "empty", ("audit.json",), "audit") == tmp_path / "empty"

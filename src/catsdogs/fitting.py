@@ -56,7 +56,7 @@ from catsdogs.fit_plan import (
     shorten,
     skip_unexpected,
 )
-from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare
+from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare, prepared_markers
 from catsdogs.run_files import CLASSES, CONFIG, CURVES, HISTORY, MODEL, read_json, write_json
 from catsdogs.runs import Run
 from catsdogs.training import TrainOptions, train
@@ -300,7 +300,7 @@ def _finish(out: Path, data_dir: Path, cache: Path, best: Stage, stages: list[St
 def _check_out(out: Path, overwrite: bool, keep: str | Path | None = None) -> None:
     """Refuse an OUT that is not empty and not an unfinished fit; overwrite replaces a fit, finished or not
     (its cache and the review's decisions kept)."""
-    check_own_out(out, (FIT_RECORD, "candidates", "data"), "fit")
+    check_own_out(out, (FIT_RECORD, "candidates", *prepared_markers()), "fit")  # not any folder with a data/
     if not out.exists() or not any(out.iterdir()):
         return
     record = out / FIT_RECORD

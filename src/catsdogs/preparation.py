@@ -180,6 +180,12 @@ def _source_identity(source: Path) -> dict:
     return {"source": str(source.resolve()), "size": stat.st_size if source.is_file() else None}
 
 
+def prepared_markers(data: str = "data") -> tuple[str, str]:
+    """What shows that `prepare` wrote a DATA at `data` (a path inside an OUT): its work folder, written first,
+    and prepare.json, written last (fit and reproduce recognise their own OUT by them)."""
+    return f"{data}/{WORK_DIR}", f"{data}/prepare.json"
+
+
 def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
     """Refuse to write into SOURCE, or over a DATA that came from somewhere else (unless overwrite)."""
     source_abs, data_abs = source.resolve(), data_dir.resolve()

@@ -14,7 +14,7 @@ from pathlib import Path
 from catsdogs.data_files import prepared_from
 from catsdogs.evaluation import evaluate
 from catsdogs.files import check_own_out
-from catsdogs.preparation import STUDY_SIZES, WORK_DIR, prepare
+from catsdogs.preparation import STUDY_SIZES, prepare, prepared_markers
 from catsdogs.published import PUBLISHED
 from catsdogs.report import write_report, write_results_markdown
 from catsdogs.run_files import CHECKPOINT_DIR, CONFIG, METRICS, read_json
@@ -49,8 +49,6 @@ STUDY = [
                options={"from_run": "transfer"}),
 ]
 QUICK_SPLIT = {"train": 400, "val": 200, "test": 200}
-# what reproduce writes into its OUT first: its DATA, finished or not
-STUDY_FILES = ("data/prepare.json", f"data/{WORK_DIR}")
 def say(message: str) -> None:
     """A progress message on the `catsdogs` logger (shown from verbosity 1, catsdogs.verbosity)."""
     logging.getLogger(__name__).info(f"[reproduce] {message}")
@@ -94,7 +92,7 @@ def reproduce(source: Path, out: Path, *, quick: bool = False, precision: str = 
     from catsdogs.models.backbones import default_backbone
     from catsdogs.models.weights import weights_cache
 
-    out = check_own_out(out, STUDY_FILES, "study")
+    out = check_own_out(out, prepared_markers(), "study")  # its DATA, written first
     started = time.perf_counter()
     data, cache = out / "data", out / "cache"
     backbone = backbone or default_backbone()
