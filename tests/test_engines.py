@@ -121,7 +121,7 @@ def test_a_refused_engine_says_why_in_plain_words_relative_to_large_outputs():
     off = engines.Engine("onnx", lambda batch: expected + np.array([0, 2e-4], np.float32))
     with pytest.raises(CatsdogsError) as error:
         engines._checked(off, expected, expected, per_column=True)
-    assert str(error.value).startswith("engine onnx differs from Keras by 0.0002 (> 0.0001)")
+    assert str(error.value).startswith("engine onnx differs from Keras by 0.0002 (> 0.0001; outputs above 1 relative")
     assert error.value.parameter == "engine"
 
 
