@@ -95,6 +95,11 @@ def test_a_joint_graph_that_fails_leaves_the_model_engine_and_keras_embeddings(r
     images = np.random.default_rng(4).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
     reference = Predictor(run.path, engine="keras").assess(images)
     assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(predictor.assess(images), reference))
+    caplog.clear()  # the model alone failing too: its one error, without the warning before it
+    monkeypatch.setattr(catsdogs.predict, "create_engine", lambda *args, **kwargs: broken(None))
+    with pytest.raises(RuntimeError, match="tf2onnx cannot convert"):
+        Predictor(run.path, engine="onnx")
+    assert "graph with the embeddings failed" not in caplog.text
 
 
 def test_auto_falls_back_to_keras_and_names_are_checked(run: catsdogs.Run, monkeypatch):

@@ -75,9 +75,10 @@ class Predictor:
         try:
             joint = create_engine(self.run, both, engine, samples, variant=self._joint_key())
         except Exception as error:  # noqa: BLE001 - the model alone may still export; Keras then embeds
+            alone = create_engine(self.run, self.model, engine, samples)  # its own error, if it fails too
             log.log(logging.INFO if engine == "auto" else logging.WARNING, "engine %s: the graph with the "
                     "embeddings failed (%s); the embeddings come from Keras", engine, one_line(error))
-            return create_engine(self.run, self.model, engine, samples), None
+            return alone, None
         if joint.name == "keras":
             return create_engine(self.run, self.model, "keras"), None
         units = self._units

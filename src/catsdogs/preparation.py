@@ -21,7 +21,7 @@ import numpy as np
 
 from catsdogs.corrections import REASON as CORRECTIONS_REASON
 from catsdogs.corrections import apply_corrections, check_corrections, read_corrections
-from catsdogs.data_files import MANIFEST_FIELDS, OWN_FILES, SPLITS
+from catsdogs.data_files import MANIFEST_FIELDS, OWN_FILES, RECORD, SPLITS
 from catsdogs.errors import UsageError
 from catsdogs.exclusions import read_exclusions
 from catsdogs.files import safe_cell
@@ -183,7 +183,7 @@ def _source_identity(source: Path) -> dict:
 def prepared_markers(data: str = "data") -> tuple[str, str]:
     """What shows that `prepare` wrote a DATA at `data` (a path inside an OUT): its work folder, written first,
     and prepare.json, written last (fit and reproduce recognise their own OUT by them)."""
-    return f"{data}/{WORK_DIR}", f"{data}/prepare.json"
+    return f"{data}/{WORK_DIR}", f"{data}/{RECORD}"
 
 
 def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
@@ -200,7 +200,7 @@ def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
     contents = [p for p in data_dir.iterdir() if p.name != WORK_DIR]
     if not contents or overwrite:
         return
-    record = data_dir / "prepare.json"
+    record = data_dir / RECORD
     previous = json.loads(record.read_text()).get("source") if record.exists() else None
     if previous != str(source_abs):
         where = f"from {previous}" if previous else "not made by catsdogs prepare"
@@ -423,7 +423,7 @@ def _write(data_dir: Path, source: Path, classes: list[str], assignment: list[tu
     _write_csv(work / "unused.csv", ["source", "class", "sha256"],
                [[p.source.relpath, p.source.class_name, p.sha256] for p in sorted(unused, key=lambda p: p.source.relpath)])
     (work / "classes.json").write_text(json.dumps(classes) + "\n")
-    (work / "prepare.json").write_text(json.dumps({**_source_identity(source), **record}, indent=2) + "\n")
+    (work / RECORD).write_text(json.dumps({**_source_identity(source), **record}, indent=2) + "\n")
 
     for name in (*SPLITS, *OWN_FILES):
         target = data_dir / name
@@ -434,7 +434,7 @@ def _write(data_dir: Path, source: Path, classes: list[str], assignment: list[tu
     for name in (*SPLITS, *OWN_FILES[:-1]):
         if (work / name).exists():
             (work / name).rename(data_dir / name)
-    (work / "prepare.json").rename(data_dir / "prepare.json")  # last: marks DATA complete
+    (work / RECORD).rename(data_dir / RECORD)  # last: marks DATA complete
     work.rmdir()
 
 
