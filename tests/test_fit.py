@@ -87,7 +87,7 @@ def test_a_killed_fit_resumes_with_the_same_command(tmp_path: Path):
         time.sleep(0.2)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
-    assert not (run / "fit.json").exists()
+    assert json.loads((run / "fit.json").read_text()) == {"status": "running"}
     finished_at = (run / "candidates" / "efficientnet_lite0" / "model.keras").stat().st_mtime_ns
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

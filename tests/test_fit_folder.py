@@ -88,3 +88,31 @@ def test_a_truncated_images_cache_is_decoded_again(tmp_path: Path):
     again = load_split(data, "train", 32, cache_dir=cache)
     assert np.array_equal(again.images, first.images)
     assert np.array_equal(np.load(cached), first.images)  # written anew
+
+
+@pytest.mark.parametrize("given_data", [False, True])
+def test_a_fit_killed_before_its_first_stage_resumes_with_the_same_command(tmp_path: Path, monkeypatch,
+                                                                             given_data: bool):
+    """Killed while preparing or extracting (OUT holds only data/ or, with data=, its cache): the same command
+    is recognised as the unfinished fit it is, not refused as a foreign folder."""
+    import catsdogs.fitting as fitting
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        (tmp_path / "run" / "cache").mkdir(exist_ok=True)  # what the first extraction writes first
+        raise Killed
+
+    photos = make_class_folders(tmp_path / "photos", per_class=10)
+    data = None
+    if given_data:
+        data = tmp_path / "prepared"
+        prepare(photos, data, val=2, test=2)
+    monkeypatch.setattr(fitting, "measure_speed", lambda name: 100.0)
+    monkeypatch.setattr(fitting, "_run_stages", killed)
+    for _ in range(2):  # killed, then the same command: killed again at the same place, not refused
+        with pytest.raises(Killed):
+            fitting.fit(None if given_data else photos, tmp_path / "run", data=data, backbones=["mobilenetv2"],
+                        val_size=2, test_size=2)
+    assert json.loads((tmp_path / "run" / "fit.json").read_text()) == {"status": "running"}

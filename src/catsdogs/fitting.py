@@ -131,6 +131,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         speeds = {name: measure_speed(name) for name in candidates}
     stages = plan(candidates, speeds, photos, limit)
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / FIT_RECORD, {"status": "running"})  # first: a fit killed at any point is known as one
     data_dir = Path(data) if data is not None else out / "data"
     if data is None:
         _prepared(Path(source), data_dir, seed, train_size, val_size, test_size, corrections)
