@@ -381,3 +381,20 @@ def test_novelty_settings_round_trip_and_k_past_a_small_reference_is_clamped(tmp
     assert again.k == 10 and again.threshold == float("inf")
     with pytest.raises(UsageError, match="novelty.reference says 7"):
         Novelty.load(tmp_path / "n.npz", {**settings, "reference": 7})
+
+
+def test_a_missing_novelty_npz_is_said_once_and_calibrate_restores_it(run_copy, tiny_data, caplog):
+    """calibration.json kept, novelty.npz lost (a partial copy): probabilities stay calibrated, no photo can be
+    labelled unknown, and predict says so once instead of silently dropping the unknown label."""
+    from catsdogs.cli import main
+    from catsdogs.predict import Predictor
+
+    (run_copy / NOVELTY).unlink()
+    with caplog.at_level("WARNING"):
+        predictor = Predictor(run_copy)
+    said = [r.getMessage() for r in caplog.records if NOVELTY in r.getMessage()]
+    assert len(said) == 1 and "no photo is labelled unknown" in said[0] and f"catsdogs calibrate {run_copy}" in said[0]
+    predictions = list(predictor.predict_paths([tiny_data / "test"]))
+    assert predictions and all(p.novelty is None and p.label != "unknown" for p in predictions)
+    assert main(["calibrate", str(run_copy), "--accept", "0.5"]) == 0 and (run_copy / NOVELTY).exists()
+    assert all(p.novelty is not None for p in Predictor(run_copy).predict_paths([tiny_data / "test"]))

@@ -82,6 +82,9 @@ def load_trust(run: Path, model) -> RunTrust | None:
         return None
     calibration, settings = read_calibration(run)
     arrays = Path(run) / NOVELTY
+    if settings is not None and not arrays.exists():
+        log.warning("%s is missing (calibration.json's unknown threshold needs it): no photo is labelled unknown; %s",
+                    arrays, _rebuild(run))
     if settings is None or not arrays.exists():
         return RunTrust(model, calibration, None)
     try:
