@@ -83,9 +83,10 @@ def load_trust(run: Path, model) -> RunTrust | None:
     calibration, settings = read_calibration(run)
     arrays = Path(run) / NOVELTY
     if settings is not None and not arrays.exists():
-        log.warning("%s is missing (calibration.json's unknown threshold needs it): no photo is labelled unknown; %s",
-                    arrays, _rebuild(run))
-    if settings is None or not arrays.exists():
+        log.warning("%s is missing (calibration.json's novelty settings need it): no novelty score, and no photo is "
+                    "labelled unknown; %s", arrays, _rebuild(run))
+        return RunTrust(model, calibration, None)
+    if settings is None:
         return RunTrust(model, calibration, None)
     try:
         novelty = Novelty.load(arrays, settings)
