@@ -26,6 +26,7 @@ import numpy as np
 
 from catsdogs.errors import CatsdogsError, UsageError, one_line
 from catsdogs.files import write_text_atomic
+from catsdogs.memory import release_memory
 from catsdogs.timing import images_per_second
 
 logger = logging.getLogger(__name__)
@@ -241,6 +242,9 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
             refused[name] = one_line(error)
     timings = _images_per_second(candidates, samples)
     chosen = max(timings, key=timings.get)
+    engine = candidates.pop(chosen)
+    candidates.clear()  # the engines not chosen (an ONNX Runtime session and its arena): freed, and given back
+    release_memory()
     logger.info("engines: using %s (%s images/s%s)", chosen,
                 ", ".join(f"{name} {rate:.0f}" for name, rate in timings.items()),
                 "".join(f"; {name} refused: {why[:80]}" for name, why in refused.items()))
@@ -250,7 +254,7 @@ def _fastest(model, folder: Path, key: str, samples: np.ndarray, reference: Engi
                                                   indent=2) + "\n")
     except OSError:  # a read-only RUN: the choice is made again next time
         pass
-    return candidates[chosen]
+    return engine
 
 
 def _images_per_second(candidates: dict[str, Engine], samples: np.ndarray, batch_size: int = TIMING_BATCH,
