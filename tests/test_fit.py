@@ -64,6 +64,26 @@ def test_fit_refuses_to_redo_a_finished_run_and_a_foreign_folder(fitted: catsdog
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def test_a_damaged_stage_is_trained_again_when_the_fit_resumes(fitted: catsdogs.Run, tmp_path: Path, caplog):
+    """An interrupted fit whose finished stage lost its model (a truncated copy, a full disk): the same command
+    trains that stage again instead of failing on it at every resume; the other stages are kept."""
+    import shutil
+    import zipfile
+
+    run = Path(shutil.copytree(fitted.path, tmp_path / "run"))
+    (run / "fit.json").write_text(json.dumps({"status": "running"}))
+    damaged = run / "candidates" / "mobilenetv2" / "model.keras"
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    kept = run / "candidates" / "efficientnet_lite0" / "model.keras"
+    kept_at = kept.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="catsdogs"):
+        again = catsdogs.fit(fitted.path.parent / "photos", run, backbones=["efficientnet_lite0", "mobilenetv2"],
+                             budget="1h")
+    assert "mobilenetv2: its config.json or model.keras is unreadable; training it again" in caplog.text
+    assert zipfile.is_zipfile(damaged) and kept.stat().st_mtime_ns == kept_at
+    assert again.config["status"] == "complete" and json.loads((run / "fit.json").read_text())["status"] == "complete"
+
+
 def test_a_killed_fit_resumes_with_the_same_command(tmp_path: Path):
     """SIGKILL once the first stage is finished; the same command keeps that stage and completes the fit."""
     import os

@@ -116,3 +116,25 @@ def test_a_fit_killed_before_its_first_stage_resumes_with_the_same_command(tmp_p
             fitting.fit(None if given_data else photos, tmp_path / "run", data=data, backbones=["mobilenetv2"],
                         val_size=2, test_size=2)
     assert json.loads((tmp_path / "run" / "fit.json").read_text()) == {"status": "running"}
+
+
+def test_run_status_tells_a_damaged_run_from_a_finished_or_unfinished_one(tmp_path: Path):
+    from catsdogs.run_files import run_status
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_status(run) is None
+    (run / "config.json").write_text(json.dumps({"status": "running"}))
+    assert run_status(run) == "running"
+    (run / "config.json").write_text(json.dumps({"status": "complete"}))
+    assert run_status(run) == "damaged"  # complete, but no model.keras
+    import zipfile
+
+    with zipfile.ZipFile(run / "model.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+    assert run_status(run) == "complete"
+    (run / "model.keras").write_bytes((run / "model.keras").read_bytes()[:20])
+    assert run_status(run) == "damaged"
+    for torn in ('{"status": "compl', "[1, 2]"):
+        (run / "config.json").write_text(torn)
+        assert run_status(run) == "damaged"

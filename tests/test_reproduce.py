@@ -58,6 +58,8 @@ def test_rerun_resumes_without_retraining(quick_study: Path, monkeypatch):
     monkeypatch.setattr(evaluation, "EXPLAIN_EXAMPLES", 2)
     shutil.rmtree(quick_study / "runs" / "augmented")
     (quick_study / "runs" / "baseline" / "metrics.json").unlink()
+    (quick_study / "runs" / "features" / "config.json").write_text('{"status": "compl')  # torn by a crash
     reproduce(quick_study.parent / "source", quick_study, quick=True, backbone="efficientnet_lite0")
-    assert trained == ["augmented"]
+    assert trained == ["augmented", "features"]  # the damaged run trained again, not a failure at every rerun
     assert (quick_study / "runs" / "baseline" / "metrics.json").exists()
+    assert json.loads((quick_study / "runs" / "features" / "config.json").read_text())["status"] == "complete"

@@ -49,10 +49,14 @@ def run_stage(data_dir: Path, run: Path, top_run: Path, seed: int, class_weight:
               epochs: int | None = None) -> dict:
     """Tune (or reuse) stage (c)'s model `top_run` further on the photos into `run` over `epochs` (EPOCHS); its
     validation numbers (those of the saved epoch) and the peak learning rate."""
+    from catsdogs.run_files import run_status
     from catsdogs.runs import Run
     from catsdogs.training import TrainOptions, train
 
-    if _status(run) != "complete":
+    status = run_status(run)
+    if status == "damaged":
+        _say(f"{run.name}: its config.json or model.keras is unreadable; training it again")
+    if status != "complete":
         epochs = epochs or EPOCHS
         _say(f"{NAME}: {top_run.name}'s top tuned further on the augmented photos (up to {epochs} "
              f"epoch{'s' if epochs > 1 else ''})")
@@ -62,12 +66,6 @@ def run_stage(data_dir: Path, run: Path, top_run: Path, seed: int, class_weight:
     saved = Run(run).saved_epoch
     return {"val_accuracy": float(saved["val_accuracy"]), "val_loss": float(saved["val_loss"]),
             "learning_rate": float(Run(run).config["peak_learning_rate"])}
-
-
-def _status(run: Path) -> str | None:
-    from catsdogs.run_files import CONFIG, read_json
-
-    return read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
 
 
 def _say(message: str) -> None:

@@ -57,7 +57,7 @@ from catsdogs.fit_plan import (
     skip_unexpected,
 )
 from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare, prepared_markers
-from catsdogs.run_files import CLASSES, CONFIG, CURVES, HISTORY, MODEL, read_json, write_json
+from catsdogs.run_files import CLASSES, CONFIG, CURVES, HISTORY, MODEL, read_json, run_status, write_json
 from catsdogs.runs import Run
 from catsdogs.training import TrainOptions, train
 
@@ -242,7 +242,9 @@ def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weig
                  keep_top_inputs: bool = False) -> dict:
     """Train (or reuse) the `heads` (or `finetune-top`) run of one stage; its validation numbers (the saved
     epoch's, chosen on validation accuracy)."""
-    status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
+    status = run_status(run)
+    if status == "damaged":
+        say(f"{run.name}: its config.json or model.keras is unreadable; training it again")
     if status != "complete":
         say(f"{model} {backbone}{f' at {image_size} px' if image_size else ''}: "
             + ("extracting flip-averaged features and fitting the heads" if model == "heads" else

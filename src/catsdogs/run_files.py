@@ -158,6 +158,24 @@ def run_model_path(run: Path) -> Path:
     return path
 
 
+def run_status(run: Path) -> str | None:
+    """What an interrupted study or fit finds in one of its RUNs: None (not started), "complete" (reused as it is),
+    "damaged" (config.json unreadable, or complete but model.keras missing or not a whole archive: trained again)
+    or config.json's own status (an unfinished run)."""
+    import zipfile
+
+    run = Path(run)
+    if not (run / CONFIG).exists():
+        return None
+    try:
+        status = read_json(run / CONFIG).get("status")
+    except (UsageError, AttributeError):
+        return "damaged"
+    if status == "complete" and not zipfile.is_zipfile(run / MODEL):
+        return "damaged"
+    return status
+
+
 def load_run_model(run: Path):
     """Load RUN/model.keras (Keras safe mode: no arbitrary code)."""
     return load_keras_model(run_model_path(run))

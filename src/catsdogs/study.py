@@ -17,7 +17,7 @@ from catsdogs.files import check_own_out
 from catsdogs.preparation import STUDY_SIZES, prepare, prepared_markers
 from catsdogs.published import PUBLISHED
 from catsdogs.report import write_report, write_results_markdown
-from catsdogs.run_files import CHECKPOINT_DIR, CONFIG, METRICS, read_json
+from catsdogs.run_files import CHECKPOINT_DIR, METRICS, run_status
 from catsdogs.training import TrainOptions, train
 
 
@@ -66,11 +66,13 @@ def _prepared(source: Path, data: Path, quick: bool) -> None:
 def _run_experiment(experiment: Experiment, data: Path, runs: Path, cache: Path, *, quick: bool,
                     backbone: str, precision: str) -> Path:
     run = runs / experiment.name
-    status = read_json(run / CONFIG).get("status") if (run / CONFIG).exists() else None
+    status = run_status(run)
     if status == "complete":
         say(f"{experiment.name}: already trained, skipping")
     else:
-        resume = (run / CHECKPOINT_DIR).exists()
+        if status == "damaged":
+            say(f"{experiment.name}: its config.json or model.keras is unreadable; training it again")
+        resume = status != "damaged" and (run / CHECKPOINT_DIR).exists()
         epochs = experiment.quick_epochs if quick else experiment.epochs
         options = {key: str(runs / value) if key == "from_run" else value for key, value in experiment.options.items()}
         say(f"{experiment.name}: {'resuming' if resume else 'training'} {experiment.model}"
@@ -79,7 +81,8 @@ def _run_experiment(experiment: Experiment, data: Path, runs: Path, cache: Path,
         train(TrainOptions(data=data, model=experiment.model, out=run, epochs=epochs, precision=precision,
                            backbone=backbone if experiment.uses_backbone else None, patience=experiment.patience,
                            schedule=experiment.schedule, monitor=experiment.monitor, cache_dir=cache, resume=resume,
-                           engine="auto", model_options=options))  # the study: speed first (docs/performance.md)
+                           engine="auto",  # the study: speed first (docs/performance.md)
+                           model_options=options, overwrite=status == "damaged"))
     if not (run / METRICS).exists():
         metrics = evaluate(run, data, "test", cache_dir=cache)
         say(f"{experiment.name}: test accuracy {metrics['accuracy']:.4f}, log loss {metrics['log_loss']:.4f}")
