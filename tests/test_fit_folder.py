@@ -138,3 +138,12 @@ def test_run_status_tells_a_damaged_run_from_a_finished_or_unfinished_one(tmp_pa
     for torn in ('{"status": "compl', "[1, 2]"):
         (run / "config.json").write_text(torn)
         assert run_status(run) == "damaged"
+
+
+def test_an_out_inside_the_source_is_refused_before_anything_is_written_into_it(tmp_path: Path, capsys):
+    photos = make_class_folders(tmp_path / "photos", per_class=6)
+    before = sorted(p.relative_to(photos) for p in photos.rglob("*"))
+    assert main(["fit", str(photos), "--out", str(photos / "run"), "--budget", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is inside source" in err
+    assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before  # no run/, no fit.json

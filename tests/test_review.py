@@ -228,3 +228,23 @@ def test_cli_port_in_use_or_out_of_range_is_one_line_and_no_url(prepared, tmp_pa
     assert main(["review", str(data), *corrections, "--port", "70000"]) == 2
     err = capsys.readouterr().err
     assert "--port: must be at most 65535" in err and "got 70000" in err and err.count("\n") == 1
+
+
+def test_the_next_step_names_the_command_that_applies_the_decisions(prepared, tmp_path):
+    """A DATA (or a RUN trained on one) is prepared again from its recorded SOURCE; a `fit` RUN, whose photos were
+    prepared inside it, is fitted again with --overwrite (its cache kept)."""
+    import shutil
+
+    from catsdogs.review import apply_command
+
+    source, data = prepared
+    assert apply_command(data, data / "corrections.csv") == \
+        f"catsdogs prepare {source.resolve()} --out {data} --corrections {data / 'corrections.csv'} --overwrite"
+    run = tmp_path / "my run"
+    shutil.copytree(data, run / "data")
+    (run / "config.json").write_text(json.dumps({"data": str(run / "data")}))
+    (run / "fit.json").write_text(json.dumps({"status": "complete"}))
+    assert apply_command(run, run / "corrections.csv") == \
+        f"catsdogs fit {source.resolve()} --out '{run}' --corrections '{run / 'corrections.csv'}' --overwrite"
+    (run / "config.json").write_text(json.dumps({"data": str(data)}))  # fitted with data=: prepare that DATA
+    assert apply_command(run, run / "corrections.csv").startswith(f"catsdogs prepare {source.resolve()} --out {data} ")

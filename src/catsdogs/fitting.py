@@ -56,12 +56,11 @@ from catsdogs.fit_plan import (
     shorten,
     skip_unexpected,
 )
-from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare, prepared_markers
-from catsdogs.run_files import CLASSES, CONFIG, CURVES, HISTORY, MODEL, read_json, run_status, write_json
+from catsdogs.preparation import DEFAULT_SEED, SplitSize, check_outside, corrections_identity, prepare, prepared_markers
+from catsdogs.run_files import CLASSES, CONFIG, CURVES, FIT_RECORD, HISTORY, MODEL, read_json, run_status, write_json
 from catsdogs.runs import Run
 from catsdogs.training import TrainOptions, train
 
-FIT_RECORD = "fit.json"
 DEFAULT_BUDGET = "10m"
 UNBALANCED = 1.5  # largest / smallest class above this: class_weight="balanced"
 RUN_FILES = (CONFIG, CLASSES, MODEL, HISTORY, CURVES, "learning_curve.json", "learning_curve.png")
@@ -118,6 +117,8 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
         raise UsageError("backbones must name at least one backbone", "backbones")
     if data is None and source is None:
         raise UsageError("give a SOURCE to prepare, or data= an already prepared DATA", "source")
+    if data is None:
+        check_outside(Path(source), out)  # before OUT is made: SOURCE is only read
     if corrections is not None:
         if data is not None:
             raise UsageError("corrections are applied when SOURCE is prepared; with data= prepare it with them first",

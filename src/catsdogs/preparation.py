@@ -186,13 +186,18 @@ def prepared_markers(data: str = "data") -> tuple[str, str]:
     return f"{data}/{WORK_DIR}", f"{data}/{RECORD}"
 
 
+def check_outside(source: Path, out: Path) -> None:
+    """Refuse an OUT inside a SOURCE folder (SOURCE is only read) or a SOURCE inside OUT: before OUT is made."""
+    source_abs, out_abs = Path(source).resolve(), Path(out).resolve()
+    if source_abs.is_dir() and (out_abs == source_abs or source_abs in out_abs.parents):
+        raise UsageError(f"out {out} is inside source {source}; choose a folder outside it", "out")
+    if out_abs in source_abs.parents or out_abs == source_abs:
+        raise UsageError(f"source {source} is inside out {out}; choose another out", "out")
+
+
 def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
     """Refuse to write into SOURCE, or over a DATA that came from somewhere else (unless overwrite)."""
-    source_abs, data_abs = source.resolve(), data_dir.resolve()
-    if source_abs.is_dir() and (data_abs == source_abs or source_abs in data_abs.parents):
-        raise UsageError(f"out {data_dir} is inside source {source}; choose a folder outside it", "out")
-    if data_abs in source_abs.parents or data_abs == source_abs:
-        raise UsageError(f"source {source} is inside out {data_dir}; choose another out", "out")
+    check_outside(source, data_dir)
     if not data_dir.exists():
         return
     if not data_dir.is_dir():
@@ -202,7 +207,7 @@ def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
         return
     record = data_dir / RECORD
     previous = json.loads(record.read_text()).get("source") if record.exists() else None
-    if previous != str(source_abs):
+    if previous != str(source.resolve()):
         where = f"from {previous}" if previous else "not made by catsdogs prepare"
         raise UsageError(f"out {data_dir} is not empty and was {where}; overwrite=True replaces it", "out")
 

@@ -217,6 +217,25 @@ def find_issues(data_dir: Path, run: Path | None, **audit_options) -> list[Issue
     return audit(data_dir, out, **(options | audit_options), html=out is not None).issues
 
 
+def apply_command(target: str | Path, corrections: str | Path) -> str:
+    """The command that applies the decisions in `corrections`: a `fit` RUN (its photos prepared inside it) is
+    fitted again with them, its cache kept; a DATA, or another RUN's DATA, is prepared again from its SOURCE."""
+    import shlex
+
+    from catsdogs.data_files import read_record
+    from catsdogs.run_files import FIT_RECORD, read_config
+
+    target = Path(target)
+    run = target if (target / "config.json").is_file() else None
+    data_dir = Path(str(read_config(run).get("data") or "")) if run is not None else target
+    source = (read_record(data_dir) or {}).get("source")
+    source = shlex.quote(str(source)) if isinstance(source, str) and source else "SOURCE"
+    tail = f"--corrections {shlex.quote(str(corrections))} --overwrite"
+    if run is not None and (run / FIT_RECORD).is_file() and data_dir.resolve() == (run / "data").resolve():
+        return f"catsdogs fit {source} --out {shlex.quote(str(run))} {tail}"
+    return f"catsdogs prepare {source} --out {shlex.quote(str(data_dir))} {tail}"
+
+
 def open_review(target: str | Path, *, corrections: str | Path | None = None, unlabeled: str | Path | None = None,
                 labeled: str | Path | None = None, issues: list[Issue] | None = None, predictor=None,
                 **audit_options) -> Review:

@@ -14,6 +14,7 @@ from catsdogs.files import write_text_atomic
 
 CONFIG, CLASSES, MODEL, HISTORY, CURVES = "config.json", "classes.json", "model.keras", "history.csv", "curves.png"
 METRICS, THRESHOLD, CHECKPOINT_DIR = "metrics.json", "threshold.json", "checkpoint"
+FIT_RECORD = "fit.json"  # a `fit` RUN's record of its plan and stages (catsdogs.fitting)
 
 
 def json_safe(value: Any) -> Any:

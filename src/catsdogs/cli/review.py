@@ -28,7 +28,7 @@ def add_review(commands) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> None:
-    from catsdogs.review import create_app, open_review
+    from catsdogs.review import apply_command, create_app, open_review
     from catsdogs.serve import listen, serve_forever, url_of
 
     sock = listen(args.host, args.port)  # first: a busy port is said before any audit, and no URL before it
@@ -36,6 +36,6 @@ def cmd_review(args: argparse.Namespace) -> None:
     done = len(review.decisions())
     print(f"review of {args.target}: {len(review.queue.items)} items ({done} already decided); decisions go to "
           f"{review.corrections_path}{' and ' + str(review.labeled_path) if review.labeled_path else ''}")
-    print(f"open {url_of(sock)} (Ctrl-C to stop); then: catsdogs prepare SOURCE --out DATA "
-          f"--corrections {review.corrections_path} --overwrite", flush=True)
+    print(f"open {url_of(sock)} (Ctrl-C to stop); then: {apply_command(args.target, review.corrections_path)}",
+          flush=True)
     serve_forever(create_app(review), sock)
