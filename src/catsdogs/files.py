@@ -101,3 +101,12 @@ def safe_cell(text: str) -> str:
     readers stop at it)."""
     text = str(text).replace("\x00", "\\x00")
     return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def check_outside(source: Path, out: Path) -> None:
+    """Refuse an OUT inside a SOURCE folder (SOURCE is only read) or a SOURCE inside OUT: before OUT is made."""
+    source_abs, out_abs = Path(source).resolve(), Path(out).resolve()
+    if source_abs.is_dir() and (out_abs == source_abs or source_abs in out_abs.parents):
+        raise UsageError(f"out {out} is inside source {source}; choose a folder outside it", "out")
+    if out_abs in source_abs.parents or out_abs == source_abs:
+        raise UsageError(f"source {source} is inside out {out}; choose another out", "out")

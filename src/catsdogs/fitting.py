@@ -37,7 +37,7 @@ from catsdogs import fit_finetune
 from catsdogs.budget import Budget, format_seconds, parse_duration
 from catsdogs.data_files import prepared_from, read_manifest, read_record
 from catsdogs.errors import UsageError
-from catsdogs.files import check_out_dir, check_own_out
+from catsdogs.files import check_out_dir, check_outside, check_own_out
 from catsdogs.fit_plan import (
     BEST,
     MAX_PACE,
@@ -56,7 +56,7 @@ from catsdogs.fit_plan import (
     shorten,
     skip_unexpected,
 )
-from catsdogs.preparation import DEFAULT_SEED, SplitSize, check_outside, corrections_identity, prepare, prepared_markers
+from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare, prepared_markers
 from catsdogs.run_files import CLASSES, CONFIG, CURVES, FIT_RECORD, HISTORY, MODEL, read_json, run_status, write_json
 from catsdogs.runs import Run
 from catsdogs.training import TrainOptions, train

@@ -24,7 +24,7 @@ from catsdogs.corrections import apply_corrections, check_corrections, read_corr
 from catsdogs.data_files import MANIFEST_FIELDS, OWN_FILES, RECORD, SPLITS
 from catsdogs.errors import UsageError
 from catsdogs.exclusions import read_exclusions
-from catsdogs.files import safe_cell
+from catsdogs.files import check_outside, safe_cell
 from catsdogs.grouping import Moment, check_group, exif_moment, photo_groups
 from catsdogs.images import ImageError, decode_image, decode_workers, encode_jpeg
 from catsdogs.near_duplicates import cross_split_pairs, drop_near_duplicates, phash
@@ -184,15 +184,6 @@ def prepared_markers(data: str = "data") -> tuple[str, str]:
     """What shows that `prepare` wrote a DATA at `data` (a path inside an OUT): its work folder, written first,
     and prepare.json, written last (fit and reproduce recognise their own OUT by them)."""
     return f"{data}/{WORK_DIR}", f"{data}/{RECORD}"
-
-
-def check_outside(source: Path, out: Path) -> None:
-    """Refuse an OUT inside a SOURCE folder (SOURCE is only read) or a SOURCE inside OUT: before OUT is made."""
-    source_abs, out_abs = Path(source).resolve(), Path(out).resolve()
-    if source_abs.is_dir() and (out_abs == source_abs or source_abs in out_abs.parents):
-        raise UsageError(f"out {out} is inside source {source}; choose a folder outside it", "out")
-    if out_abs in source_abs.parents or out_abs == source_abs:
-        raise UsageError(f"source {source} is inside out {out}; choose another out", "out")
 
 
 def _guard_data_dir(source: Path, data_dir: Path, overwrite: bool) -> None:
