@@ -115,17 +115,7 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     candidates = list(backbones) if backbones else default_candidates()
     if not candidates:
         raise UsageError("backbones must name at least one backbone", "backbones")
-    if data is None and source is None:
-        raise UsageError("give a SOURCE to prepare, or data= an already prepared DATA", "source")
-    if data is None:
-        check_outside(Path(source), out)  # before OUT is made: SOURCE is only read
-    if corrections is not None:
-        if data is not None:
-            raise UsageError("corrections are applied when SOURCE is prepared; with data= prepare it with them first",
-                             "corrections")
-        from catsdogs.corrections import read_corrections
-
-        read_corrections(corrections)  # a bad file: one line, before any work
+    _check_inputs(source, data, out, corrections)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     photos = _count_photos(source, data)
     with tempfile.TemporaryDirectory() as scratch, weights_cache(Path(scratch) / "keras"):  # OUT not written yet
@@ -162,6 +152,22 @@ def fit(source: str | Path | None, out: str | Path, *, data: str | Path | None =
     return _finish(out, data_dir, cache, best, stages, limit, planned, report=report,
                    audit=audit and distribution.is_chief,
                    accept=accept if calibration and distribution.is_chief else None)
+
+
+def _check_inputs(source: str | Path | None, data: str | Path | None, out: Path,
+                  corrections: str | Path | None) -> None:
+    """SOURCE or DATA given, OUT outside SOURCE (only read), a corrections file readable: before any work."""
+    if data is None and source is None:
+        raise UsageError("give a SOURCE to prepare, or data= an already prepared DATA", "source")
+    if data is None:
+        check_outside(Path(source), out)
+    if corrections is not None:
+        if data is not None:
+            raise UsageError("corrections are applied when SOURCE is prepared; with data= prepare it with them first",
+                             "corrections")
+        from catsdogs.corrections import read_corrections
+
+        read_corrections(corrections)
 
 
 def _count_photos(source, data) -> int:
