@@ -49,13 +49,13 @@ def run_stage(data_dir: Path, run: Path, top_run: Path, seed: int, class_weight:
               epochs: int | None = None) -> dict:
     """Tune (or reuse) stage (c)'s model `top_run` further on the photos into `run` over `epochs` (EPOCHS); its
     validation numbers (those of the saved epoch) and the peak learning rate."""
-    from catsdogs.run_files import run_status
+    from catsdogs.run_files import DAMAGED, run_status
     from catsdogs.runs import Run
     from catsdogs.training import TrainOptions, train
 
     status = run_status(run)
     if status == "damaged":
-        _say(f"{run.name}: its config.json or model.keras is unreadable; training it again")
+        _say(f"{run.name}: {DAMAGED}")
     if status != "complete":
         epochs = epochs or EPOCHS
         _say(f"{NAME}: {top_run.name}'s top tuned further on the augmented photos (up to {epochs} "

@@ -57,7 +57,7 @@ from catsdogs.fit_plan import (
     skip_unexpected,
 )
 from catsdogs.preparation import DEFAULT_SEED, SplitSize, corrections_identity, prepare, prepared_markers
-from catsdogs.run_files import CLASSES, CONFIG, CURVES, FIT_RECORD, HISTORY, MODEL, read_json, run_status, write_json
+from catsdogs.run_files import CLASSES, CONFIG, CURVES, DAMAGED, FIT_RECORD, HISTORY, MODEL, read_json, run_status, write_json
 from catsdogs.runs import Run
 from catsdogs.training import TrainOptions, train
 
@@ -251,7 +251,7 @@ def _train_stage(data_dir: Path, run: Path, backbone: str, seed: int, class_weig
     epoch's, chosen on validation accuracy)."""
     status = run_status(run)
     if status == "damaged":
-        say(f"{run.name}: its config.json or model.keras is unreadable; training it again")
+        say(f"{run.name}: {DAMAGED}")
     if status != "complete":
         say(f"{model} {backbone}{f' at {image_size} px' if image_size else ''}: "
             + ("extracting flip-averaged features and fitting the heads" if model == "heads" else

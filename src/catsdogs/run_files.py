@@ -159,6 +159,9 @@ def run_model_path(run: Path) -> Path:
     return path
 
 
+DAMAGED = f"its {CONFIG} or {MODEL} is unreadable; training it again"  # what a resuming command says of one
+
+
 def run_status(run: Path) -> str | None:
     """What an interrupted study or fit finds in one of its RUNs: None (not started), "complete" (reused as it is),
     "damaged" (config.json unreadable, or complete but model.keras missing or not a whole archive: trained again)

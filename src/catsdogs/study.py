@@ -17,7 +17,7 @@ from catsdogs.files import check_own_out
 from catsdogs.preparation import STUDY_SIZES, prepare, prepared_markers
 from catsdogs.published import PUBLISHED
 from catsdogs.report import write_report, write_results_markdown
-from catsdogs.run_files import CHECKPOINT_DIR, METRICS, run_status
+from catsdogs.run_files import CHECKPOINT_DIR, DAMAGED, METRICS, run_status
 from catsdogs.training import TrainOptions, train
 
 
@@ -71,7 +71,7 @@ def _run_experiment(experiment: Experiment, data: Path, runs: Path, cache: Path,
         say(f"{experiment.name}: already trained, skipping")
     else:
         if status == "damaged":
-            say(f"{experiment.name}: its config.json or model.keras is unreadable; training it again")
+            say(f"{experiment.name}: {DAMAGED}")
         resume = status != "damaged" and (run / CHECKPOINT_DIR).exists()
         epochs = experiment.quick_epochs if quick else experiment.epochs
         options = {key: str(runs / value) if key == "from_run" else value for key, value in experiment.options.items()}
