@@ -21,6 +21,7 @@ import json
 import logging
 import mimetypes
 import os
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,11 +29,12 @@ from pydantic import BaseModel
 
 from catsdogs.auditing import Issue, read_issues
 from catsdogs.corrections import Correction, read_corrections, write_corrections
-from catsdogs.data_files import read_classes
+from catsdogs.data_files import read_classes, read_record
 from catsdogs.errors import UsageError
 from catsdogs.files import write_text_atomic
 from catsdogs.images import MAX_FILE_BYTES, ImageError, read_photo_bytes
 from catsdogs.review_queue import KIND_TITLES, Item, Queue, build_queue, class_keys
+from catsdogs.run_files import FIT_RECORD, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -217,17 +219,17 @@ def find_issues(data_dir: Path, run: Path | None, **audit_options) -> list[Issue
     return audit(data_dir, out, **(options | audit_options), html=out is not None).issues
 
 
+def _run_and_data(target: Path) -> tuple[Path | None, Path]:
+    """(the RUN, its DATA as config.json names it) for a RUN; (None, TARGET) for a DATA."""
+    if (target / "config.json").is_file():
+        return target, Path(str(read_config(target).get("data") or ""))
+    return None, target
+
+
 def apply_command(target: str | Path, corrections: str | Path) -> str:
     """The command that applies the decisions in `corrections`: a `fit` RUN (its photos prepared inside it) is
     fitted again with them, its cache kept; a DATA, or another RUN's DATA, is prepared again from its SOURCE."""
-    import shlex
-
-    from catsdogs.data_files import read_record
-    from catsdogs.run_files import FIT_RECORD, read_config
-
-    target = Path(target)
-    run = target if (target / "config.json").is_file() else None
-    data_dir = Path(str(read_config(run).get("data") or "")) if run is not None else target
+    run, data_dir = _run_and_data(Path(target))
     source = (read_record(data_dir) or {}).get("source")
     source = shlex.quote(str(source)) if isinstance(source, str) and source else "SOURCE"
     tail = f"--corrections {shlex.quote(str(corrections))} --overwrite"
@@ -246,15 +248,9 @@ def open_review(target: str | Path, *, corrections: str | Path | None = None, un
     target = Path(target)
     if not target.exists():
         raise UsageError(f"{target}: no such folder", "target")
-    run = target if (target / "config.json").is_file() else None
-    if run is not None:
-        from catsdogs.run_files import read_config
-
-        data_dir = Path(str(read_config(run).get("data") or ""))
-        if not (data_dir / "manifest.csv").is_file():
-            raise UsageError(f"{run}: its DATA {data_dir} is gone; review that DATA's copy instead", "target")
-    else:
-        data_dir = target
+    run, data_dir = _run_and_data(target)
+    if run is not None and not (data_dir / "manifest.csv").is_file():
+        raise UsageError(f"{run}: its DATA {data_dir} is gone; review that DATA's copy instead", "target")
     read_classes(data_dir)  # a one-line error when it is not a prepared DATA
     if unlabeled is not None and run is None:
         raise UsageError("unlabeled needs a RUN (its model ranks the photos), not a DATA", "unlabeled")

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import platform
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,6 @@ def run_status(run: Path) -> str | None:
     """What an interrupted study or fit finds in one of its RUNs: None (not started), "complete" (reused as it is),
     "damaged" (config.json unreadable, or complete but model.keras missing or not a whole archive: trained again)
     or config.json's own status (an unfinished run)."""
-    import zipfile
-
     run = Path(run)
     if not (run / CONFIG).exists():
         return None
@@ -187,8 +186,6 @@ def load_run_model(run: Path):
 
 def load_keras_model(path: Path):
     """`keras.models.load_model` in safe mode (no arbitrary code), with catsdogs' own layers registered."""
-    import zipfile
-
     import keras
 
     import catsdogs.models.augmentation  # noqa: F401  (registers RandomAffine for deserialization)
